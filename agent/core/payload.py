@@ -1,0 +1,190 @@
+"""Validation of the Platform API's vpn-connection body into a VpnConnection.
+
+Pure: no I/O. Every problem is collected and reported as "<key path>: <problem>" so an
+operator sees the whole picture at once. Pre-shared keys never appear in a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from agent.core.model import ConnectionStatus, Secret, Tunnel, TunnelApiStatus, VpnConnection
+
+_TUNNEL_COUNT = 2
+_RFC1918 = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+# Long junk values would make one bad field drown the rest of the report.
+_MAX_SHOWN = 60
+
+
+class PayloadError(ValueError):
+    """The body is not a usable vpn-connection; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid vpn-connection: " + "; ".join(self.problems))
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+class _Reader:
+    """Collects problems while reading fields of one JSON object."""
+
+    def __init__(self, problems: list[str], obj: dict, prefix: str = "") -> None:
+        self.problems = problems
+        self.obj = obj
+        self.prefix = prefix
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def problem(self, key: str, text: str) -> None:
+        self.problems.append(f"{self.path(key)}: {text}")
+
+    def string(self, key: str, *, optional: bool = False, non_empty: bool = False) -> str:
+        if key not in self.obj or self.obj[key] is None:
+            if not optional:
+                self.problem(key, "missing")
+            return ""
+        value = self.obj[key]
+        if not isinstance(value, str):
+            # No value in the message: this may be the PSK field.
+            self.problem(key, f"expected a string, got {_type_name(value)}")
+            return ""
+        if non_empty and not value.strip():
+            self.problem(key, "must not be empty")
+        return value
+
+    def parsed(self, key: str, parse: Callable[[str], str], what: str, *, optional=False) -> str:
+        raw = self.string(key, optional=optional)
+        if not raw:
+            return ""
+        try:
+            return parse(raw)
+        except ValueError:
+            self.problem(key, f"{_show(raw)} is not {what}")
+            return ""
+
+
+def _ip(raw: str) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+def _network(raw: str) -> str:
+    return str(ipaddress.ip_network(raw, strict=False))
+
+
+def _is_rfc1918(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return isinstance(net, ipaddress.IPv4Network) and any(net.subnet_of(r) for r in _RFC1918)
+
+
+def _routable_cidrs(problems: list[str], data: dict, space_cidr: str) -> tuple[str, ...]:
+    value = data.get("routable_cidrs")
+    if not isinstance(value, list):
+        problems.append(f"routable_cidrs: expected a list, got {_type_name(value)}")
+        return ()
+    if not value:
+        problems.append("routable_cidrs: must not be empty")
+    space = ipaddress.ip_network(space_cidr) if space_cidr else None
+    result = []
+    for i, raw in enumerate(value):
+        where = f"routable_cidrs[{i}]"
+        if not isinstance(raw, str):
+            problems.append(f"{where}: expected a string, got {_type_name(raw)}")
+            continue
+        try:
+            net = ipaddress.ip_network(raw, strict=False)
+        except ValueError:
+            problems.append(f"{where}: {_show(raw)} is not a network")
+            continue
+        if not _is_rfc1918(net):
+            problems.append(f"{where}: {_show(raw)} is not an RFC 1918 range")
+        elif space is not None and net.overlaps(space):
+            problems.append(f"{where}: {_show(raw)} overlaps the space CIDR {space}")
+        else:
+            result.append(str(net))
+    return tuple(result)
+
+
+def _ike_version(problems: list[str], data: dict) -> int:
+    value = data.get("ike_version")
+    # bool is an int subclass: True must not pass for IKEv1.
+    if isinstance(value, bool) or value not in (1, 2) or not isinstance(value, int):
+        problems.append(f"ike_version: must be 1 or 2, got {_show(value)}")
+        return 0
+    return value
+
+
+def _tunnel(problems: list[str], raw: object, index: int) -> Tunnel | None:
+    prefix = f"tunnels[{index}]"
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix}: expected an object, got {_type_name(raw)}")
+        return None
+    r = _Reader(problems, raw, prefix)
+    before = len(problems)
+    ip = r.parsed("ip", _ip, "an IP address")
+    r.parsed("customer_ip", _ip, "an IP address", optional=True)
+    psk = r.string("pre_shared_key", non_empty=True)
+    status = r.string("status")
+    status_message = r.string("status_message", optional=True)
+    last_change = r.string("last_status_change", optional=True)
+    if len(problems) > before:
+        return None
+    return Tunnel(
+        number=index + 1,
+        ip=ip,
+        psk=Secret(psk),
+        status=TunnelApiStatus.parse(status),
+        status_message=status_message,
+        last_status_change=last_change,
+    )
+
+
+def _tunnels(problems: list[str], data: dict) -> tuple[Tunnel, ...]:
+    value = data.get("tunnels")
+    if not isinstance(value, list):
+        problems.append(f"tunnels: expected a list, got {_type_name(value)}")
+        return ()
+    if len(value) != _TUNNEL_COUNT:
+        problems.append(f"tunnels: expected {_TUNNEL_COUNT} tunnels, got {len(value)}")
+    parsed = (_tunnel(problems, raw, i) for i, raw in enumerate(value))
+    return tuple(t for t in parsed if t is not None)
+
+
+def parse_vpn_connection(data: object) -> VpnConnection:
+    """Validate a decoded vpn-connection body; raise PayloadError listing every problem."""
+    if not isinstance(data, dict):
+        raise PayloadError([f"<root>: expected an object, got {_type_name(data)}"])
+    problems: list[str] = []
+    r = _Reader(problems, data)
+    conn_id = r.string("id", non_empty=True)
+    name = r.string("name", non_empty=True)
+    public_ip = r.parsed("public_ip", _ip, "an IP address")
+    space_cidr = r.parsed("space_cidr_block", _network, "a network")
+    routable = _routable_cidrs(problems, data, space_cidr)
+    ike_version = _ike_version(problems, data)
+    status = r.string("status")
+    status_message = r.string("status_message", optional=True)
+    tunnels = _tunnels(problems, data)
+    if problems:
+        raise PayloadError(problems)
+    return VpnConnection(
+        id=conn_id,
+        name=name,
+        public_ip=public_ip,
+        routable_cidrs=routable,
+        space_cidr_block=space_cidr,
+        ike_version=ike_version,
+        status=ConnectionStatus.parse(status),
+        tunnels=tunnels,
+        status_message=status_message,
+    )
