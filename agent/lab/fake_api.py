@@ -1,0 +1,371 @@
+"""A local stand-in for the Heroku Platform API's vpn-connection endpoints, over real HTTP.
+
+It speaks the documented JSON (ETag/304, RateLimit-Remaining, error bodies) and has knobs
+for the failures the agent must survive: outages, 429, slow answers, token rotation, PSK
+and tunnel changes. Lab and unit tests run it; it never logs the token or a PSK.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+from agent.lab.netns import in_netns
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "application/vnd.heroku+json; version=3"
+_POOL = 4500
+_REFILL_PER_SECOND = 75 / 60
+_ERROR_MESSAGES = {
+    401: ("unauthorized", "Invalid credentials provided."),
+    404: ("not_found", "Couldn't find that resource."),
+    405: ("method_not_allowed", "This fake only answers GET."),
+    406: ("not_acceptable", "Accept header must be application/vnd.heroku+json; version=3."),
+    429: ("rate_limit", "Your account reached the API rate limit."),
+}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Failure:
+    count: int
+    status: int
+    error_id: str
+    retry_after: float | None
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    answer: bool = True  # False: drop the connection without a response
+
+
+class _State:
+    """Everything the knobs change; every access holds `lock`."""
+
+    def __init__(self, token: str) -> None:
+        self.lock = threading.Lock()
+        self.token = token
+        self.connections: dict[tuple[str, str], dict] = {}
+        self.spaces: set[str] = set()  # a space outlives its last connection
+        self.failure: _Failure | None = None
+        self.delay = 0.0
+        self.unreachable = False
+        self.requests: list[tuple[str, str, int]] = []
+        self.pool = float(_POOL)
+        self.pool_at = time.monotonic()
+
+    def take_rate_token(self) -> int:
+        now = time.monotonic()
+        self.pool = min(_POOL, self.pool + (now - self.pool_at) * _REFILL_PER_SECOND)
+        self.pool_at = now
+        if self.pool >= 1:
+            self.pool -= 1
+        return int(self.pool)
+
+
+def _error(status: int, error_id: str | None = None, message: str | None = None) -> _Reply:
+    default_id, default_message = _ERROR_MESSAGES.get(status, ("error", "Request failed."))
+    body = {
+        "id": error_id or default_id,
+        "message": message or default_message,
+        "url": "https://devcenter.heroku.com/articles/platform-api-reference",
+    }
+    return _Reply(status, json.dumps(body).encode())
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+def _json_reply(document: object, if_none_match: str | None) -> _Reply:
+    body = json.dumps(document).encode()
+    etag = _etag(body)
+    if _etag_matches(if_none_match, etag):
+        return _Reply(304, b"", (("ETag", etag),))
+    return _Reply(200, body, (("ETag", etag),))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakePlatformApi/1"
+    timeout = 30  # idle keep-alive connections must not pin threads for ever
+    server: "_Server"
+
+    def log_message(self, format: str, *args: object) -> None:
+        # The default writes request lines to stderr; ours go through `log` in _finish.
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self._finish(self.server.fake._answer(self))
+
+    def _other_method(self) -> None:
+        self._finish(self.server.fake._refuse(self, 405))
+
+    do_POST = do_PATCH = do_DELETE = do_PUT = _other_method
+
+    def _finish(self, reply: _Reply) -> None:
+        log.debug("fake api: %s %s -> %s", self.command, self.path, reply.status)
+        if not reply.answer:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        if reply.status != 304:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], fake: "FakePlatformApi") -> None:
+        self.fake = fake
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that timed out and hung up is expected here, not worth a traceback.
+        log.debug("fake api: connection from %s ended with an error", client_address)
+
+
+class FakePlatformApi:
+    """GET /spaces/{space}/vpn-connections[/{vpn}] on a local port, with failure knobs."""
+
+    def __init__(
+        self, token: str, *, host: str = "127.0.0.1", port: int = 0, netns: str | None = None
+    ) -> None:
+        self._state = _State(token)
+        self._address = (host, port)
+        self._netns = netns
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> "FakePlatformApi":
+        if self._netns:
+            # The listening socket keeps the namespace it was created in.
+            with in_netns(self._netns):
+                self._server = _Server(self._address, self)
+        else:
+            self._server = _Server(self._address, self)
+        self._stopping.clear()
+        # A short poll interval keeps stop() (and so every test teardown) quick.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="fake-platform-api", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._stopping.set()  # wakes handlers sleeping in set_delay
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> "FakePlatformApi":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("fake API not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- state ---------------------------------------------------------------------------
+
+    def add_connection(
+        self,
+        space: str,
+        vpn: str,
+        *,
+        public_ip: str,
+        routable_cidrs: list[str],
+        space_cidr_block: str,
+        ike_version: int,
+        tunnel_ips: list[str],
+        psks: list[str],
+        status: str = "active",
+    ) -> dict:
+        """Create (or replace) a connection and return its JSON body."""
+        now = _now()
+        tunnels = [
+            {"ip": ip, "customer_ip": public_ip, "pre_shared_key": psk, "status": "UP",
+             "status_message": "", "last_status_change": now}
+            for ip, psk in zip(tunnel_ips, psks, strict=True)
+        ]
+        body = {
+            "id": str(100_000_000_000 + secrets.randbelow(900_000_000_000)),
+            "name": vpn,
+            "public_ip": public_ip,
+            "routable_cidrs": list(routable_cidrs),
+            "space_cidr_block": space_cidr_block,
+            "ike_version": ike_version,
+            "status": status,
+            "status_message": "",
+            "tunnels": tunnels,
+        }
+        with self._state.lock:
+            self._state.connections[(space, vpn)] = body
+            self._state.spaces.add(space)
+            return copy.deepcopy(body)
+
+    def remove_connection(self, space: str, vpn: str) -> None:
+        with self._state.lock:
+            del self._state.connections[(space, vpn)]
+
+    def connection(self, space: str, vpn: str) -> dict:
+        """A copy of the current body, for assertions."""
+        with self._state.lock:
+            return copy.deepcopy(self._state.connections[(space, vpn)])
+
+    def _tunnel(self, space: str, vpn: str, n: int) -> dict:
+        if n not in (1, 2):
+            raise ValueError(f"tunnel number must be 1 or 2, got {n!r}")
+        return self._state.connections[(space, vpn)]["tunnels"][n - 1]
+
+    def set_tunnel_status(self, space: str, vpn: str, n: int, status: str, message: str = "") -> None:
+        with self._state.lock:
+            tunnel = self._tunnel(space, vpn, n)
+            tunnel.update(status=status, status_message=message, last_status_change=_now())
+
+    def set_psk(self, space: str, vpn: str, n: int, psk: str) -> None:
+        with self._state.lock:
+            self._tunnel(space, vpn, n)["pre_shared_key"] = psk
+
+    def set_tunnel_ip(self, space: str, vpn: str, n: int, ip: str) -> None:
+        with self._state.lock:
+            self._tunnel(space, vpn, n)["ip"] = ip
+
+    def set_connection_status(self, space: str, vpn: str, status: str, message: str = "") -> None:
+        with self._state.lock:
+            self._state.connections[(space, vpn)].update(status=status, status_message=message)
+
+    # -- failure knobs -------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        count: int,
+        status: int = 503,
+        error_id: str = "service_unavailable",
+        retry_after: float | None = None,
+    ) -> None:
+        """Answer the next `count` requests with `status` before any other check."""
+        with self._state.lock:
+            self._state.failure = _Failure(count, status, error_id, retry_after) if count else None
+
+    def set_token(self, token: str) -> None:
+        with self._state.lock:
+            self._state.token = token
+
+    def set_delay(self, seconds: float) -> None:
+        with self._state.lock:
+            self._state.delay = seconds
+
+    def set_unreachable(self, unreachable: bool) -> None:
+        with self._state.lock:
+            self._state.unreachable = unreachable
+
+    @property
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every request seen; status 0 = dropped unanswered."""
+        with self._state.lock:
+            return list(self._state.requests)
+
+    # -- request handling (handler threads) ----------------------------------------------
+
+    def _refuse(self, handler: _Handler, status: int) -> _Reply:
+        with self._state.lock:
+            return self._record(handler, self._with_rate_limit(_error(status)))
+
+    def _answer(self, handler: _Handler) -> _Reply:
+        with self._state.lock:
+            delay = self._state.delay
+        if delay and self._stopping.wait(delay):
+            return _Reply(0, answer=False)
+        with self._state.lock:
+            if self._state.unreachable:
+                return self._record(handler, _Reply(0, answer=False))
+            reply = self._failure_reply() or self._check(handler) or self._route(handler)
+            return self._record(handler, self._with_rate_limit(reply))
+
+    def _record(self, handler: _Handler, reply: _Reply) -> _Reply:
+        self._state.requests.append((handler.command, handler.path, reply.status))
+        return reply
+
+    def _with_rate_limit(self, reply: _Reply) -> _Reply:
+        remaining = self._state.take_rate_token()
+        reply.headers += (("RateLimit-Remaining", str(remaining)),)
+        return reply
+
+    def _failure_reply(self) -> _Reply | None:
+        failure = self._state.failure
+        if failure is None or failure.count <= 0:
+            return None
+        failure.count -= 1
+        reply = _error(failure.status, failure.error_id, "Simulated failure.")
+        if failure.retry_after is not None:
+            reply.headers += (("Retry-After", f"{failure.retry_after:g}"),)
+        return reply
+
+    def _check(self, handler: _Handler) -> _Reply | None:
+        accepted = [a.strip() for a in handler.headers.get("Accept", "").split(",")]
+        if ACCEPT not in accepted:
+            return _error(406)
+        expected = f"Bearer {self._state.token}".encode()
+        given = handler.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _error(401)
+        return None
+
+    def _route(self, handler: _Handler) -> _Reply:
+        parts = [unquote(p) for p in urlsplit(handler.path).path.split("/")]
+        # ["", "spaces", space, "vpn-connections", (vpn)]
+        if len(parts) not in (4, 5) or parts[:2] != ["", "spaces"] or parts[3] != "vpn-connections":
+            return _error(404)
+        space = parts[2]
+        in_space = {v: body for (s, v), body in self._state.connections.items() if s == space}
+        if space not in self._state.spaces:
+            return _error(404, message="Couldn't find that space.")
+        if len(parts) == 4:
+            return _json_reply(list(in_space.values()), handler.headers.get("If-None-Match"))
+        wanted = parts[4]
+        for name, body in in_space.items():
+            if wanted in (name, body["id"]):
+                return _json_reply(body, handler.headers.get("If-None-Match"))
+        return _error(404, message="Couldn't find that VPN connection.")
