@@ -206,7 +206,8 @@ _INLINE_SECRET_KEYS = {"psk": "psk_file", "pre_shared_key": "psk_file", "token":
                        "api_key": "token_file"}
 _RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
@@ -214,6 +215,8 @@ def parse_config(data: object, *, base_dir: Path) -> AgentConfig:
     """Validate the loaded YAML document; raise ConfigError listing every problem found."""
     problems: list[str] = []
     top = _mapping(data, "", _TOP_KEYS, problems)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(problems)  # nothing else to check; "connections missing" is noise
     log_level = _string(top, "log_level", "", problems, "info").lower()
     if log_level not in _LOG_LEVELS:
         problems.append(f"log_level: '{top['log_level']}' is not a log level "
