@@ -606,7 +606,7 @@ def _describe(value: object) -> str:
     if isinstance(value, str):
         return "an empty string" if not value.strip() else "a string"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__

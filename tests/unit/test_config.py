@@ -268,7 +268,8 @@ S = "connections[0].static"
     (static_config(routable_cidrs=["office-lan"]),
      f"{S}.routable_cidrs[0]: 'office-lan' is not a CIDR block (e.g. 172.16.0.0/16)"),
     (static_config(routable_cidrs=[]),
-     f"{S}.routable_cidrs: expected a list of your side's RFC 1918 CIDR blocks, got a list"),
+     f"{S}.routable_cidrs: expected a list of your side's RFC 1918 CIDR blocks, "
+     "got an empty list"),
     (static_config(routable_cidrs="192.168.10.0/24"),
      f"{S}.routable_cidrs: expected a list of your side's RFC 1918 CIDR blocks, got a string"),
     (static_config(space_cidr_block=None),
