@@ -1,0 +1,137 @@
+"""VICI messages for one tunnel, and list-sas answers parsed into observations.
+
+Pure functions, kept apart from the socket code so they are unit-tested against
+golden dicts (values as bytes, the way charon sends them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from agent.core import desired as seed
+from agent.core.desired import DesiredConnection
+from agent.core.observation import ChildSa, IkeSa, TunnelSas
+
+
+def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
+    """The load-conn message for tunnel `number`, mapping the seed's ipsec.conf."""
+    tunnel = conn.tunnel(number)
+    ike: dict[str, Any] = {
+        "version": str(conn.ike_version),
+        "local_addrs": [conn.local_address],
+        "remote_addrs": [tunnel.remote_ip],
+        "proposals": [seed.IKE_PROPOSAL],
+        "dpd_delay": f"{seed.DPD_DELAY}s",
+        "keyingtries": "0",  # keyingtries=%forever
+        "unique": "no",
+        "local": {"auth": "psk", "id": conn.local_id},
+        "remote": {"auth": "psk", "id": tunnel.remote_ip},
+        "children": {tunnel.conn_name: _child(conn)},
+    }
+    if conn.ike_version == 1:
+        # IKEv1 has no real IKE rekeying: ikelifetime means reauthentication.
+        ike["reauth_time"] = f"{seed.IKE_LIFETIME}s"
+        ike["rekey_time"] = "0"
+        ike["dpd_timeout"] = f"{seed.DPD_TIMEOUT}s"
+    else:
+        ike["rekey_time"] = f"{seed.IKE_LIFETIME}s"
+        ike["mobike"] = "no"  # AWS endpoints do not speak MOBIKE
+    return {tunnel.conn_name: ike}
+
+
+def _child(conn: DesiredConnection) -> dict[str, Any]:
+    return {
+        "mode": "tunnel",
+        "local_ts": list(conn.local_ts),
+        "remote_ts": list(conn.remote_ts),
+        "esp_proposals": [seed.ESP_PROPOSAL],  # with PFS group modp2048
+        "life_time": f"{seed.CHILD_LIFETIME}s",
+        "rekey_time": f"{seed.CHILD_REKEY}s",
+        "dpd_action": "restart",  # dpdaction=restart
+        "start_action": "none",  # the agent initiates, not charon
+        "close_action": "none",
+    }
+
+
+def load_shared_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
+    """load-shared for the tunnel's PSK. Owners: our id and the tunnel IP (the seed's
+    ipsec.secrets line). Callers must not log this message."""
+    tunnel = conn.tunnel(number)
+    return {
+        "id": tunnel.conn_name,
+        "type": "IKE",
+        "data": tunnel.psk.reveal().encode(),
+        "owners": [conn.local_id, tunnel.remote_ip],
+    }
+
+
+def initiate_message(conn_name: str, *, child: bool, timeout_ms: int) -> dict[str, Any]:
+    """initiate, never without a timeout (-1 = return at once, charon works on)."""
+    message: dict[str, Any] = {"ike": conn_name, "timeout": str(timeout_ms), "loglevel": "0"}
+    if child:
+        message["child"] = conn_name
+    return message
+
+
+def terminate_message(*, ike_id: str | None = None, child_id: str | None = None, timeout_ms: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"timeout": str(timeout_ms), "loglevel": "0"}
+    if ike_id is not None:
+        message["ike-id"] = ike_id
+        message["force"] = "yes"  # do not wait for a dead peer's answer
+    if child_id is not None:
+        message["child-id"] = child_id
+    return message
+
+
+def decode_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def decode_int(value: Any) -> int | None:
+    try:
+        return int(decode_text(value))
+    except ValueError:
+        return None
+
+
+def parse_child(section: Mapping[str, Any]) -> ChildSa:
+    return ChildSa(
+        name=decode_text(section.get("name")),
+        uniqueid=decode_text(section.get("uniqueid")),
+        state=decode_text(section.get("state")),
+        reqid=decode_text(section.get("reqid")),
+        bytes_in=decode_int(section.get("bytes-in")) or 0,
+        bytes_out=decode_int(section.get("bytes-out")) or 0,
+        packets_in=decode_int(section.get("packets-in")) or 0,
+        packets_out=decode_int(section.get("packets-out")) or 0,
+        use_in=decode_int(section.get("use-in")),
+        use_out=decode_int(section.get("use-out")),
+        install_time=decode_int(section.get("install-time")) or 0,
+        spi_in=decode_text(section.get("spi-in")),
+    )
+
+
+def parse_ike(name: str, section: Mapping[str, Any]) -> IkeSa:
+    children = section.get("child-sas") or {}
+    return IkeSa(
+        name=name,
+        uniqueid=decode_text(section.get("uniqueid")),
+        state=decode_text(section.get("state")),
+        version=decode_int(section.get("version")) or 0,
+        local_host=decode_text(section.get("local-host")),
+        remote_host=decode_text(section.get("remote-host")),
+        established=decode_int(section.get("established")),
+        children=tuple(parse_child(c) for c in children.values()),
+    )
+
+
+def parse_list_sas(events: Iterable[Mapping[str, Any]]) -> dict[str, TunnelSas]:
+    """list-sas streams one event per IKE SA: {conn_name: {...}}. Group by name."""
+    grouped: dict[str, list[IkeSa]] = {}
+    for event in events:
+        for name, section in event.items():
+            grouped.setdefault(name, []).append(parse_ike(name, section))
+    return {name: TunnelSas(tuple(sas)) for name, sas in grouped.items()}

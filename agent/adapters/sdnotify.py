@@ -1,0 +1,36 @@
+"""sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
+
+The protocol is a few lines; a dependency on libsystemd bindings would cost a
+compiled package on every gateway for nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class SystemdNotifier:
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        if address.startswith("@"):  # abstract namespace
+            address = "\0" + address[1:]
+        self._address = address or None
+        usec = env.get("WATCHDOG_USEC", "")
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() else None  # s, half the deadline
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def notify(self, **fields: str) -> None:
+        """notify(READY="1", STATUS="...") -> "READY=1\\nSTATUS=..."; no-op without systemd."""
+        if self._address is None:
+            return
+        payload = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.sendto(payload, self._address)
+            except OSError:
+                pass  # systemd gone or restarting: nothing useful to do

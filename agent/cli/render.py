@@ -1,0 +1,75 @@
+"""Render the status document as text for people. Pure: dict in, str out.
+
+Modelled on `heroku spaces:vpn:info`: a header per connection, then one row per
+tunnel with the live state next to what the Platform API reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since", "Bytes In", "Bytes Out", "Last In")
+
+
+def render_status(status: dict[str, Any]) -> str:
+    lines = [f"space-vpn-agent {status['agent_version']}: {status['health'].upper()}"]
+    charon = f"charon {status['charon_version']}" if status["charon_reachable"] else "charon UNREACHABLE"
+    lines.append(charon)
+    for error in status.get("errors", []):
+        lines.append(f"! {error}")
+    for conn in status["connections"]:
+        lines.append("")
+        lines.append(f"=== {conn['space']}/{conn['vpn']}  {conn['health'].upper()}: {conn['summary']}")
+        lines.append(f"Mode: {conn['mode']} ({conn['mode_reason']})")
+        lines.append(f"Source: {conn['source']}   Connection status: {conn['connection_status']}")
+        if conn.get("api_error"):
+            lines.append(f"API error: {conn['api_error']}")
+        if conn["tunnels"]:
+            lines.append("")
+            lines += _table([_tunnel_row(t) for t in conn["tunnels"]])
+    return "\n".join(lines) + "\n"
+
+
+def _tunnel_row(tunnel: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        f"Tunnel {tunnel['number']}",
+        tunnel["ip"],
+        tunnel["api_status"],
+        tunnel["ike_state"],
+        tunnel["child_state"],
+        tunnel["role"],
+        _duration(tunnel["established_seconds"]),
+        _bytes(tunnel["bytes_in"]),
+        _bytes(tunnel["bytes_out"]),
+        _duration(tunnel["last_inbound_seconds"], suffix=" ago"),
+    )
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    return [line(_COLUMNS), line(tuple("─" * w for w in widths))] + [line(r) for r in rows]
+
+
+def _duration(seconds: int | None, *, suffix: str = "") -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{suffix}"
+    if minutes:
+        return f"{minutes}m{secs:02d}s{suffix}"
+    return f"{secs}s{suffix}"
+
+
+def _bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"

@@ -1,0 +1,87 @@
+"""The desired charon setup of one VPN connection: what the agent wants loaded.
+
+Built from the connection's config (local side, mode) and the VpnConnection that the
+Platform API or a static config describes (far side, PSKs, selectors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.model import Mode, Secret, TunnelApiStatus, VpnConnection, object_name
+
+# The seed article's ipsec.conf, with `sha2` spelled as strongSwan wants it.
+IKE_PROPOSAL = "aes256-sha256-modp2048"
+ESP_PROPOSAL = "aes256-sha256-modp2048"
+IKE_LIFETIME = 28800  # s, ikelifetime=28800s (AWS phase 1 lifetime)
+CHILD_LIFETIME = 3600  # s, lifetime=1h (AWS phase 2 lifetime)
+CHILD_REKEY = 3060  # s, lifetime minus strongSwan's default 9 min margin
+DPD_DELAY = 10  # s, dpddelay=10 (AWS: R-U-THERE after 10 s of silence)
+DPD_TIMEOUT = 30  # s, dpdtimeout=30 (IKEv1 only; AWS default)
+
+
+@dataclass(frozen=True)
+class DesiredTunnel:
+    number: int
+    conn_name: str  # charon connection, child and shared-key id all use this name
+    remote_ip: str
+    psk: Secret
+    api_status: TunnelApiStatus
+
+
+@dataclass(frozen=True)
+class DesiredConnection:
+    key: str  # stable identity, e.g. "acme-space-office"
+    space: str
+    vpn: str
+    local_address: str
+    local_id: str
+    local_ts: tuple[str, ...]  # routable_cidrs (customer side)
+    remote_ts: tuple[str, ...]  # space_cidr_block
+    ike_version: int
+    mode: Mode  # resolved: ROUTE or POLICY, never AUTO
+    tunnels: tuple[DesiredTunnel, ...]
+
+    def tunnel(self, number: int) -> DesiredTunnel:
+        return self.tunnels[number - 1]
+
+    @property
+    def label(self) -> str:
+        return f"{self.space}/{self.vpn}"
+
+
+def desired_connection(
+    *,
+    key: str,
+    space: str,
+    vpn: str,
+    local_address: str,
+    local_id: str | None,
+    mode: Mode,
+    connection: VpnConnection,
+) -> DesiredConnection:
+    """Combine the local side with what the far end published. No side effects."""
+    if mode is Mode.AUTO:
+        raise ValueError("mode must be resolved (route or policy) before planning")
+    tunnels = tuple(
+        DesiredTunnel(
+            number=t.number,
+            conn_name=object_name(key, t.number),
+            remote_ip=t.ip,
+            psk=t.psk,
+            api_status=t.status,
+        )
+        for t in connection.tunnels
+    )
+    return DesiredConnection(
+        key=key,
+        space=space,
+        vpn=vpn,
+        local_address=local_address,
+        local_id=local_id or local_address,
+        local_ts=tuple(connection.routable_cidrs),
+        remote_ts=(connection.space_cidr_block,),
+        ike_version=connection.ike_version,
+        mode=mode,
+        tunnels=tunnels,
+    )

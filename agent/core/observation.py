@@ -1,0 +1,93 @@
+"""What charon reports, as frozen dataclasses: IKE SAs, CHILD_SAs, loaded objects.
+
+The charon adapter parses VICI answers into these; the planner reads them. A tunnel
+may briefly own two IKE SAs (IKEv1 reauthentication makes a new one before deleting
+the old), so every view here tolerates several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ESTABLISHED = "ESTABLISHED"
+CONNECTING = "CONNECTING"
+INSTALLED = "INSTALLED"
+# Children in these states still carry (or are about to carry) traffic.
+LIVE_CHILD_STATES = frozenset({INSTALLED, "REKEYING", "REKEYED", "INSTALLING", "CREATED"})
+
+
+@dataclass(frozen=True)
+class ChildSa:
+    name: str
+    uniqueid: str
+    state: str
+    reqid: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    use_in: int | None = None  # seconds since the last inbound packet; None = never
+    use_out: int | None = None
+    install_time: int = 0  # seconds since installed
+    spi_in: str = ""
+
+
+@dataclass(frozen=True)
+class IkeSa:
+    name: str
+    uniqueid: str
+    state: str
+    version: int = 0
+    local_host: str = ""
+    remote_host: str = ""
+    established: int | None = None  # seconds since established
+    children: tuple[ChildSa, ...] = ()
+
+
+@dataclass(frozen=True)
+class TunnelSas:
+    """All SAs charon holds for one tunnel's connection name."""
+
+    ike_sas: tuple[IkeSa, ...] = ()
+
+    @property
+    def established_ike(self) -> IkeSa | None:
+        return next((sa for sa in self.ike_sas if sa.state == ESTABLISHED), None)
+
+    @property
+    def ike_state(self) -> str:
+        """ESTABLISHED if any IKE SA is, else the state of the first one, else DOWN."""
+        if self.established_ike is not None:
+            return ESTABLISHED
+        return self.ike_sas[0].state if self.ike_sas else "DOWN"
+
+    @property
+    def children(self) -> tuple[ChildSa, ...]:
+        return tuple(child for sa in self.ike_sas for child in sa.children)
+
+    @property
+    def installed_child(self) -> ChildSa | None:
+        return next((c for c in self.children if c.state == INSTALLED), None)
+
+    @property
+    def child_state(self) -> str:
+        if self.installed_child is not None:
+            return INSTALLED
+        return self.children[0].state if self.children else "NONE"
+
+    def ike_owning(self, child: ChildSa) -> IkeSa | None:
+        return next((sa for sa in self.ike_sas if child in sa.children), None)
+
+
+@dataclass(frozen=True)
+class CharonState:
+    """One observation of charon. `reachable` False means nothing else is known."""
+
+    reachable: bool
+    version: str = ""
+    conns: frozenset[str] = frozenset()  # loaded connection names
+    shared_ids: frozenset[str] = frozenset()  # loaded shared-key ids
+    sas: dict[str, TunnelSas] = field(default_factory=dict)  # by connection name
+
+    def tunnel(self, conn_name: str) -> TunnelSas:
+        return self.sas.get(conn_name, TunnelSas())

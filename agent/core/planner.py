@@ -1,0 +1,193 @@
+"""Decide what to do with charon, from the whole desired and observed state.
+
+Level-triggered: every call re-derives the actions from scratch, so a missed event,
+an agent restart or a charon restart all converge the same way. No side effects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from agent.core.desired import DesiredConnection
+from agent.core.model import OBJECT_PREFIX, object_name
+from agent.core.observation import ESTABLISHED, LIVE_CHILD_STATES, CharonState, TunnelSas
+
+# A CONNECTING/absent active tunnel is given this long before the standby takes over.
+ACTIVE_GRACE = 10.0  # s
+
+
+@dataclass(frozen=True)
+class LoadTunnel:
+    """load-shared + load-conn for one tunnel (replaces what charon has)."""
+
+    connection: DesiredConnection
+    number: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class UnloadConn:
+    conn_name: str
+
+
+@dataclass(frozen=True)
+class UnloadShared:
+    shared_id: str
+
+
+@dataclass(frozen=True)
+class InitiateChild:
+    """Bring up the tunnel's CHILD_SA (and its IKE SA if there is none)."""
+
+    conn_name: str
+
+
+@dataclass(frozen=True)
+class InitiateIke:
+    """Bring up an IKE SA without a CHILD_SA: the hot standby."""
+
+    conn_name: str
+
+
+@dataclass(frozen=True)
+class TerminateChild:
+    conn_name: str
+    child_uniqueid: str
+
+
+@dataclass(frozen=True)
+class TerminateIke:
+    conn_name: str
+    ike_uniqueid: str
+
+
+Action = LoadTunnel | UnloadConn | UnloadShared | InitiateChild | InitiateIke | TerminateChild | TerminateIke
+INITIATES = (InitiateChild, InitiateIke)
+
+
+@dataclass(frozen=True)
+class TunnelTiming:
+    """Loop-kept timing of one tunnel, fed to the planner."""
+
+    attempts: int = 0  # initiates since the tunnel last reached its desired state
+    next_attempt_at: float = 0.0  # monotonic s; initiates wait until then (backoff)
+    unestablished_since: float | None = None  # monotonic s the IKE SA stopped being up
+
+
+def tunnel_fingerprint(conn: DesiredConnection, number: int) -> str:
+    """Digest of everything that goes into one tunnel's charon objects, PSK included
+    (hashed, never kept in clear), so a change in any of them triggers a reload."""
+    tunnel = conn.tunnel(number)
+    parts = (
+        conn.ike_version, conn.local_address, conn.local_id, conn.local_ts, conn.remote_ts,
+        conn.mode.value, tunnel.conn_name, tunnel.remote_ip, tunnel.psk.reveal(),
+    )
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def plan_objects(
+    desired: list[DesiredConnection],
+    configured_keys: set[str],
+    loaded: dict[str, str],
+    charon: CharonState,
+) -> list[Action]:
+    """Load what is missing or changed, unload our objects nobody configures any more.
+
+    `loaded` maps connection names to the fingerprint this agent process loaded.
+    Objects of a configured connection whose desired state is unknown (API down, no
+    cache) are left alone: an unreachable API never tears tunnels down."""
+    actions: list[Action] = []
+    for conn in desired:
+        for tunnel in conn.tunnels:
+            fingerprint = tunnel_fingerprint(conn, tunnel.number)
+            known = loaded.get(tunnel.conn_name)
+            if tunnel.conn_name in charon.conns and known == fingerprint:
+                continue
+            actions.append(LoadTunnel(conn, tunnel.number, fingerprint))
+            if known is not None and known != fingerprint:
+                # Far end changed (PSK rotation, new IP): old SAs are dead weight.
+                actions += _terminate_all(tunnel.conn_name, charon.tunnel(tunnel.conn_name))
+    ours = {object_name(key, n) for key in configured_keys for n in (1, 2)}
+    for name in sorted(charon.conns):
+        if name.startswith(OBJECT_PREFIX + "-") and name not in ours:
+            actions.append(UnloadConn(name))
+            actions += _terminate_all(name, charon.tunnel(name))
+    for shared_id in sorted(charon.shared_ids):
+        if shared_id.startswith(OBJECT_PREFIX + "-") and shared_id not in ours:
+            actions.append(UnloadShared(shared_id))
+    return actions
+
+
+def _terminate_all(conn_name: str, sas: TunnelSas) -> list[Action]:
+    return [TerminateIke(conn_name, sa.uniqueid) for sa in sas.ike_sas]
+
+
+def choose_active(
+    conn: DesiredConnection,
+    charon: CharonState,
+    current: int | None,
+    timing: dict[str, TunnelTiming],
+    now: float,
+) -> int:
+    """Which tunnel should carry the CHILD_SA (policy mode).
+
+    First call (agent start): adopt the tunnel that already carries a child, so a
+    restart changes nothing; else tunnel 1. Later: keep it unless its IKE SA has been
+    down for ACTIVE_GRACE while the other one is established."""
+    sas = {t.number: charon.tunnel(t.conn_name) for t in conn.tunnels}
+    if current is None:
+        return next((n for n in (1, 2) if sas[n].installed_child is not None), 1)
+    other = 3 - current
+    since = timing.get(conn.tunnel(current).conn_name, TunnelTiming()).unestablished_since
+    current_down = sas[current].ike_state != ESTABLISHED and since is not None and now - since >= ACTIVE_GRACE
+    if current_down and sas[other].ike_state == ESTABLISHED:
+        return other  # ACTIVE -> STANDBY for `current`, STANDBY -> ACTIVE for `other`
+    return current
+
+
+def plan_policy_mode(
+    conn: DesiredConnection,
+    charon: CharonState,
+    active: int,
+    timing: dict[str, TunnelTiming],
+    now: float,
+) -> list[Action]:
+    """Policy mode: identical selectors share one kernel policy, so exactly one tunnel
+    carries a CHILD_SA; the other keeps an IKE SA without children (hot standby)."""
+    active_tunnel = conn.tunnel(active)
+    standby_tunnel = conn.tunnel(3 - active)
+    active_sas = charon.tunnel(active_tunnel.conn_name)
+    standby_sas = charon.tunnel(standby_tunnel.conn_name)
+    actions: list[Action] = []
+
+    def may_attempt(conn_name: str) -> bool:
+        return now >= timing.get(conn_name, TunnelTiming()).next_attempt_at
+
+    # Active: needs an IKE SA with a live child. CONNECTING means charon is on it.
+    has_live_child = any(c.state in LIVE_CHILD_STATES for c in active_sas.children)
+    if not has_live_child and active_sas.ike_state in (ESTABLISHED, "DOWN"):
+        if may_attempt(active_tunnel.conn_name):
+            actions.append(InitiateChild(active_tunnel.conn_name))
+
+    # Standby: an IKE SA only. Its children go once the active child carries traffic
+    # (make-before-break; also cleans up what dpd_action=restart brings back).
+    if standby_sas.ike_state == "DOWN":
+        if may_attempt(standby_tunnel.conn_name):
+            actions.append(InitiateIke(standby_tunnel.conn_name))
+    elif active_sas.installed_child is not None:
+        actions += [TerminateChild(standby_tunnel.conn_name, c.uniqueid) for c in standby_sas.children]
+    return actions
+
+
+def reached_desired_state(sas: TunnelSas, is_active: bool) -> bool:
+    """True when the tunnel is where the planner wants it (resets its backoff)."""
+    if is_active:
+        return sas.installed_child is not None
+    return sas.ike_state == ESTABLISHED
+
+
+def backoff_delay(attempts: int, jitter: float, *, base: float = 1.0, cap: float = 30.0) -> float:
+    """Capped exponential backoff. `jitter` in [0, 1) spreads retries by up to 20 %."""
+    delay = min(cap, base * (2 ** max(0, attempts - 1)))
+    return delay * (0.8 + 0.4 * jitter)

@@ -1,0 +1,93 @@
+"""The immutable picture the loop publishes after every pass.
+
+Other threads (control socket, metrics) only ever read a Snapshot, swapped in as one
+reference, never the loop's live objects. `to_dict` is the status JSON document.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Health(enum.IntEnum):
+    """Overall state; the values are agentctl's exit codes (monitoring-plugin style)."""
+
+    OK = 0  # traffic tunnel up and the other tunnel ready
+    DEGRADED = 1  # traffic flows, redundancy lost
+    DOWN = 2  # no tunnel carries traffic
+    UNKNOWN = 3  # agent unreachable (only agentctl uses this)
+
+
+@dataclass(frozen=True)
+class TunnelView:
+    number: int
+    ip: str
+    api_status: str  # UP | DOWN | UNKNOWN (Platform API telemetry)
+    ike_state: str  # ESTABLISHED, CONNECTING, ..., DOWN (no IKE SA)
+    child_state: str  # INSTALLED, ..., NONE
+    role: str  # active | standby
+    established_seconds: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    last_inbound_seconds: int | None = None  # charon's use-in; None = no packet yet
+    api_status_message: str = ""
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    space: str
+    vpn: str
+    mode: str  # policy | route
+    mode_reason: str
+    source: str  # api | cache | static | none
+    connection_status: str  # the API's connection status, or "unknown"
+    health: Health
+    summary: str  # one line for people: why the health is what it is
+    api_error: str | None = None
+    api_last_success: float | None = None  # unix time of the last good API answer
+    tunnels: tuple[TunnelView, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    agent_version: str
+    started_at: float  # unix time
+    generated_at: float  # unix time
+    charon_reachable: bool
+    charon_version: str = ""
+    ready: bool = False  # the first reconcile pass completed
+    connections: tuple[ConnectionView, ...] = ()
+    errors: tuple[str, ...] = field(default=())  # agent-wide problems, e.g. config reload
+
+    @property
+    def health(self) -> Health:
+        if not self.connections:
+            return Health.DOWN
+        return max(c.health for c in self.connections)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["health"] = self.health.name.lower()
+        for conn, view in zip(data["connections"], self.connections):
+            conn["health"] = view.health.name.lower()
+        return data
+
+
+def connection_health(tunnels: tuple[TunnelView, ...], charon_reachable: bool) -> tuple[Health, str]:
+    """OK when one tunnel carries a CHILD_SA and the other is ready to take over."""
+    if not charon_reachable:
+        return Health.DOWN, "charon unreachable"
+    if not tunnels:
+        return Health.DOWN, "VPN connection not known yet (Platform API)"
+    carrying = [t for t in tunnels if t.child_state == "INSTALLED"]
+    ready = [t for t in tunnels if t.ike_state == "ESTABLISHED"]
+    if not carrying:
+        return Health.DOWN, "no tunnel carries traffic"
+    if len(ready) < len(tunnels):
+        down = ", ".join(str(t.number) for t in tunnels if t.ike_state != "ESTABLISHED")
+        return Health.DEGRADED, f"redundancy lost: tunnel {down} not established"
+    return Health.OK, f"tunnel {carrying[0].number} active, redundancy ok"

@@ -1,0 +1,107 @@
+"""Polls the Platform API for every Heroku connection on its own thread and posts
+each answer (or failure) to the loop's inbox. The loop alone decides what it means.
+
+Polls every `api.poll_interval`, faster while a connection is being provisioned
+(like `heroku spaces:vpn:wait`, every 10 s). The adapter retries within one poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.adapters.heroku import FetchResult, PlatformApi, PlatformApiError
+
+log = logging.getLogger(__name__)
+
+WAIT_POLL_INTERVAL = 10.0  # s, as `heroku spaces:vpn:wait`
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    key: str
+    result: FetchResult
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    key: str
+    kind: str  # auth | not_found | unavailable | rate_limited | payload | http
+    message: str
+
+
+@dataclass(frozen=True)
+class PollTarget:
+    key: str
+    space: str
+    vpn: str
+
+
+class ApiPoller:
+    """One thread for all connections: a gateway serves a handful of spaces at most."""
+
+    def __init__(
+        self,
+        api: PlatformApi,
+        targets: list[PollTarget],
+        post: Callable[[object], None],
+        *,
+        interval: float,
+    ) -> None:
+        self._api = api
+        self._targets = targets
+        self._post = post
+        self._interval = interval
+        self._etags: dict[str, str | None] = {}
+        self._waiting: set[str] = set()  # keys whose connection is still provisioning
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=15)
+        self._api.close()
+
+    def poll_now(self) -> None:
+        self._wake.set()
+
+    def _mark_waiting(self, key: str, waiting: bool) -> None:
+        """A connection still pending/provisioning is polled faster."""
+        (self._waiting.add if waiting else self._waiting.discard)(key)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for target in self._targets:
+                if self._stop.is_set():
+                    return
+                self._poll(target)
+            interval = WAIT_POLL_INTERVAL if self._waiting else self._interval
+            self._wake.wait(min(interval, self._interval))
+            self._wake.clear()
+
+    def _poll(self, target: PollTarget) -> None:
+        try:
+            result = self._api.get_vpn_connection(target.space, target.vpn, etag=self._etags.get(target.key))
+        except PlatformApiError as e:
+            self._post(ApiFailure(target.key, e.kind, str(e)))
+            return
+        except Exception as e:  # a bug here must not kill polling for good
+            log.exception("polling %s/%s failed unexpectedly", target.space, target.vpn)
+            self._post(ApiFailure(target.key, "internal", type(e).__name__))
+            return
+        if result.etag:
+            self._etags[target.key] = result.etag
+        if result.connection is not None:
+            self._mark_waiting(target.key, result.connection.status.is_waiting)
+        self._post(ApiAnswer(target.key, result))
+
+    def forget_etag(self, key: str) -> None:
+        """Ask for the full body next time (e.g. after the loop lost its copy)."""
+        self._etags.pop(key, None)

@@ -1,0 +1,137 @@
+"""`space-vpn-agent`: wires config, adapters, threads and the loop, then runs it.
+
+    space-vpn-agent --config /etc/space-vpn-agent/agent.yaml    (foreground daemon)
+    space-vpn-agent check-config --config PATH                  (validate and exit)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from agent import __version__
+from agent.adapters.charon import CharonClient, CharonEventListener
+from agent.adapters.connection_cache import ConnectionCache
+from agent.adapters.credentials import CredentialError, load_token
+from agent.adapters.heroku import PlatformApi
+from agent.adapters.netinfo import source_address_towards
+from agent.adapters.sdnotify import SystemdNotifier
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.control.server import ControlServer
+from agent.core.snapshot import Snapshot
+from agent.daemon.api_poller import ApiPoller, PollTarget
+from agent.daemon.controller import Controller, Reload, Stop, resolve_mode
+
+log = logging.getLogger("agent")
+
+DEFAULT_CONFIG = "/etc/space-vpn-agent/agent.yaml"
+EXIT_CONFIG = 2  # bad config or credentials: systemd should not restart in a loop
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="space-vpn-agent",
+        description="Keeps a Heroku Private Space (or AWS-style) two-tunnel IPsec VPN up through strongSwan.",
+    )
+    parser.add_argument("--version", action="version", version=f"space-vpn-agent {__version__}")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check-config", help="validate the config file and exit (0 valid, 2 invalid)")
+    check.add_argument("--config", default=argparse.SUPPRESS, help="YAML config file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        for conn in config.connections:
+            resolve_mode(conn.mode)
+    except (ConfigError, OSError, ValueError) as e:
+        print(f"space-vpn-agent: {args.config}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(f"{args.config}: OK, {len(config.connections)} connection(s)")
+        return 0
+    _setup_logging(config.log_level)
+    try:
+        return Daemon(config, args.config).run()
+    except CredentialError as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal stamps time and unit; elsewhere we do.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines every poll are noise
+
+
+class Daemon:
+    """Owns the threads around the loop; the loop owns the state."""
+
+    def __init__(self, config: AgentConfig, config_path: str) -> None:
+        self._config_path = config_path
+        self._notifier = SystemdNotifier()
+        self._poller: ApiPoller | None = None
+        self._last_watchdog = 0.0
+        self._charon = CharonClient(config.strongswan.vici_socket)
+        self._controller = Controller(
+            config,
+            self._charon,
+            ConnectionCache(Path(config.state_dir)),
+            detect_local_address=source_address_towards,
+            reload_config=lambda: load_config(self._config_path),
+            on_config=self._start_poller,
+            on_pass=self._after_pass,
+        )
+        self._listener = CharonEventListener(config.strongswan.vici_socket, self._controller.post)
+        self._control = ControlServer(
+            config.control_socket, lambda: self._controller.snapshot, self._controller.post, Reload
+        )
+
+    def run(self) -> int:
+        config = self._controller.config
+        log.info("space-vpn-agent %s starting: %d connection(s), charon at %s",
+                 __version__, len(config.connections), config.strongswan.vici_socket)
+        self._start_poller(config)
+        self._listener.start()
+        self._control.start()
+        signal.signal(signal.SIGTERM, lambda *_: self._controller.post(Stop()))
+        signal.signal(signal.SIGINT, lambda *_: self._controller.post(Stop()))
+        signal.signal(signal.SIGHUP, lambda *_: self._controller.post(Reload()))
+        try:
+            return self._controller.run()
+        finally:
+            self._notifier.notify(STOPPING="1")
+            if self._poller is not None:
+                self._poller.stop()
+            self._listener.stop()
+            self._control.stop()
+            self._charon.close()
+
+    def _start_poller(self, config: AgentConfig) -> None:
+        """(Re)start API polling for the Heroku connections of `config`."""
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller = None
+        targets = [PollTarget(c.key, c.space, c.vpn) for c in config.connections if c.static is None]
+        if not targets:
+            return
+        token = load_token(config.api.token_file, os.environ, os.environ.get("CREDENTIALS_DIRECTORY"))
+        api = PlatformApi(config.api.url, token, timeout=config.api.timeout, user_agent=f"space-vpn-agent/{__version__}")
+        self._poller = ApiPoller(api, targets, self._controller.post, interval=config.api.poll_interval)
+        self._poller.start()
+
+    def _after_pass(self, snapshot: Snapshot) -> None:
+        if not self._notifier.enabled:
+            return
+        status = "; ".join(f"{c.space}/{c.vpn}: {c.summary}" for c in snapshot.connections)
+        self._notifier.notify(READY="1", STATUS=status[:200], WATCHDOG="1")

@@ -1,0 +1,86 @@
+"""The loop's own mutable state per connection, and how it turns into a Snapshot.
+
+Only the loop thread touches ConnectionRuntime; `connection_view` is pure and builds
+the immutable view other threads read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.config import ConnectionConfig
+from agent.core.desired import DesiredConnection
+from agent.core.model import Mode, VpnConnection
+from agent.core.observation import CharonState
+from agent.core.planner import TunnelTiming
+from agent.core.snapshot import ConnectionView, Health, TunnelView, connection_health
+
+
+@dataclass
+class ConnectionRuntime:
+    config: ConnectionConfig
+    mode: Mode  # resolved: POLICY or ROUTE
+    mode_reason: str
+    vpn: VpnConnection | None = None  # last good description of the far end
+    source: str = "none"  # api | cache | static | none
+    connection_status: str = "unknown"
+    api_error: str | None = None
+    api_error_kind: str | None = None
+    api_last_success: float | None = None
+    local_address: str | None = None  # config value, else detected
+    active: int | None = None  # policy mode: the tunnel that carries the CHILD_SA
+    desired: DesiredConnection | None = None
+    timing: dict[str, TunnelTiming] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+
+def connection_view(runtime: ConnectionRuntime, charon: CharonState) -> ConnectionView:
+    """Status of one connection from the loop's state and the last observation."""
+    tunnels: tuple[TunnelView, ...] = ()
+    if runtime.desired is not None:
+        tunnels = tuple(_tunnel_view(runtime, t.number, charon) for t in runtime.desired.tunnels)
+    health, summary = connection_health(tunnels, charon.reachable)
+    if runtime.desired is None and runtime.api_error:
+        summary = f"waiting for the Platform API: {runtime.api_error}"
+    elif runtime.desired is None and runtime.connection_status not in ("unknown", "active"):
+        summary = f"VPN connection is {runtime.connection_status}; waiting until it is active"
+    return ConnectionView(
+        space=runtime.config.space,
+        vpn=runtime.config.vpn,
+        mode=runtime.mode.value,
+        mode_reason=runtime.mode_reason,
+        source=runtime.source,
+        connection_status=runtime.connection_status,
+        health=health if runtime.desired is not None else Health.DOWN,
+        summary=summary,
+        api_error=runtime.api_error,
+        api_last_success=runtime.api_last_success,
+        tunnels=tunnels,
+    )
+
+
+def _tunnel_view(runtime: ConnectionRuntime, number: int, charon: CharonState) -> TunnelView:
+    assert runtime.desired is not None
+    desired = runtime.desired.tunnel(number)
+    sas = charon.tunnel(desired.conn_name)
+    child = sas.installed_child
+    ike = sas.established_ike
+    api_tunnel = runtime.vpn.tunnel(number) if runtime.vpn is not None else None
+    return TunnelView(
+        number=number,
+        ip=desired.remote_ip,
+        api_status=desired.api_status.value,
+        api_status_message=api_tunnel.status_message if api_tunnel else "",
+        ike_state=sas.ike_state,
+        child_state=sas.child_state,
+        role="active" if runtime.active == number else "standby",
+        established_seconds=ike.established if ike else None,
+        bytes_in=sum(c.bytes_in for c in sas.children),
+        bytes_out=sum(c.bytes_out for c in sas.children),
+        packets_in=sum(c.packets_in for c in sas.children),
+        packets_out=sum(c.packets_out for c in sas.children),
+        last_inbound_seconds=child.use_in if child else None,
+    )
