@@ -1,0 +1,264 @@
+"""Reads one vpn-connection from the Heroku Platform API (httpx + tenacity).
+
+Retries only what may heal by itself (network errors, timeouts, 5xx, 429 honouring
+Retry-After); a refused token or a missing connection is reported at once. Library errors
+are translated into the small PlatformApiError tree; the token never appears in one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import httpx
+import tenacity
+
+from agent import __version__
+from agent.core.model import Secret, VpnConnection
+from agent.core.payload import PayloadError, parse_vpn_connection
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "application/vnd.heroku+json; version=3"
+DEFAULT_USER_AGENT = f"space-vpn-agent/{__version__}"
+_MAX_ERROR_TEXT = 200
+
+
+class PlatformApiError(Exception):
+    """Any failure to get a usable answer; `kind` is a short label for metrics."""
+
+    default_kind = "error"
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind or self.default_kind
+
+
+class ApiAuthError(PlatformApiError):
+    """401/403: the token is missing, invalid, expired or lacks access."""
+
+    default_kind = "auth"
+
+
+class ApiNotFound(PlatformApiError):
+    """404: no such space or vpn (also briefly right after a create)."""
+
+    default_kind = "not_found"
+
+
+class ApiUnavailable(PlatformApiError):
+    """Unreachable, timed out, 5xx or rate limited, still so after the retries."""
+
+    default_kind = "unavailable"
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, status=status, kind=kind)
+        self.retry_after = retry_after
+
+
+class ApiPayloadError(PlatformApiError):
+    """The answer was not JSON or not a valid vpn-connection."""
+
+    default_kind = "payload"
+
+
+class ApiHttpError(PlatformApiError):
+    """Any other unexpected HTTP status."""
+
+    default_kind = "http"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """One GET: `connection` and `raw` are None on 304 Not Modified."""
+
+    connection: VpnConnection | None
+    raw: dict | None = field(repr=False)  # the body as received, PSKs in clear
+    etag: str | None
+    rate_limit_remaining: int | None
+
+
+def _check_url(url: str) -> None:
+    parsed = httpx.URL(url)
+    if parsed.scheme == "https":
+        return
+    if parsed.scheme == "http" and _is_loopback(parsed.host):
+        return
+    raise ValueError(f"refusing Platform API url {url}: use https (plain http only to loopback)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _segment(name: str) -> str:
+    if name in ("", ".", ".."):
+        raise ValueError(f"invalid space or vpn name {name!r}")
+    return quote(name, safe="")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # the HTTP-date form is not used by this API: fall back to backoff
+
+
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    try:
+        return int(response.headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        detail = f"{body.get('id', '?')}: {body.get('message', '')}"
+    except (ValueError, AttributeError):
+        detail = response.text
+    return detail.strip()[:_MAX_ERROR_TEXT] or "(no body)"
+
+
+def _wait_strategy(max_backoff: float) -> Callable[[tenacity.RetryCallState], float]:
+    backoff = tenacity.wait_exponential_jitter(max=max_backoff, jitter=1)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        hint = getattr(error, "retry_after", None)
+        # The server knows when its limit refills; still never wait longer than configured.
+        return min(hint, max_backoff) if hint is not None else backoff(state)
+
+    return wait
+
+
+def retry_policy(
+    *, attempts: int, max_backoff: float, sleep: Callable[[float], None]
+) -> tenacity.Retrying:
+    """The adapter's one retry policy: ApiUnavailable is retried, everything else is final."""
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        # The error message already names the space and vpn.
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("Platform API attempt %d/%d failed: %s; retrying in %.1fs",
+                    state.attempt_number, attempts, error, wait)
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ApiUnavailable),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=_wait_strategy(max_backoff),
+        sleep=sleep,
+        before_sleep=log_retry,
+        reraise=True,
+    )
+
+
+class PlatformApi:
+    """GETs vpn-connections with ETag revalidation and bounded retries."""
+
+    def __init__(
+        self,
+        url: str,
+        token: Secret,
+        *,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        max_backoff: float = 30.0,
+        user_agent: str = DEFAULT_USER_AGENT,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        _check_url(url)
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {attempts}")
+        self._token = token
+        self._retrying = retry_policy(attempts=attempts, max_backoff=max_backoff, sleep=sleep)
+        # The token is added per request, not as a client default, so it lives in one place.
+        self._client = httpx.Client(
+            base_url=url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": ACCEPT, "User-Agent": user_agent},
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"PlatformApi({str(self._client.base_url)!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def get_vpn_connection(self, space: str, vpn: str, etag: str | None = None) -> FetchResult:
+        """The connection, or connection=None when `etag` is still current (304)."""
+        path = f"/spaces/{_segment(space)}/vpn-connections/{_segment(vpn)}"
+        what = f"space {space} vpn {vpn}"
+        return self._retrying(self._get_once, path, what, etag)
+
+    def _get_once(self, path: str, what: str, etag: str | None) -> FetchResult:
+        headers = {"Authorization": f"Bearer {self._token.reveal()}"}
+        if etag:
+            headers["If-None-Match"] = etag
+        try:
+            response = self._client.get(path, headers=headers)
+        except httpx.TimeoutException as e:
+            raise ApiUnavailable(f"{what}: timed out ({type(e).__name__})") from e
+        except httpx.TransportError as e:
+            raise ApiUnavailable(f"{what}: cannot reach the API ({type(e).__name__}: {e})") from e
+        except httpx.HTTPError as e:
+            raise ApiHttpError(f"{what}: request failed ({type(e).__name__}: {e})") from e
+        return self._result(response, what, etag)
+
+    def _result(self, response: httpx.Response, what: str, etag: str | None) -> FetchResult:
+        status = response.status_code
+        remaining = _int_header(response, "RateLimit-Remaining")
+        new_etag = response.headers.get("ETag")
+        if status == 304:
+            return FetchResult(None, None, new_etag or etag, remaining)
+        if status == 200:
+            raw, connection = self._parse(response, what)
+            return FetchResult(connection, raw, new_etag, remaining)
+        raise self._status_error(response, what)
+
+    def _parse(self, response: httpx.Response, what: str) -> tuple[dict, VpnConnection]:
+        try:
+            raw = response.json()
+        except ValueError as e:
+            raise ApiPayloadError(f"{what}: answer is not JSON ({e})") from e
+        try:
+            return raw, parse_vpn_connection(raw)
+        except PayloadError as e:
+            raise ApiPayloadError(f"{what}: {e}") from e
+
+    def _status_error(self, response: httpx.Response, what: str) -> PlatformApiError:
+        status = response.status_code
+        message = f"{what}: HTTP {status} ({self._scrub(_error_detail(response))})"
+        if status in (401, 403):
+            return ApiAuthError(message, status=status)
+        if status == 404:
+            return ApiNotFound(message, status=status)
+        if status == 429:
+            return ApiUnavailable(message, status=status, kind="rate_limited",
+                                  retry_after=_retry_after(response))
+        if status >= 500:
+            return ApiUnavailable(message, status=status, retry_after=_retry_after(response))
+        return ApiHttpError(message, status=status)
+
+    def _scrub(self, text: str) -> str:
+        # An error page that echoes the request must not carry the token into our logs.
+        token = self._token.reveal()
+        return text.replace(token, "<redacted>") if token else text
