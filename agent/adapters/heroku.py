@@ -85,12 +85,15 @@ class FetchResult:
     rate_limit_remaining: int | None
 
 
-def _check_url(url: str) -> None:
-    parsed = httpx.URL(url)
-    if parsed.scheme == "https":
-        return
+def _check_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as e:
+        raise ValueError(f"invalid Platform API url {url}: {e}") from e
+    if parsed.scheme == "https" and parsed.host:
+        return parsed
     if parsed.scheme == "http" and _is_loopback(parsed.host):
-        return
+        return parsed
     raise ValueError(f"refusing Platform API url {url}: use https (plain http only to loopback)")
 
 
@@ -182,7 +185,7 @@ class PlatformApi:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        _check_url(url)
+        parsed = _check_url(url)
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
         self._token = token
@@ -194,7 +197,9 @@ class PlatformApi:
             transport=transport,
             headers={"Accept": ACCEPT, "User-Agent": user_agent},
             follow_redirects=False,
-            trust_env=False,
+            # Proxy settings from the environment serve gateways behind a corporate proxy;
+            # a loopback fake must never be sent through one.
+            trust_env=not _is_loopback(parsed.host),
         )
 
     def __repr__(self) -> str:

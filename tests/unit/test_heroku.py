@@ -228,7 +228,8 @@ def test_invalid_payload_is_payload_error(fake, make_api, sleeps):
 
 
 @pytest.mark.parametrize("url", ["http://api.heroku.com", "http://10.0.0.1:8080",
-                                 "ftp://127.0.0.1", "http://example.com"])
+                                 "ftp://127.0.0.1", "http://example.com",
+                                 "https://", "http://127.0.0.1:notaport"])
 def test_plain_http_to_non_loopback_is_refused(url):
     with pytest.raises(ValueError) as info:
         PlatformApi(url, Secret(TOKEN))
