@@ -8,7 +8,6 @@ are translated into the small PlatformApiError tree; the token never appears in 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Callable
