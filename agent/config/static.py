@@ -1,0 +1,152 @@
+"""Validation of a static (plain AWS-style) connection: its CIDR blocks, its two tunnels
+and their PSK files, which must be private to the owner and are never echoed in messages.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+from agent.config.fields import _describe, _ip, _mapping, _resolve
+from agent.config.schema import StaticConfig, StaticTunnelConfig
+from agent.core.model import Secret
+
+_STATIC_KEYS = ("ike_version", "routable_cidrs", "space_cidr_block", "tunnels")
+_TUNNEL_KEYS = ("ip", "psk_file")
+_RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+def _static(raw: object, path: str, problems: list[str], base_dir: Path) -> StaticConfig | None:
+    before = len(problems)
+    section = _mapping(raw, path, _STATIC_KEYS, problems)
+    if not isinstance(raw, dict):
+        return None
+    ike_version = section.get("ike_version")
+    if ike_version is None:
+        problems.append(f"{path}.ike_version: required: 1 or 2, as the VPN's configuration says")
+    elif type(ike_version) is not int or ike_version not in (1, 2):
+        problems.append(f"{path}.ike_version: must be 1 or 2, got '{ike_version}'")
+    space_block = _cidr(section.get("space_cidr_block"), f"{path}.space_cidr_block", problems)
+    routable = _routable_cidrs(section.get("routable_cidrs"), f"{path}.routable_cidrs",
+                               space_block, problems)
+    tunnels = _static_tunnels(section.get("tunnels"), f"{path}.tunnels", problems, base_dir)
+    if len(problems) > before:
+        return None
+    return StaticConfig(ike_version=ike_version, routable_cidrs=routable,
+                        space_cidr_block=str(space_block), tunnels=tunnels)
+
+
+def _cidr(raw: object, path: str, problems: list[str]):
+    if raw is None:
+        problems.append(f"{path}: required: a CIDR block such as 10.0.0.0/16")
+        return None
+    try:
+        return ipaddress.ip_network(raw.strip() if isinstance(raw, str) else "", strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(raw.strip(), strict=False)
+        problems.append(f"{path}: '{raw}' has host bits set; did you mean {loose}?")
+    except (ValueError, AttributeError):
+        problems.append(f"{path}: '{raw}' is not a CIDR block (e.g. 172.16.0.0/16)")
+    return None
+
+
+def _routable_cidrs(raw: object, path: str, space_block, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw:
+        problems.append(f"{path}: expected a list of your side's RFC 1918 CIDR blocks, "
+                        f"got {_describe(raw)}")
+        return ()
+    networks = []
+    for index, item in enumerate(raw):
+        item_path = f"{path}[{index}]"
+        network = _cidr(item, item_path, problems)
+        if network is None:
+            continue
+        if not any(network.version == 4 and network.subnet_of(private) for private in _RFC1918):
+            problems.append(f"{item_path}: {network} is not private (RFC 1918: "
+                            "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)")
+        elif space_block is not None and network.overlaps(space_block):
+            problems.append(f"{item_path}: {network} overlaps space_cidr_block {space_block}")
+        for earlier_index, earlier in networks:
+            if network.overlaps(earlier):
+                problems.append(f"{item_path}: {network} overlaps "
+                                f"routable_cidrs[{earlier_index}] {earlier}")
+        networks.append((index, network))
+    return tuple(str(network) for _, network in networks)
+
+
+def _static_tunnels(raw: object, path: str, problems: list[str], base_dir: Path):
+    if not isinstance(raw, list) or len(raw) != 2:
+        count = len(raw) if isinstance(raw, list) else _describe(raw)
+        problems.append(f"{path}: expected exactly two tunnels (tunnel 1 and tunnel 2), "
+                        f"got {count}")
+        return ()
+    tunnels = tuple(_static_tunnel(item, f"{path}[{index}]", problems, base_dir)
+                    for index, item in enumerate(raw))
+    if all(tunnels) and tunnels[0].ip == tunnels[1].ip:
+        problems.append(f"{path}[1].ip: same as tunnels[0] ({tunnels[0].ip}); "
+                        "the two tunnels need distinct IPs")
+    return tunnels
+
+
+def _static_tunnel(raw: object, path: str, problems: list[str],
+                   base_dir: Path) -> StaticTunnelConfig | None:
+    section = _mapping(raw, path, _TUNNEL_KEYS, problems)
+    if not isinstance(raw, dict):
+        return None
+    ip = _ip(section, "ip", path, problems)
+    if ip is None and section.get("ip") is None:
+        problems.append(f"{path}.ip: required: the public IP of this tunnel's far end")
+    psk = _read_psk(section.get("psk_file"), f"{path}.psk_file", problems, base_dir)
+    if ip is None or psk is None:
+        return None
+    return StaticTunnelConfig(ip=ip, psk=psk[0], psk_file=psk[1])
+
+
+def _read_psk(raw: object, path: str, problems: list[str],
+              base_dir: Path) -> tuple[Secret, str] | None:
+    """(key, absolute path), checking first that nobody but the owner can read the file.
+
+    Messages name the file, never its content."""
+    if raw is None:
+        problems.append(f"{path}: required: a file holding the tunnel's pre-shared key "
+                        "(chmod 600)")
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        problems.append(f"{path}: expected a file path, got {_describe(raw)}")
+        return None
+    file = _resolve(raw, base_dir)
+    try:
+        info = os.stat(file)
+    except FileNotFoundError:
+        problems.append(f"{path}: {file} does not exist")
+        return None
+    except OSError as e:
+        problems.append(f"{path}: cannot read {file}: {e.strerror}")
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        problems.append(f"{path}: {file} is not a regular file")
+        return None
+    if info.st_mode & 0o077:
+        problems.append(f"{path}: {file} is accessible by group or others "
+                        f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 {file}")
+        return None
+    try:
+        key = file.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        problems.append(f"{path}: cannot read {file}: {e.strerror}")
+        return None
+    except UnicodeDecodeError:
+        # The decoder's own message quotes bytes of the key: keep it out.
+        problems.append(f"{path}: {file} is not UTF-8 text")
+        return None
+    if not key:
+        problems.append(f"{path}: {file} is empty; it must hold the pre-shared key")
+        return None
+    if "\n" in key:
+        problems.append(f"{path}: {file} holds more than one line; it must hold only the key")
+        return None
+    return Secret(key), str(file)

@@ -1,0 +1,240 @@
+"""parse_config: turns the loaded YAML document into an AgentConfig, reporting every
+problem at once ("<key path>: <problem and fix>") in one ConfigError.
+
+Pure except that static connections read their PSK files (see static.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from agent.config.fields import _describe, _duration, _file_path, _ip, _mapping, _string
+from agent.config.schema import (
+    AgentConfig,
+    ApiConfig,
+    ConfigError,
+    ConnectionConfig,
+    MetricsConfig,
+    ProbeConfig,
+    StrongswanConfig,
+    split_listen,
+)
+from agent.config.static import _static
+from agent.core.model import Mode, object_name
+
+_TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level",
+             "connections")
+_API_KEYS = ("url", "token_file", "poll_interval", "timeout")
+_STRONGSWAN_KEYS = ("vici_socket", "initiate_timeout")
+_METRICS_KEYS = ("listen",)
+_CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe", "static")
+_PROBE_KEYS = ("target", "interval", "failures")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def parse_config(data: object, *, base_dir: Path) -> AgentConfig:
+    """Validate the loaded YAML document; raise ConfigError listing every problem found."""
+    problems: list[str] = []
+    top = _mapping(data, "", _TOP_KEYS, problems)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(problems)  # nothing else to check; "connections missing" is noise
+    log_level = _string(top, "log_level", "", problems, "info").lower()
+    if log_level not in _LOG_LEVELS:
+        problems.append(f"log_level: '{top['log_level']}' is not a log level "
+                        "(use debug, info, warning or error)")
+    config = AgentConfig(
+        api=_api(top.get("api"), problems, base_dir),
+        strongswan=_strongswan(top.get("strongswan"), problems, base_dir),
+        state_dir=_file_path(top, "state_dir", "", problems, base_dir, AgentConfig.state_dir),
+        control_socket=_file_path(top, "control_socket", "", problems, base_dir,
+                                  AgentConfig.control_socket),
+        metrics=_metrics(top.get("metrics"), problems),
+        log_level=log_level,
+        connections=_connections(top.get("connections"), problems, base_dir),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _api(raw: object, problems: list[str], base_dir: Path) -> ApiConfig:
+    section = _mapping(raw, "api", _API_KEYS, problems)
+    url = _string(section, "url", "api", problems, ApiConfig.url)
+    _check_api_url(url, problems)
+    token_file = _file_path(section, "token_file", "api", problems, base_dir, None)
+    return ApiConfig(
+        url=url.rstrip("/"),
+        token_file=token_file,
+        poll_interval=_duration(section, "poll_interval", "api", problems, ApiConfig.poll_interval),
+        timeout=_duration(section, "timeout", "api", problems, ApiConfig.timeout),
+    )
+
+
+def _check_api_url(url: str, problems: list[str]) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        problems.append(f"api.url: '{url}' is not a URL (e.g. https://api.heroku.com)")
+        return
+    if parts.username or parts.password:
+        # Don't echo the URL: it carries a credential.
+        problems.append("api.url: must not contain credentials; use api.token_file")
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"api.url: '{url}' is not an https:// URL (e.g. https://api.heroku.com)")
+    elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+        problems.append(f"api.url: plain http is only allowed for loopback hosts, got '{url}'")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _strongswan(raw: object, problems: list[str], base_dir: Path) -> StrongswanConfig:
+    section = _mapping(raw, "strongswan", _STRONGSWAN_KEYS, problems)
+    return StrongswanConfig(
+        vici_socket=_file_path(section, "vici_socket", "strongswan", problems, base_dir,
+                               StrongswanConfig.vici_socket),
+        initiate_timeout=_duration(section, "initiate_timeout", "strongswan", problems,
+                                   StrongswanConfig.initiate_timeout),
+    )
+
+
+def _metrics(raw: object, problems: list[str]) -> MetricsConfig:
+    section = _mapping(raw, "metrics", _METRICS_KEYS, problems)
+    listen = section.get("listen", MetricsConfig.listen)
+    if listen is None or listen == "":
+        return MetricsConfig(listen="")
+    if not isinstance(listen, str):
+        problems.append(f"metrics.listen: expected host:port (e.g. 127.0.0.1:9813), "
+                        f"got {_describe(listen)}")
+        return MetricsConfig()
+    try:
+        split_listen(listen)
+    except ValueError as e:
+        problems.append(f"metrics.listen: {e}")
+    return MetricsConfig(listen=listen)
+
+
+def _connections(raw: object, problems: list[str], base_dir: Path) -> tuple[ConnectionConfig, ...]:
+    if raw is None or raw == []:
+        problems.append("connections: at least one connection is required")
+        return ()
+    if not isinstance(raw, list):
+        problems.append(f"connections: expected a list of connections, got {_describe(raw)}")
+        return ()
+    parsed = []
+    for index, item in enumerate(raw):
+        connection = _connection(item, f"connections[{index}]", problems, base_dir)
+        if connection is not None:
+            parsed.append((index, connection))
+    _check_unique(parsed, problems)
+    return tuple(connection for _, connection in parsed)
+
+
+def _check_unique(parsed: list[tuple[int, ConnectionConfig]], problems: list[str]) -> None:
+    by_label: dict[str, int] = {}
+    by_object: dict[str, tuple[int, str]] = {}
+    for index, conn in parsed:
+        # Different labels can still map to one charon name ("a-b"/"c" vs "a"/"b-c").
+        name = object_name(conn.key, 1)
+        if conn.label in by_label:
+            problems.append(f"connections[{index}]: duplicate of "
+                            f"connections[{by_label[conn.label]}] ({conn.label})")
+        elif name in by_object:
+            other, other_label = by_object[name]
+            problems.append(f"connections[{index}]: {conn.label} and connections[{other}] "
+                            f"({other_label}) get the same charon name {name}; rename one")
+        by_label.setdefault(conn.label, index)
+        by_object.setdefault(name, (index, conn.label))
+
+
+def _connection(raw: object, path: str, problems: list[str],
+                base_dir: Path) -> ConnectionConfig | None:
+    """None when space/vpn are unusable; other problems only land in `problems`."""
+    section = _mapping(raw, path, _CONNECTION_KEYS, problems)
+    if not isinstance(raw, dict):
+        return None
+    static = None
+    if section.get("static") is not None:
+        static = _static(section["static"], f"{path}.static", problems, base_dir)
+        space = _name(section, "space", path, problems, "static")
+        vpn = _name(section, "vpn", path, problems, None)
+        if "vpn" not in section or section["vpn"] is None:
+            problems.append(f"{path}.vpn: required: a name for this static connection "
+                            "(e.g. office)")
+    else:
+        space = _name(section, "space", path, problems, None)
+        vpn = _name(section, "vpn", path, problems, None)
+        _require_space_and_vpn(section, path, problems)
+    local_address = _ip(section, "local_address", path, problems)
+    connection_kwargs = dict(
+        local_address=local_address,
+        local_id=_string(section, "local_id", path, problems, None) or local_address,
+        mode=_mode(section, path, problems),
+        probe=_probe(section.get("probe"), f"{path}.probe", problems),
+        static=static,
+    )
+    if space is None or vpn is None:
+        return None
+    return ConnectionConfig(space=space, vpn=vpn, **connection_kwargs)
+
+
+def _require_space_and_vpn(section: dict, path: str, problems: list[str]) -> None:
+    has_space = section.get("space") is not None
+    has_vpn = section.get("vpn") is not None
+    if not has_space and not has_vpn:
+        problems.append(f"{path}: needs either space and vpn (Heroku) "
+                        "or static (plain AWS-style VPN)")
+    elif not has_vpn:
+        problems.append(f"{path}.vpn: required: the VPN connection's name in the space "
+                        "(heroku spaces:vpn:connections)")
+    elif not has_space:
+        problems.append(f"{path}.space: required: the Private Space that holds the VPN")
+
+
+def _name(section: dict, key: str, path: str, problems: list[str],
+          default: str | None) -> str | None:
+    raw = section.get(key)
+    if raw is None:
+        return default
+    if not isinstance(raw, str) or not _NAME.fullmatch(raw):
+        problems.append(f"{path}.{key}: '{raw}' is not a valid name "
+                        "(letters, digits, '.', '_' and '-')")
+        return None
+    return raw
+
+
+def _mode(section: dict, path: str, problems: list[str]) -> Mode:
+    raw = section.get("mode")
+    if raw is None:
+        return Mode.AUTO
+    try:
+        return Mode(raw)
+    except ValueError:
+        problems.append(f"{path}.mode: '{raw}' is not a mode (use auto, route or policy)")
+        return Mode.AUTO
+
+
+def _probe(raw: object, path: str, problems: list[str]) -> ProbeConfig:
+    section = _mapping(raw, path, _PROBE_KEYS, problems)
+    failures = section.get("failures", ProbeConfig.failures)
+    if failures is None:
+        failures = ProbeConfig.failures
+    elif type(failures) is not int or failures < 1:
+        problems.append(f"{path}.failures: must be a whole number of at least 1, got '{failures}'")
+        failures = ProbeConfig.failures
+    return ProbeConfig(
+        target=_ip(section, "target", path, problems),
+        interval=_duration(section, "interval", path, problems, ProbeConfig.interval),
+        failures=failures,
+    )
