@@ -53,3 +53,7 @@ def _status(socket_path: str, *, as_json: bool) -> int:
     else:
         print(render_status(status), end="")
     return Health[status["health"].upper()].value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

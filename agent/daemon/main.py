@@ -135,3 +135,7 @@ class Daemon:
             return
         status = "; ".join(f"{c.space}/{c.vpn}: {c.summary}" for c in snapshot.connections)
         self._notifier.notify(READY="1", STATUS=status[:200], WATCHDOG="1")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 machine (as root) to run the lab demo and the tests:
+# strongSwan (charon-systemd, swanctl, kernel-libipsec), network tools, and a venv
+# in .venv with the project and its test dependencies. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  charon-systemd strongswan-swanctl libcharon-extra-plugins
+  nftables iproute2 iputils-ping procps
+  python3 python3-venv
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian enables the strongSwan services on install; the lab runs its own charons.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl disable --now strongswan.service strongswan-starter.service >/dev/null 2>&1 || true
+fi
+
+PYTHON=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

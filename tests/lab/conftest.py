@@ -1,0 +1,61 @@
+"""Fixtures for lab tests: a fresh lab (two namespaces, two real charons), the fake
+Platform API inside the customer namespace, and the agent as a real process."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.lab import topology
+from agent.lab.agent_process import AgentProcess, heroku_agent_config, write_secret_file
+from agent.lab.cli import SPACE, VPN, start_fake_api
+from agent.lab.fake_api import FakePlatformApi
+from agent.lab.lab import Lab
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(tmp_path / "lab") as built:
+        yield built
+
+
+@pytest.fixture
+def token() -> str:
+    return "HRKU-" + secrets.token_hex(16)
+
+
+@pytest.fixture
+def fake_api(lab: Lab, token: str) -> Iterator[FakePlatformApi]:
+    with start_fake_api(lab, token) as api:
+        yield api
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, lab: Lab, fake_api: FakePlatformApi, token: str) -> Iterator[Callable[..., AgentProcess]]:
+    """Build (not start) an agent for the lab's Heroku connection."""
+    agents: list[AgentProcess] = []
+
+    def make(**overrides) -> AgentProcess:
+        workdir = tmp_path / f"agent{len(agents)}"
+        workdir.mkdir()
+        write_secret_file(workdir / "heroku-token", token)
+        config = heroku_agent_config(
+            workdir, api_url=fake_api.url, vici_socket=lab.customer_charon.vici_socket,
+            space=SPACE, vpn=VPN, local_address=topology.CUSTOMER_PUBLIC_IP, **overrides,
+        )
+        agent = AgentProcess(workdir, lab.topology.cust_ns, config)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop()
+
+
+@pytest.fixture
+def secrets_of(lab: Lab, token: str) -> tuple[str, ...]:
+    """Everything that must never appear in any output."""
+    return (*lab.psks, token)
