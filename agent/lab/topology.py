@@ -1,0 +1,164 @@
+"""The lab's two network namespaces: `<prefix>-cust` (customer VPN host) and
+`<prefix>-space` (the Heroku/AWS side with both tunnel endpoints), joined by a veth
+pair and addressed only with documentation and RFC 1918 ranges (shared/lab-recipe.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+
+log = logging.getLogger(__name__)
+
+CUSTOMER_PUBLIC_IP = "203.0.113.10"
+SPACE_PUBLIC_IP = "203.0.113.1"
+PUBLIC_PREFIXLEN = 24
+TUNNEL_IPS = ("198.51.100.1", "198.51.100.2")
+TUNNEL_CIDR = "198.51.100.0/24"
+CUSTOMER_HOST_IP = "172.16.0.2"
+SPACE_HOST_IP = "10.0.0.10"
+ROUTABLE_CIDR = "172.16.0.0/16"
+SPACE_CIDR = "10.0.0.0/16"
+
+#: Seconds a process gets between SIGTERM and SIGKILL when a namespace is torn down.
+KILL_GRACE_S = 3.0
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one `ip` command (argv list, never a shell string)."""
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def netns_exists(name: str) -> bool:
+    return name in list_netns()
+
+
+def list_netns() -> list[str]:
+    out = ip("netns", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def netns_pids(name: str) -> list[int]:
+    result = ip("netns", "pids", name, check=False)
+    return [int(tok) for tok in result.stdout.split() if tok.isdigit()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it holds nothing, so count it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_pids(pids: list[int], grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM every pid, wait up to grace_s, then SIGKILL the survivors."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            log.warning("pid %s ignored SIGTERM, sending SIGKILL", pid)
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class Topology:
+    """Creates and removes the two namespaces. `destroy()` is idempotent."""
+
+    def __init__(self, prefix: str = "svpn") -> None:
+        self.prefix = prefix
+
+    @property
+    def cust_ns(self) -> str:
+        return f"{self.prefix}-cust"
+
+    @property
+    def space_ns(self) -> str:
+        return f"{self.prefix}-space"
+
+    @property
+    def namespaces(self) -> tuple[str, str]:
+        return (self.cust_ns, self.space_ns)
+
+    @property
+    def customer_public_ip(self) -> str:
+        return CUSTOMER_PUBLIC_IP
+
+    @property
+    def tunnel_ips(self) -> tuple[str, str]:
+        return TUNNEL_IPS
+
+    @property
+    def customer_host_ip(self) -> str:
+        return CUSTOMER_HOST_IP
+
+    @property
+    def space_host_ip(self) -> str:
+        return SPACE_HOST_IP
+
+    # veth names are per prefix but live inside the namespaces, so they never clash.
+    _CUST_VETH = "vc"
+    _SPACE_VETH = "vs"
+
+    def create(self) -> None:
+        """Build both namespaces from scratch (stale ones of this prefix go first)."""
+        self.destroy()
+        try:
+            self._build()
+        except subprocess.CalledProcessError as e:
+            log.error("lab topology %s failed at %s: %s", self.prefix, e.cmd, e.stderr.strip())
+            self.destroy()
+            raise
+        log.info("lab topology %s created", self.prefix)
+
+    def _build(self) -> None:
+        cust, space = self.cust_ns, self.space_ns
+        for ns in (cust, space):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        # Created inside cust so no interface ever appears in the root namespace.
+        ip("-n", cust, "link", "add", self._CUST_VETH, "type", "veth",
+           "peer", "name", self._SPACE_VETH, "netns", space)
+        ip("-n", cust, "addr", "add", f"{CUSTOMER_PUBLIC_IP}/{PUBLIC_PREFIXLEN}", "dev", self._CUST_VETH)
+        ip("-n", space, "addr", "add", f"{SPACE_PUBLIC_IP}/{PUBLIC_PREFIXLEN}", "dev", self._SPACE_VETH)
+        for tunnel_ip in TUNNEL_IPS:
+            ip("-n", space, "addr", "add", f"{tunnel_ip}/32", "dev", "lo")
+        ip("-n", space, "addr", "add", f"{SPACE_HOST_IP}/32", "dev", "lo")
+        ip("-n", cust, "addr", "add", f"{CUSTOMER_HOST_IP}/32", "dev", "lo")
+        ip("-n", cust, "link", "set", self._CUST_VETH, "up")
+        ip("-n", space, "link", "set", self._SPACE_VETH, "up")
+        ip("-n", cust, "route", "add", TUNNEL_CIDR, "via", SPACE_PUBLIC_IP)
+
+    def destroy(self) -> None:
+        """Kill every process left in the namespaces (by pid), then delete them."""
+        for ns in self.namespaces:
+            if not netns_exists(ns):
+                continue
+            pids = netns_pids(ns)
+            if pids:
+                log.info("killing %s leftover process(es) in %s", len(pids), ns)
+                kill_pids(pids)
+            result = ip("netns", "del", ns, check=False)
+            if result.returncode != 0:
+                log.warning("could not delete netns %s: %s", ns, result.stderr.strip())
+
+    def pids(self) -> list[int]:
+        """Every process still running inside one of the namespaces."""
+        return [pid for ns in self.namespaces if netns_exists(ns) for pid in netns_pids(ns)]
