@@ -1,0 +1,310 @@
+"""The planner's decisions over desired and observed state: which charon objects to
+load or unload, which tunnel carries traffic, and which SAs to bring up or close.
+Every case is a table row: inputs built from frozen dataclasses, exact actions out."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.core.desired import DesiredConnection, desired_connection
+from agent.core.model import (
+    ConnectionStatus,
+    Mode,
+    Secret,
+    Tunnel,
+    TunnelApiStatus,
+    VpnConnection,
+)
+from agent.core.observation import CONNECTING, ESTABLISHED, INSTALLED, CharonState, ChildSa, IkeSa, TunnelSas
+from agent.core.planner import (
+    ACTIVE_GRACE,
+    InitiateChild,
+    InitiateIke,
+    LoadTunnel,
+    TerminateChild,
+    TerminateIke,
+    TunnelTiming,
+    UnloadConn,
+    UnloadShared,
+    backoff_delay,
+    choose_active,
+    plan_objects,
+    plan_policy_mode,
+    reached_desired_state,
+    tunnel_fingerprint,
+)
+
+LOCAL = "198.51.100.10"
+T1_IP = "203.0.113.11"
+T2_IP = "203.0.113.12"
+PSK1 = "alpha-Psk-one-Qx"
+PSK2 = "bravo-Psk-two-Zk"
+KEY = "acme-office"
+T1 = "svpn-acme-office-t1"
+T2 = "svpn-acme-office-t2"
+NOW = 1000.0
+
+
+def make_conn(*, psk1: str = PSK1, t2_ip: str = T2_IP, ike_version: int = 1, key: str = KEY) -> DesiredConnection:
+    vpn = VpnConnection(
+        id="vpn-1",
+        name="office",
+        public_ip=LOCAL,
+        routable_cidrs=("172.16.0.0/16",),
+        space_cidr_block="10.0.0.0/16",
+        ike_version=ike_version,
+        status=ConnectionStatus.ACTIVE,
+        tunnels=(
+            Tunnel(1, T1_IP, Secret(psk1), TunnelApiStatus.UP),
+            Tunnel(2, t2_ip, Secret(PSK2), TunnelApiStatus.UP),
+        ),
+    )
+    return desired_connection(
+        key=key, space="acme-space", vpn="office", local_address=LOCAL, local_id=None,
+        mode=Mode.POLICY, connection=vpn,
+    )
+
+
+CONN = make_conn()
+FP1 = tunnel_fingerprint(CONN, 1)
+FP2 = tunnel_fingerprint(CONN, 2)
+
+
+def child(uniqueid: str, state: str = INSTALLED, name: str = T1) -> ChildSa:
+    return ChildSa(name=name, uniqueid=uniqueid, state=state)
+
+
+def ike(name: str, uniqueid: str, state: str = ESTABLISHED, *children: ChildSa) -> IkeSa:
+    return IkeSa(name=name, uniqueid=uniqueid, state=state, children=tuple(children))
+
+
+def observed(*ike_sas: IkeSa, conns=(T1, T2), shared=(T1, T2)) -> CharonState:
+    sas: dict[str, list[IkeSa]] = {}
+    for sa in ike_sas:
+        sas.setdefault(sa.name, []).append(sa)
+    return CharonState(
+        reachable=True,
+        version="5.9.8",
+        conns=frozenset(conns),
+        shared_ids=frozenset(shared),
+        sas={name: TunnelSas(tuple(group)) for name, group in sas.items()},
+    )
+
+
+# -- tunnel_fingerprint ---------------------------------------------------------------
+
+def test_fingerprint_is_stable_for_the_same_input_and_differs_per_tunnel():
+    assert tunnel_fingerprint(make_conn(), 1) == FP1
+    assert FP1 != FP2
+    assert len(FP1) == 16 and int(FP1, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "changed, number",
+    [
+        (make_conn(psk1="charlie-Psk-new-Rt"), 1),
+        (make_conn(t2_ip="203.0.113.99"), 2),
+        (make_conn(ike_version=2), 1),
+    ],
+    ids=["psk-rotation", "new-tunnel-ip", "ike-version"],
+)
+def test_fingerprint_changes_with_what_goes_into_charon(changed, number):
+    assert tunnel_fingerprint(changed, number) != tunnel_fingerprint(CONN, number)
+
+
+def test_fingerprint_never_contains_the_psk():
+    for number, psk in ((1, PSK1), (2, PSK2)):
+        fingerprint = tunnel_fingerprint(CONN, number)
+        assert psk not in fingerprint
+        assert psk.encode().hex() not in fingerprint
+
+
+# -- plan_objects ---------------------------------------------------------------------
+
+OLD_T1 = "svpn-old-site-t1"
+
+PLAN_OBJECTS_CASES = [
+    pytest.param(
+        [CONN], {KEY}, {}, observed(conns=(), shared=()),
+        [LoadTunnel(CONN, 1, FP1), LoadTunnel(CONN, 2, FP2)],
+        id="load-when-missing",
+    ),
+    pytest.param(
+        [CONN], {KEY}, {T1: FP1, T2: FP2},
+        observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8")),
+        [],
+        id="nothing-when-loaded-with-equal-fingerprint",
+    ),
+    pytest.param(
+        [CONN], {KEY}, {T1: "0000000000000000", T2: FP2},
+        observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T1, "9", CONNECTING), ike(T2, "8")),
+        [LoadTunnel(CONN, 1, FP1), TerminateIke(T1, "7"), TerminateIke(T1, "9")],
+        id="reload-and-terminate-every-sa-when-fingerprint-changed",
+    ),
+    pytest.param(
+        [CONN], {KEY}, {},
+        observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8")),
+        [LoadTunnel(CONN, 1, FP1), LoadTunnel(CONN, 2, FP2)],
+        id="adoption-after-restart-loads-without-terminate",
+    ),
+    pytest.param(
+        [CONN], {KEY}, {T1: FP1, T2: FP2}, observed(conns=(), shared=()),
+        [LoadTunnel(CONN, 1, FP1), LoadTunnel(CONN, 2, FP2)],
+        id="charon-restarted-reloads-without-terminate",
+    ),
+    pytest.param(
+        [CONN], {KEY}, {T1: FP1, T2: FP2},
+        observed(
+            ike(OLD_T1, "3", ESTABLISHED, child("4", name=OLD_T1)),
+            ike("office-legacy", "5", ESTABLISHED, child("6", name="office-legacy")),
+            conns=(T1, T2, OLD_T1, "office-legacy", "svpnx-lookalike"),
+            shared=(T1, T2, OLD_T1, "office-legacy-psk"),
+        ),
+        [UnloadConn(OLD_T1), TerminateIke(OLD_T1, "3"), UnloadShared(OLD_T1)],
+        id="unload-only-our-unconfigured-objects-never-foreign",
+    ),
+    pytest.param(
+        [], {KEY}, {T1: FP1, T2: FP2},
+        observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8")),
+        [],
+        id="configured-key-without-desired-state-left-alone",
+    ),
+    pytest.param(
+        [], set(), {T1: FP1, T2: FP2},
+        observed(ike(T1, "7", ESTABLISHED, child("12"))),
+        [UnloadConn(T1), TerminateIke(T1, "7"), UnloadConn(T2), UnloadShared(T1), UnloadShared(T2)],
+        id="key-removed-from-config-unloads-both-tunnels",
+    ),
+]
+
+
+@pytest.mark.parametrize("desired, configured, loaded, charon, expected", PLAN_OBJECTS_CASES)
+def test_plan_objects(desired, configured, loaded, charon, expected):
+    assert plan_objects(desired, configured, loaded, charon) == expected
+
+
+# -- choose_active --------------------------------------------------------------------
+
+def down_since(seconds_ago: float, name: str = T1) -> dict[str, TunnelTiming]:
+    return {name: TunnelTiming(unestablished_since=NOW - seconds_ago)}
+
+
+CHOOSE_ACTIVE_CASES = [
+    pytest.param(None, observed(), {}, 1, id="cold-start-defaults-to-1"),
+    pytest.param(None, observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("20", name=T2))), {}, 2,
+                 id="adopt-tunnel-2-carrying-the-child"),
+    pytest.param(None, observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8", ESTABLISHED, child("20", name=T2))),
+                 {}, 1, id="adopt-prefers-1-when-both-carry"),
+    pytest.param(None, observed(ike(T1, "7", ESTABLISHED, child("12", "REKEYING")), ike(T2, "8")), {}, 1,
+                 id="adopt-ignores-non-installed-child"),
+    pytest.param(1, observed(ike(T1, "7", CONNECTING), ike(T2, "8")), down_since(ACTIVE_GRACE - 0.1), 1,
+                 id="keep-current-within-grace"),
+    pytest.param(1, observed(ike(T2, "8")), down_since(ACTIVE_GRACE), 2,
+                 id="switch-after-grace-when-other-established"),
+    pytest.param(1, observed(ike(T2, "8", CONNECTING)), down_since(60), 1,
+                 id="no-switch-when-other-not-established"),
+    pytest.param(1, observed(ike(T2, "8")), {}, 1, id="no-switch-without-down-time"),
+    pytest.param(2, observed(ike(T1, "7")), down_since(30, T2), 1, id="switch-back-from-2-to-1"),
+    pytest.param(1, observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8")), {}, 1,
+                 id="steady-state-keeps-1"),
+]
+
+
+@pytest.mark.parametrize("current, charon, timing, expected", CHOOSE_ACTIVE_CASES)
+def test_choose_active(current, charon, timing, expected):
+    assert choose_active(CONN, charon, current, timing, NOW) == expected
+
+
+# -- plan_policy_mode -----------------------------------------------------------------
+
+def gated(*names: str) -> dict[str, TunnelTiming]:
+    return {name: TunnelTiming(attempts=3, next_attempt_at=NOW + 4.0) for name in names}
+
+
+POLICY_CASES = [
+    pytest.param(observed(), 1, {}, [InitiateChild(T1), InitiateIke(T2)], id="cold-start"),
+    pytest.param(observed(), 2, {}, [InitiateChild(T2), InitiateIke(T1)], id="cold-start-active-2"),
+    pytest.param(observed(ike(T1, "7", CONNECTING), ike(T2, "8", CONNECTING)), 1, {}, [],
+                 id="connecting-waits"),
+    pytest.param(observed(ike(T1, "7"), ike(T2, "8")), 1, {}, [InitiateChild(T1)],
+                 id="active-ike-without-child-gets-child"),
+    pytest.param(observed(), 1, gated(T1), [InitiateIke(T2)], id="backoff-gates-active"),
+    pytest.param(observed(), 1, gated(T1, T2), [], id="backoff-gates-both"),
+    pytest.param(observed(), 1, {T1: TunnelTiming(attempts=3, next_attempt_at=NOW)},
+                 [InitiateChild(T1), InitiateIke(T2)], id="backoff-expired-at-next-attempt"),
+    pytest.param(observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8", ESTABLISHED, child("21", name=T2))),
+                 1, {}, [TerminateChild(T2, "21")], id="standby-child-closed-once-active-installed"),
+    pytest.param(observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("21", name=T2))),
+                 1, {}, [InitiateChild(T1)], id="standby-child-kept-until-active-installed"),
+    pytest.param(observed(ike(T1, "7", ESTABLISHED, child("12", "REKEYING")),
+                          ike(T2, "8", ESTABLISHED, child("21", name=T2))),
+                 1, {}, [], id="standby-child-kept-while-active-only-rekeying"),
+    pytest.param(observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8")), 1, {}, [],
+                 id="steady-state-no-actions"),
+    pytest.param(observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("20", name=T2))), 2, {}, [],
+                 id="adopted-tunnel-2-carries-nothing-torn-down"),
+    pytest.param(observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T1, "9", CONNECTING), ike(T2, "8")), 1, {}, [],
+                 id="ikev1-reauth-overlap-no-actions"),
+]
+
+
+@pytest.mark.parametrize("charon, active, timing, expected", POLICY_CASES)
+def test_plan_policy_mode(charon, active, timing, expected):
+    assert plan_policy_mode(CONN, charon, active, timing, NOW) == expected
+
+
+def test_adopted_state_after_restart_tears_nothing_down():
+    charon = observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("20", name=T2)))
+    active = choose_active(CONN, charon, None, {}, NOW)
+    actions = plan_objects([CONN], {KEY}, {}, charon) + plan_policy_mode(CONN, charon, active, {}, NOW)
+    assert active == 2
+    assert actions == [LoadTunnel(CONN, 1, FP1), LoadTunnel(CONN, 2, FP2)]
+
+
+# -- reached_desired_state ------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "sas, is_active, expected",
+    [
+        (TunnelSas((ike(T1, "7", ESTABLISHED, child("12")),)), True, True),
+        (TunnelSas((ike(T1, "7"),)), True, False),
+        (TunnelSas((ike(T1, "7", ESTABLISHED, child("12", "REKEYING")),)), True, False),
+        (TunnelSas(), True, False),
+        (TunnelSas((ike(T2, "8"),)), False, True),
+        (TunnelSas((ike(T2, "8", CONNECTING),)), False, False),
+        (TunnelSas(), False, False),
+    ],
+    ids=["active-installed", "active-ike-only", "active-rekeying", "active-nothing",
+         "standby-established", "standby-connecting", "standby-nothing"],
+)
+def test_reached_desired_state(sas, is_active, expected):
+    assert reached_desired_state(sas, is_active) is expected
+
+
+# -- backoff_delay --------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "attempts, expected",
+    [(0, 1.0), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0), (6, 30.0), (20, 30.0)],
+)
+def test_backoff_grows_exponentially_up_to_the_cap(attempts, expected):
+    assert backoff_delay(attempts, 0.5) == pytest.approx(expected)  # jitter 0.5 = factor 1.0
+
+
+@pytest.mark.parametrize("attempts", [1, 3, 6, 50])
+def test_backoff_jitter_stays_within_20_percent(attempts):
+    nominal = backoff_delay(attempts, 0.5)
+    assert backoff_delay(attempts, 0.0) == pytest.approx(0.8 * nominal)
+    assert 0.8 * nominal <= backoff_delay(attempts, 0.999999) < 1.2 * nominal
+
+
+def test_backoff_honours_custom_base_and_cap():
+    assert backoff_delay(3, 0.5, base=0.5, cap=10.0) == pytest.approx(2.0)
+    assert backoff_delay(9, 0.5, base=0.5, cap=10.0) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("attempts", [1025, 5000])
+def test_backoff_stays_capped_after_hours_of_failed_attempts(attempts):
+    # attempts only reset once a tunnel reaches its desired state; at ~30 s per
+    # attempt a peer down overnight passes 1024 attempts.
+    assert backoff_delay(attempts, 0.5) == pytest.approx(30.0)

@@ -1,0 +1,143 @@
+"""Health of a connection from its tunnel views, the agent-wide health, and the status
+document (`Snapshot.to_dict`) that agentctl and the control socket hand out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.core.model import Secret
+from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView, connection_health
+
+
+def tunnel(number: int, ike: str, child: str, role: str = "standby") -> TunnelView:
+    return TunnelView(number=number, ip=f"203.0.113.1{number}", api_status="UP",
+                      ike_state=ike, child_state=child, role=role)
+
+
+ACTIVE_1 = tunnel(1, "ESTABLISHED", "INSTALLED", "active")
+STANDBY_2 = tunnel(2, "ESTABLISHED", "NONE")
+
+
+@pytest.mark.parametrize(
+    "tunnels, reachable, expected",
+    [
+        ((ACTIVE_1, STANDBY_2), True, (Health.OK, "tunnel 1 active, redundancy ok")),
+        ((tunnel(1, "ESTABLISHED", "NONE"), tunnel(2, "ESTABLISHED", "INSTALLED", "active")), True,
+         (Health.OK, "tunnel 2 active, redundancy ok")),
+        ((ACTIVE_1, tunnel(2, "CONNECTING", "NONE")), True,
+         (Health.DEGRADED, "redundancy lost: tunnel 2 not established")),
+        ((ACTIVE_1, tunnel(2, "DOWN", "NONE")), True,
+         (Health.DEGRADED, "redundancy lost: tunnel 2 not established")),
+        ((tunnel(1, "ESTABLISHED", "NONE", "active"), STANDBY_2), True,
+         (Health.DOWN, "no tunnel carries traffic")),
+        ((tunnel(1, "DOWN", "NONE", "active"), tunnel(2, "DOWN", "NONE")), True,
+         (Health.DOWN, "no tunnel carries traffic")),
+        ((), True, (Health.DOWN, "VPN connection not known yet (Platform API)")),
+        ((ACTIVE_1, STANDBY_2), False, (Health.DOWN, "charon unreachable")),
+    ],
+    ids=["ok-tunnel-1", "ok-tunnel-2", "degraded-standby-connecting", "degraded-standby-down",
+         "down-no-child", "down-nothing", "down-unknown-connection", "down-charon-unreachable"],
+)
+def test_connection_health(tunnels, reachable, expected):
+    assert connection_health(tunnels, reachable) == expected
+
+
+def view(vpn: str, health: Health, tunnels: tuple[TunnelView, ...] = ()) -> ConnectionView:
+    return ConnectionView(space="acme-space", vpn=vpn, mode="policy", mode_reason="configured",
+                          source="api", connection_status="active", health=health,
+                          summary="summary", tunnels=tunnels)
+
+
+def snapshot(*connections: ConnectionView) -> Snapshot:
+    return Snapshot(agent_version="1.2.0", started_at=1700000000.0, generated_at=1700000060.5,
+                    charon_reachable=True, charon_version="5.9.8", ready=True, connections=connections)
+
+
+@pytest.mark.parametrize(
+    "healths, expected",
+    [
+        ((), Health.DOWN),
+        ((Health.OK,), Health.OK),
+        ((Health.OK, Health.DEGRADED), Health.DEGRADED),
+        ((Health.DEGRADED, Health.DOWN, Health.OK), Health.DOWN),
+    ],
+    ids=["no-connections", "one-ok", "worst-is-degraded", "worst-is-down"],
+)
+def test_snapshot_health_is_the_worst_connection(healths, expected):
+    snap = snapshot(*(view(f"vpn{i}", h) for i, h in enumerate(healths)))
+    assert snap.health is expected
+
+
+def test_to_dict_round_trips_through_json():
+    snap = Snapshot(
+        agent_version="1.2.0", started_at=1700000000.0, generated_at=1700000060.5,
+        charon_reachable=True, charon_version="5.9.8", ready=True,
+        connections=(
+            ConnectionView(
+                space="acme-space", vpn="office", mode="policy", mode_reason="configured",
+                source="cache", connection_status="active", health=Health.DEGRADED,
+                summary="redundancy lost: tunnel 2 not established",
+                api_error="Platform API unreachable", api_last_success=1699999000.0,
+                tunnels=(
+                    TunnelView(number=1, ip="203.0.113.11", api_status="UP", ike_state="ESTABLISHED",
+                               child_state="INSTALLED", role="active", established_seconds=3725,
+                               bytes_in=1572864, bytes_out=524288, packets_in=1210, packets_out=987,
+                               last_inbound_seconds=2),
+                    TunnelView(number=2, ip="203.0.113.12", api_status="DOWN", ike_state="CONNECTING",
+                               child_state="NONE", role="standby", api_status_message="maintenance"),
+                ),
+            ),
+        ),
+        errors=("config reload failed",),
+    )
+    assert json.loads(json.dumps(snap.to_dict())) == {
+        "agent_version": "1.2.0",
+        "started_at": 1700000000.0,
+        "generated_at": 1700000060.5,
+        "charon_reachable": True,
+        "charon_version": "5.9.8",
+        "ready": True,
+        "health": "degraded",
+        "errors": ["config reload failed"],
+        "connections": [{
+            "space": "acme-space", "vpn": "office", "mode": "policy", "mode_reason": "configured",
+            "source": "cache", "connection_status": "active", "health": "degraded",
+            "summary": "redundancy lost: tunnel 2 not established",
+            "api_error": "Platform API unreachable", "api_last_success": 1699999000.0,
+            "tunnels": [
+                {"number": 1, "ip": "203.0.113.11", "api_status": "UP", "ike_state": "ESTABLISHED",
+                 "child_state": "INSTALLED", "role": "active", "established_seconds": 3725,
+                 "bytes_in": 1572864, "bytes_out": 524288, "packets_in": 1210, "packets_out": 987,
+                 "last_inbound_seconds": 2, "api_status_message": ""},
+                {"number": 2, "ip": "203.0.113.12", "api_status": "DOWN", "ike_state": "CONNECTING",
+                 "child_state": "NONE", "role": "standby", "established_seconds": None,
+                 "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
+                 "last_inbound_seconds": None, "api_status_message": "maintenance"},
+            ],
+        }],
+    }
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _leaves(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def test_to_dict_holds_only_plain_json_values_and_no_secret():
+    snap = snapshot(view("office", Health.OK, (ACTIVE_1, STANDBY_2)))
+    data = snap.to_dict()
+    leaves = list(_leaves(data))
+    assert not any(isinstance(leaf, Secret) for leaf in leaves)
+    assert all(leaf is None or type(leaf) in (str, int, float, bool) for leaf in leaves)
+    assert data["health"] == "ok"
+    assert data["connections"][0]["health"] == "ok"
+    assert "redacted" not in json.dumps(data)
