@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import vici
@@ -139,7 +140,8 @@ class CharonInstance:
                 raise CharonError(f"charon {self.name} exited with {self._proc.returncode}; "
                                   f"see {self.log_path} and {self.stdout_path}")
             try:
-                self.session(timeout_s=1.0).version()
+                with self.connected(timeout_s=1.0) as session:
+                    session.version()
                 return
             except (OSError, vici.exception.SessionException) as e:
                 last_error = e
@@ -157,6 +159,15 @@ class CharonInstance:
             sock.close()
             raise
         return vici.Session(sock)
+
+    @contextlib.contextmanager
+    def connected(self, timeout_s: float | None = None) -> Iterator[vici.Session]:
+        """A session for the span of a `with` block; its socket is closed afterwards."""
+        session = self.session(timeout_s)
+        try:
+            yield session
+        finally:
+            session.transport.close()
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, wait up to grace_s, then SIGKILL. Safe to call when not running."""

@@ -1,0 +1,107 @@
+"""The whole lab as one context manager: namespaces, a space-side charon answering
+on both tunnel endpoints, and an empty customer-side charon for the agent under test.
+
+`close()` always removes everything (charons by pid, nft table, namespaces), also
+when building fails half way; an atexit hook is the last safety net.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import string
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.lab.charon_instance import DEFAULT_BINARY, CharonInstance
+from agent.lab.space_side import SpaceSide, SpaceTunnel
+from agent.lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP, Topology
+from agent.lab.traffic import PingResult, ping
+
+log = logging.getLogger(__name__)
+
+_PSK_ALPHABET = string.ascii_letters + string.digits + "._"
+PSK_LENGTH = 32
+
+
+def generate_psk(length: int = PSK_LENGTH) -> str:
+    """An AWS-format PSK: 8-64 chars of [A-Za-z0-9._], not starting with 0."""
+    if not 8 <= length <= 64:
+        raise ValueError("AWS PSKs are 8-64 characters")
+    first = secrets.choice(_PSK_ALPHABET.replace("0", ""))
+    return first + "".join(secrets.choice(_PSK_ALPHABET) for _ in range(length - 1))
+
+
+class Lab:
+    """Use as `with Lab(tmp_path) as lab:`; attributes are valid inside the block."""
+
+    def __init__(self, workdir: str | os.PathLike, prefix: str = "svpn", ike_version: int = 1,
+                 psks: Sequence[str] | None = None, charon_binary: str = DEFAULT_BINARY,
+                 space_extra_conf: str = "", customer_extra_conf: str = "") -> None:
+        self.workdir = Path(workdir)
+        self.ike_version = ike_version
+        self.psks: tuple[str, str] = tuple(psks) if psks is not None else (generate_psk(), generate_psk())
+        if len(self.psks) != 2:
+            raise ValueError("a lab has exactly two tunnels: give two PSKs")
+        self.topology = Topology(prefix)
+        self.tunnel_ips = self.topology.tunnel_ips
+        self.space_charon = CharonInstance("space", self.topology.space_ns, self.workdir,
+                                           binary=charon_binary, extra_conf=space_extra_conf)
+        self.customer_charon = CharonInstance("customer", self.topology.cust_ns, self.workdir,
+                                              binary=charon_binary, extra_conf=customer_extra_conf)
+        tunnels = [SpaceTunnel(ip, psk) for ip, psk in zip(self.tunnel_ips, self.psks)]
+        self.space = SpaceSide(self.space_charon, tunnels, ike_version=ike_version)
+        self._open = False
+
+    def __repr__(self) -> str:
+        # psks deliberately left out: a repr can end up in a test failure report.
+        return f"Lab(prefix={self.topology.prefix!r}, workdir={str(self.workdir)!r})"
+
+    def open(self) -> "Lab":
+        atexit.register(self.close)
+        self._open = True
+        began = time.monotonic()
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.topology.create()
+            self.space_charon.start()
+            self.space.load()
+            self.customer_charon.start()
+        except BaseException:
+            log.error("lab %s failed to start; cleaning up", self.topology.prefix)
+            self.close()
+            raise
+        log.info("lab %s up in %.2f s (IKEv%s)", self.topology.prefix,
+                 time.monotonic() - began, self.ike_version)
+        return self
+
+    def close(self) -> None:
+        """Idempotent; each step runs even when an earlier one fails."""
+        if not self._open:
+            return
+        self._open = False
+        atexit.unregister(self.close)
+        steps = (self.customer_charon.stop, self.space_charon.stop,
+                 self.space.destroy, self.topology.destroy)
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("lab %s clean-up step %s failed", self.topology.prefix,
+                              getattr(step, "__qualname__", step))
+        log.info("lab %s closed", self.topology.prefix)
+
+    def __enter__(self) -> "Lab":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def customer_ping(self, count: int = 5, interval: float = 0.2,
+                      deadline: float | None = None) -> PingResult:
+        """Ping the space host from the customer LAN address: crosses the tunnel."""
+        return ping(self.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP,
+                    count=count, interval=interval, deadline=deadline)

@@ -1,0 +1,270 @@
+"""The far end of the lab VPN: one charon playing Heroku/AWS's two tunnel endpoints.
+
+Like AWS it is a responder only (start_action none, never initiates), so a tunnel it
+drops stays down until the customer re-initiates. Knobs simulate maintenance:
+graceful (DELETE sent) and silent (nftables blackhole, then forget the SA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import vici
+
+from agent.lab.charon_instance import CharonInstance
+from agent.lab.topology import CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR, SPACE_CIDR
+
+log = logging.getLogger(__name__)
+
+PROPOSAL = "aes256-sha256-modp2048"
+#: nftables table (family inet) owned by the lab in the space namespace.
+NFT_TABLE = "svpn_lab"
+NFT_SET = "blocked"
+TERMINATE_TIMEOUT_MS = 5000
+
+
+class SpaceSideError(Exception):
+    """A space-side VICI or nftables operation failed."""
+
+
+@dataclass(frozen=True)
+class SpaceTunnel:
+    """One endpoint as Heroku's API would describe it: outside IP and PSK."""
+
+    ip: str
+    psk: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TunnelSas:
+    """What the space charon has for one tunnel. ike_state is None when no IKE SA."""
+
+    ike_state: str | None
+    child_states: tuple[str, ...]
+    ike_sa_count: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.ike_state == "ESTABLISHED" and "INSTALLED" in self.child_states
+
+
+def conn_name(number: int) -> str:
+    return f"space-t{number}"
+
+
+def _drain(stream: Iterable) -> list:
+    """Streamed VICI calls send nothing until iterated: always consume them whole."""
+    return list(stream)
+
+
+class SpaceSide:
+    """Loads the responder conns into `charon` and owns the nft table that fakes
+    silent maintenance. Call `load()` once the charon runs; `destroy()` at the end."""
+
+    def __init__(self, charon: CharonInstance, tunnels: Sequence[SpaceTunnel | tuple[str, str]],
+                 ike_version: int = 1, customer_id: str = CUSTOMER_PUBLIC_IP,
+                 customer_ip: str = CUSTOMER_PUBLIC_IP, local_ts: str = SPACE_CIDR,
+                 remote_ts: str = ROUTABLE_CIDR) -> None:
+        self.charon = charon
+        self.tunnels = tuple(SpaceTunnel(*t) if isinstance(t, tuple) else t for t in tunnels)
+        self.ike_version = ike_version
+        self.customer_id = customer_id
+        self.customer_ip = customer_ip
+        self.local_ts = local_ts
+        self.remote_ts = remote_ts
+        self._nft_ready = False
+
+    # --- configuration -------------------------------------------------------
+
+    def load(self) -> None:
+        """(Re)load shared keys and conns for every tunnel, and the nft table."""
+        self._ensure_nft_table()
+        try:
+            with self.charon.connected() as session:
+                for number, tunnel in enumerate(self.tunnels, start=1):
+                    self._load_tunnel(session, number, tunnel)
+        except vici.exception.CommandException as e:
+            # charon's message names the failing option, never a key's value.
+            raise SpaceSideError(f"space side load failed: {e}") from e
+        log.info("space side loaded %s responder tunnel(s), IKEv%s",
+                 len(self.tunnels), self.ike_version)
+
+    def reconfigure(self, ike_version: int | None = None, psks: Sequence[str] | None = None,
+                    customer_id: str | None = None, remote_ts: str | None = None) -> None:
+        """Change settings and reload conns + shared keys. Existing SAs are kept
+        (as on AWS, new settings apply to the next negotiation)."""
+        if ike_version is not None:
+            self.ike_version = ike_version
+        if psks is not None:
+            if len(psks) != len(self.tunnels):
+                raise ValueError("one PSK per tunnel expected")
+            self.tunnels = tuple(SpaceTunnel(t.ip, p) for t, p in zip(self.tunnels, psks))
+        if customer_id is not None:
+            self.customer_id = customer_id
+        if remote_ts is not None:
+            self.remote_ts = remote_ts
+        self.load()
+
+    def _load_tunnel(self, session: vici.Session, number: int, tunnel: SpaceTunnel) -> None:
+        name = conn_name(number)
+        session.load_shared({
+            "id": name,
+            "type": "IKE",
+            "data": tunnel.psk,
+            "owners": [tunnel.ip, self.customer_id],
+        })
+        session.load_conn({name: self._conn(number, tunnel)})
+
+    def _conn(self, number: int, tunnel: SpaceTunnel) -> dict:
+        """AWS tunnel defaults: DPD 10 s / 30 s clear, phase 1 28800 s, phase 2 3600 s
+        with a 270 s rekey margin, startup action Add (never initiate)."""
+        conn = {
+            "version": str(self.ike_version),
+            "local_addrs": [tunnel.ip],
+            "remote_addrs": [self.customer_ip],
+            "proposals": [PROPOSAL],
+            "dpd_delay": "10s",
+            "unique": "replace",
+            "send_certreq": "no",
+            "local": {"auth": "psk", "id": tunnel.ip},
+            "remote": {"auth": "psk", "id": self.customer_id},
+            "children": {name_child(number): self._child()},
+        }
+        if self.ike_version == 1:
+            # IKEv1 has no real IKE rekey: the lifetime is a reauthentication.
+            conn.update(dpd_timeout="30s", reauth_time="28800s")
+        else:
+            conn.update(rekey_time="28800s", mobike="no")
+        return conn
+
+    def _child(self) -> dict:
+        return {
+            "mode": "tunnel",
+            "local_ts": [self.local_ts],
+            "remote_ts": [self.remote_ts],
+            "esp_proposals": [PROPOSAL],
+            "life_time": "3600s",
+            "rekey_time": "3330s",
+            "dpd_action": "clear",
+            "start_action": "none",
+        }
+
+    # --- maintenance knobs -----------------------------------------------------
+
+    def graceful_down(self, number: int) -> None:
+        """Terminate tunnel `number`'s IKE SA; the customer receives a DELETE."""
+        self._terminate(number, force=False)
+        log.info("space side: tunnel %s terminated gracefully", number)
+
+    def silent_down(self, number: int) -> None:
+        """Blackhole the endpoint, then forget its SA without the peer noticing:
+        the customer only finds out through DPD."""
+        self._nft("add", "element", "inet", NFT_TABLE, NFT_SET, "{ %s }" % self._ip(number))
+        self._terminate(number, force=True)
+        log.info("space side: tunnel %s silently dropped", number)
+
+    def restore(self, number: int) -> None:
+        """Lift the blackhole. Still a responder: the customer must re-initiate."""
+        result = self._nft("delete", "element", "inet", NFT_TABLE, NFT_SET,
+                           "{ %s }" % self._ip(number), check=False)
+        if result.returncode != 0:
+            log.info("space side: tunnel %s was not blackholed", number)
+        log.info("space side: tunnel %s restored", number)
+
+    def blocked_ips(self) -> list[str]:
+        """Endpoint addresses currently blackholed (nft's JSON output)."""
+        result = self._nft("-j", "list", "set", "inet", NFT_TABLE, NFT_SET)
+        for item in json.loads(result.stdout).get("nftables", []):
+            if "set" in item:
+                return [str(e) for e in item["set"].get("elem", [])]
+        return []
+
+    def _terminate(self, number: int, force: bool) -> None:
+        request = {"ike": conn_name(number), "timeout": TERMINATE_TIMEOUT_MS}
+        if force:
+            request["force"] = "yes"
+        try:
+            with self.charon.connected() as session:
+                _drain(session.terminate(request))
+        except vici.exception.CommandException as e:
+            raise SpaceSideError(f"terminate tunnel {number} failed: {e}") from e
+
+    def _ip(self, number: int) -> str:
+        return self.tunnels[number - 1].ip
+
+    # --- observation ---------------------------------------------------------------
+
+    def sas(self) -> dict[int, TunnelSas]:
+        """list-sas reduced to what tests assert on, keyed by tunnel number."""
+        found: dict[int, list[dict]] = {n: [] for n in range(1, len(self.tunnels) + 1)}
+        names = {conn_name(n): n for n in found}
+        with self.charon.connected() as session:
+            entries = _drain(session.list_sas())
+        for entry in entries:
+            for ike_name, ike in entry.items():
+                if ike_name in names:
+                    found[names[ike_name]].append(ike)
+        return {n: summarize_ike_sas(ikes) for n, ikes in found.items()}
+
+    # --- nftables ----------------------------------------------------------------------
+
+    def _ensure_nft_table(self) -> None:
+        if self._nft_ready:
+            return
+        # Drop both directions, incl. IKE/NAT-T to and from the endpoint address.
+        script = f"""
+table inet {NFT_TABLE} {{
+  set {NFT_SET} {{
+    type ipv4_addr
+  }}
+  chain input {{
+    type filter hook input priority -10; policy accept;
+    ip daddr @{NFT_SET} drop
+    ip saddr @{NFT_SET} drop
+  }}
+  chain output {{
+    type filter hook output priority -10; policy accept;
+    ip saddr @{NFT_SET} drop
+    ip daddr @{NFT_SET} drop
+  }}
+}}
+"""
+        self._nft("delete", "table", "inet", NFT_TABLE, check=False)
+        self._nft("-f", "-", stdin=script)
+        self._nft_ready = True
+
+    def destroy(self) -> None:
+        """Remove the nft table (the namespace may already be gone: that is fine)."""
+        self._nft("delete", "table", "inet", NFT_TABLE, check=False)
+        self._nft_ready = False
+
+    def _nft(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+        argv = ["ip", "netns", "exec", self.charon.netns, "nft", *args]
+        result = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise SpaceSideError(f"nft {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+
+def name_child(number: int) -> str:
+    return conn_name(number)
+
+
+def summarize_ike_sas(ikes: list[dict]) -> TunnelSas:
+    """Reduce list-sas entries (values as bytes) of one conn to a TunnelSas.
+    ESTABLISHED wins when a reauth briefly shows two IKE SAs."""
+    if not ikes:
+        return TunnelSas(ike_state=None, child_states=())
+    states = [_text(ike.get("state")) for ike in ikes]
+    ike_state = "ESTABLISHED" if "ESTABLISHED" in states else states[0]
+    children = tuple(_text(child.get("state"))
+                     for ike in ikes for child in (ike.get("child-sas") or {}).values())
+    return TunnelSas(ike_state=ike_state, child_states=children, ike_sa_count=len(ikes))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
