@@ -18,7 +18,7 @@ class SystemdNotifier:
             address = "\0" + address[1:]
         self._address = address or None
         usec = env.get("WATCHDOG_USEC", "")
-        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() else None  # s, half the deadline
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None  # s, half the deadline
 
     @property
     def enabled(self) -> bool:

@@ -13,7 +13,7 @@ _COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since
 
 def render_status(status: dict[str, Any]) -> str:
     lines = [f"space-vpn-agent {status['agent_version']}: {status['health'].upper()}"]
-    charon = f"charon {status['charon_version']}" if status["charon_reachable"] else "charon UNREACHABLE"
+    charon = f"charon {status['charon_version'] or 'reachable'}" if status["charon_reachable"] else "charon UNREACHABLE"
     lines.append(charon)
     for error in status.get("errors", []):
         lines.append(f"! {error}")

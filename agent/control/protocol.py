@@ -65,6 +65,8 @@ def request(path: str, command: str, args: dict[str, Any] | None = None, *, time
             ) from e
         except PermissionError as e:
             raise AgentUnreachable(f"permission denied on {path}: run as root or a member of its group") from e
+        except OSError as e:
+            raise AgentUnreachable(f"cannot connect to {path}: {e.strerror or e}") from e
         sock.sendall(encode({"id": 1, "command": command, "args": args or {}}))
         with sock.makefile("rb") as f:
             answer = read_message(f)

@@ -82,7 +82,11 @@ def _make_handler(dispatch: Callable[[dict[str, Any]], Any]) -> type[socketserve
                 log.exception("control request failed")
                 answer = {"id": request_id, "ok": False, "error": "internal error (see the agent's log)"}
             try:
-                self.wfile.write(protocol.encode(answer))
+                try:
+                    data = protocol.encode(answer)
+                except protocol.ProtocolError as e:
+                    data = protocol.encode({"id": request_id, "ok": False, "error": str(e)})
+                self.wfile.write(data)
             except OSError:
                 pass  # the client went away
 

@@ -189,5 +189,5 @@ def reached_desired_state(sas: TunnelSas, is_active: bool) -> bool:
 
 def backoff_delay(attempts: int, jitter: float, *, base: float = 1.0, cap: float = 30.0) -> float:
     """Capped exponential backoff. `jitter` in [0, 1) spreads retries by up to 20 %."""
-    delay = min(cap, base * (2 ** max(0, attempts - 1)))
+    delay = min(cap, base * 2.0 ** min(max(0, attempts - 1), 32))  # exponent bounded: no overflow
     return delay * (0.8 + 0.4 * jitter)
