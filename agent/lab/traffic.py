@@ -49,20 +49,21 @@ def check_lab_address(address: str) -> str:
     return address
 
 
-def _argv(netns: str, src: str, dst: str, count: int, interval: float, deadline: float) -> list[str]:
+def _argv(netns: str, src: str, dst: str, count: int, interval: float) -> list[str]:
     check_lab_address(src)
     check_lab_address(dst)
     if not 1 <= count <= MAX_COUNT:
         raise TrafficError(f"ping count {count} out of range")
     if interval < MIN_INTERVAL_S:
         raise TrafficError(f"ping interval {interval} s below {MIN_INTERVAL_S} s")
+    # No -w: with it, -c counts replies and ping keeps sending while a tunnel is down.
     return ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-I", src, "-c", str(count),
-            "-i", f"{interval:g}", "-W", "1", "-w", str(max(1, int(deadline + 0.999))), dst]
+            "-i", f"{interval:g}", "-W", "1", dst]
 
 
 def _default_deadline(count: int, interval: float) -> float:
-    # Enough for every probe plus the last reply's wait; -w stops ping regardless.
-    return count * interval + 2.0
+    # Every probe plus the last reply's 1 s wait, with slack for a slow start.
+    return count * interval + 3.0
 
 
 def parse_summary(output: str) -> PingResult:
@@ -74,11 +75,9 @@ def parse_summary(output: str) -> PingResult:
 
 def ping(netns: str, src: str, dst: str, count: int = 5, interval: float = 0.2,
          deadline: float | None = None) -> PingResult:
-    """Ping dst from src inside netns; returns when ping is done (<= deadline s)."""
-    deadline = deadline if deadline is not None else _default_deadline(count, interval)
-    argv = _argv(netns, src, dst, count, interval, deadline)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=deadline + 5)
-    parsed = parse_summary(result.stdout)
+    """Ping dst from src inside netns; returns when ping is done, or interrupts it
+    after `deadline` seconds and returns what it counted so far."""
+    parsed = Pinger(netns, src, dst, count, interval).start().wait(deadline)
     log.debug("ping %s -> %s in %s: %s/%s", src, dst, netns, parsed.received, parsed.transmitted)
     return parsed
 
@@ -88,7 +87,7 @@ class Pinger:
     so ping still prints its summary) and returns the tally."""
 
     def __init__(self, netns: str, src: str, dst: str, count: int, interval: float) -> None:
-        self._argv = _argv(netns, src, dst, count, interval, _default_deadline(count, interval))
+        self._argv = _argv(netns, src, dst, count, interval)
         self._deadline = _default_deadline(count, interval)
         self._proc: subprocess.Popen | None = None
         self.result: PingResult | None = None
@@ -106,16 +105,15 @@ class Pinger:
         return self._proc is not None and self._proc.poll() is None
 
     def wait(self, timeout: float | None = None) -> PingResult:
-        """Wait for ping to finish on its own (count reached or deadline)."""
-        return self._collect(timeout if timeout is not None else self._deadline + 5)
+        """Wait for ping to finish on its own; interrupt it after `timeout` s
+        (default: long enough for count probes at interval)."""
+        return self._collect(timeout if timeout is not None else self._deadline)
 
     def stop(self) -> PingResult:
         """Interrupt ping now (if still running) and return what it counted."""
         if self._proc is None:
             raise TrafficError("pinger not started")
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-        return self._collect(5.0)
+        return self._collect(0)
 
     def _collect(self, timeout: float) -> PingResult:
         if self.result is not None:
@@ -123,10 +121,19 @@ class Pinger:
         try:
             out, _err = self._proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            out, _err = self._proc.communicate()
+            out = self._interrupt()
         self.result = parse_summary(out)
         return self.result
+
+    def _interrupt(self) -> str:
+        # SIGINT makes ping print its summary; SIGKILL only if it ignores that.
+        self._proc.send_signal(signal.SIGINT)
+        try:
+            out, _err = self._proc.communicate(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            out, _err = self._proc.communicate()
+        return out
 
     @property
     def sent(self) -> int:
