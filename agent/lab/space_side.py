@@ -132,7 +132,7 @@ class SpaceSide:
             "send_certreq": "no",
             "local": {"auth": "psk", "id": tunnel.ip},
             "remote": {"auth": "psk", "id": self.customer_id},
-            "children": {name_child(number): self._child()},
+            "children": {conn_name(number): self._child()},
         }
         if self.ike_version == 1:
             # IKEv1 has no real IKE rekey: the lifetime is a reauthentication.
@@ -248,10 +248,6 @@ table inet {NFT_TABLE} {{
         if check and result.returncode != 0:
             raise SpaceSideError(f"nft {' '.join(args)} failed: {result.stderr.strip()}")
         return result
-
-
-def name_child(number: int) -> str:
-    return conn_name(number)
 
 
 def summarize_ike_sas(ikes: list[dict]) -> TunnelSas:
