@@ -77,10 +77,11 @@ class AgentProcess:
     def write_config(self, config: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Launch the daemon; `env` adds variables (e.g. NOTIFY_SOCKET) to a clean environment."""
         argv = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "agent.daemon.main",
                 "--config", str(self.config_path)]
-        env = {k: v for k, v in os.environ.items() if k not in ("HEROKU_API_KEY", "NOTIFY_SOCKET")}
+        env = {k: v for k, v in os.environ.items() if k not in ("HEROKU_API_KEY", "NOTIFY_SOCKET")} | (env or {})
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True)

@@ -10,11 +10,15 @@ prints `agentctl status`, proves traffic crosses the tunnel, and cleans up.
 from __future__ import annotations
 
 import argparse
+import secrets
+import contextlib
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from agent.lab import topology
@@ -32,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
     demo.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for both tunnels")
+    bench = sub.add_parser("bench-cold-start", help="measure agent launch -> both tunnels in their desired state")
+    bench.add_argument("--runs", type=int, default=5)
+    bench.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
     return parser
 
 
@@ -39,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="space-vpn-lab-") as tmp:
+        if args.command == "bench-cold-start":
+            return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout)
 
 
@@ -57,9 +66,10 @@ def start_fake_api(lab: Lab, token: str) -> FakePlatformApi:
     return api
 
 
-def demo(workdir: Path, *, ike_version: int, hold: bool, timeout: float) -> int:
-    print(f"Building the simulated Private Space in {workdir} ...", flush=True)
-    token = "HRKU-lab-" + time.strftime("%H%M%S")
+@contextlib.contextmanager
+def simulated_space(workdir: Path, *, ike_version: int) -> Iterator[tuple[Lab, FakePlatformApi, AgentProcess]]:
+    """Lab + fake API + a configured (not started) agent; all torn down on exit."""
+    token = "HRKU-lab-" + secrets.token_hex(8)
     with Lab(workdir / "lab", ike_version=ike_version) as lab, start_fake_api(lab, token) as api:
         write_secret_file(workdir / "heroku-token", token)
         config = heroku_agent_config(
@@ -67,6 +77,32 @@ def demo(workdir: Path, *, ike_version: int, hold: bool, timeout: float) -> int:
             space=SPACE, vpn=VPN, local_address=topology.CUSTOMER_PUBLIC_IP,
         )
         agent = AgentProcess(workdir, lab.topology.cust_ns, config)
+        try:
+            yield lab, api, agent
+        finally:
+            agent.stop()
+
+
+def bench_cold_start(workdir: Path, *, runs: int, ike_version: int) -> int:
+    """Agent launched with both charons empty -> tunnel 1 carries a CHILD_SA and tunnel 2
+    holds its IKE SA. Includes the Python start-up of the agent and one API call."""
+    figures = []
+    for run in range(runs):
+        rundir = workdir / f"run{run}"
+        rundir.mkdir()
+        with simulated_space(rundir, ike_version=ike_version) as (_lab, _api, agent):
+            started = time.monotonic()
+            agent.start()
+            agent.wait_for(is_redundant, 60, interval=0.01)
+            figures.append(time.monotonic() - started)
+    print(f"cold start, IKEv{ike_version}, {runs} runs: median {statistics.median(figures) * 1000:.0f} ms, "
+          f"min {min(figures) * 1000:.0f} ms, max {max(figures) * 1000:.0f} ms")
+    return 0
+
+
+def demo(workdir: Path, *, ike_version: int, hold: bool, timeout: float) -> int:
+    print(f"Building the simulated Private Space in {workdir} ...", flush=True)
+    with simulated_space(workdir, ike_version=ike_version) as (lab, _api, agent):
         started = time.monotonic()
         agent.start()
         try:

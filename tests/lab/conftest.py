@@ -17,8 +17,9 @@ from agent.lab.lab import Lab
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    with Lab(tmp_path / "lab") as built:
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    """A fresh lab; parametrize indirectly with the IKE version (default 1)."""
+    with Lab(tmp_path / "lab", ike_version=getattr(request, "param", 1)) as built:
         yield built
 
 

@@ -7,33 +7,14 @@ import time
 
 import pytest
 
-from agent.adapters.charon_messages import decode_text, parse_list_sas
+from agent.adapters.charon_messages import decode_text
 from agent.adapters.connection_cache import ConnectionCache
-from agent.core.model import object_name
 from agent.lab.agent_process import is_redundant, tunnels_of
 from agent.lab.cli import SPACE, VPN
 from agent.lab.traffic import Pinger
+from tests.lab.helpers import BRINGUP_TIMEOUT, T1, T2, assert_no_secret, customer_sas
 
 pytestmark = pytest.mark.lab
-
-KEY = f"{SPACE}-{VPN}"
-T1, T2 = object_name(KEY, 1), object_name(KEY, 2)
-BRINGUP_TIMEOUT = 60
-
-
-def customer_sas(lab):
-    """What the customer charon itself reports, independent of the agent's status."""
-    session = lab.customer_charon.session()
-    try:
-        return parse_list_sas(list(session.list_sas()))
-    finally:
-        session.transport.close()
-
-
-def assert_no_secret(text: str, secrets: tuple[str, ...]) -> None:
-    leaked = [i for i, s in enumerate(secrets) if s in text]
-    assert not leaked, f"secret #{leaked} found in output (value not shown)"
-
 
 def test_cold_start_brings_tunnel_1_active_and_tunnel_2_hot_standby(lab, make_agent, secrets_of):
     agent = make_agent()

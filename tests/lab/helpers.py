@@ -1,0 +1,25 @@
+"""Helpers shared by the lab tests."""
+
+from __future__ import annotations
+
+from agent.adapters.charon_messages import parse_list_sas
+from agent.core.model import object_name
+from agent.lab.cli import SPACE, VPN
+
+KEY = f"{SPACE}-{VPN}"
+T1, T2 = object_name(KEY, 1), object_name(KEY, 2)
+BRINGUP_TIMEOUT = 60
+
+
+def customer_sas(lab):
+    """What the customer charon itself reports, independent of the agent's status."""
+    session = lab.customer_charon.session()
+    try:
+        return parse_list_sas(list(session.list_sas()))
+    finally:
+        session.transport.close()
+
+
+def assert_no_secret(text: str, secrets: tuple[str, ...]) -> None:
+    leaked = [i for i, s in enumerate(secrets) if s in text]
+    assert not leaked, f"secret #{leaked} found in output (value not shown)"

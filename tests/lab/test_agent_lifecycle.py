@@ -1,0 +1,177 @@
+"""Life around the tunnels: charon restarts, signals, reloads, PSK rotation, static
+connections, IKEv2, systemd notification, and no secret in any output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from agent.lab import topology
+from agent.lab.agent_process import AgentProcess, is_redundant, tunnels_of, write_secret_file
+from agent.lab.cli import SPACE, VPN
+from agent.lab.lab import generate_psk
+from tests.lab.helpers import BRINGUP_TIMEOUT, T1, T2, assert_no_secret, customer_sas
+
+pytestmark = pytest.mark.lab
+
+
+def test_charon_restart_reloads_and_brings_both_tunnels_back(lab, make_agent):
+    agent = make_agent()
+    agent.start()
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+
+    lab.customer_charon.kill()
+    agent.wait_for(lambda s: not s["charon_reachable"], 10)
+    lab.customer_charon.start()
+    agent.wait_for(lambda s: s["charon_reachable"] and is_redundant(s), BRINGUP_TIMEOUT)
+    assert lab.customer_ping(count=3, interval=0.2).received == 3
+    assert "charon went away" in agent.log_text() or "charon unreachable" in agent.log_text()
+
+
+def test_sigterm_exits_cleanly_and_leaves_tunnels_up(lab, make_agent):
+    agent = make_agent()
+    agent.start()
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+    child = customer_sas(lab)[T1].installed_child
+
+    assert agent.stop() == 0
+    time.sleep(1)
+    sas = customer_sas(lab)
+    assert sas[T1].installed_child.uniqueid == child.uniqueid
+    assert sas[T2].ike_state == "ESTABLISHED"
+    assert lab.customer_ping(count=3, interval=0.2).received == 3
+
+
+def test_sighup_with_an_invalid_config_keeps_the_running_one(lab, make_agent):
+    agent = make_agent()
+    agent.start()
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+    good = agent.config_path.read_text()
+
+    agent.config_path.write_text(good.replace("mode: auto", "mode: sideways"))
+    agent.signal(signal.SIGHUP)
+    status = agent.wait_for(lambda s: s["errors"], 10)
+    assert "mode" in status["errors"][0]
+    assert is_redundant(status)
+    assert "keeping the running config" in agent.log_text()
+
+    agent.config_path.write_text(good)  # a valid reload clears the error
+    agent.signal(signal.SIGHUP)
+    agent.wait_for(lambda s: not s["errors"] and is_redundant(s), 10)
+
+
+def test_psk_rotation_reloads_and_re_establishes(lab, make_agent, fake_api, secrets_of):
+    agent = make_agent()
+    agent.start()
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+    old = customer_sas(lab)
+    old_ids = {n: old[n].established_ike.uniqueid for n in (T1, T2)}
+
+    new_psks = [generate_psk(), generate_psk()]
+    lab.space.reconfigure(psks=new_psks)
+    for number, psk in enumerate(new_psks, start=1):
+        fake_api.set_psk(SPACE, VPN, number, psk)
+
+    def re_established(status):
+        sas = customer_sas(lab)
+        fresh = all(n in sas and sas[n].established_ike and sas[n].established_ike.uniqueid != old_ids[n]
+                    for n in (T1, T2))
+        return fresh and is_redundant(status)
+
+    agent.wait_for(re_established, BRINGUP_TIMEOUT)
+    assert lab.customer_ping(count=3, interval=0.2).received == 3
+    assert_no_secret(agent.log_text(), (*secrets_of, *new_psks))
+
+
+def test_static_connection_without_the_platform_api(lab, tmp_path):
+    workdir = tmp_path / "static"
+    workdir.mkdir()
+    tunnels = []
+    for number, (ip, psk) in enumerate(zip(lab.tunnel_ips, lab.psks), start=1):
+        write_secret_file(workdir / f"psk{number}", psk)
+        tunnels.append({"ip": ip, "psk_file": str(workdir / f"psk{number}")})
+    config = {
+        "strongswan": {"vici_socket": lab.customer_charon.vici_socket},
+        "state_dir": str(workdir / "state"),
+        "control_socket": str(workdir / "control.sock"),
+        "metrics": {"listen": ""},
+        "connections": [{
+            "vpn": "aws-office",
+            "local_address": topology.CUSTOMER_PUBLIC_IP,
+            "mode": "policy",
+            "static": {"ike_version": 1, "routable_cidrs": [topology.ROUTABLE_CIDR],
+                       "space_cidr_block": topology.SPACE_CIDR, "tunnels": tunnels},
+        }],
+    }
+    agent = AgentProcess(workdir, lab.topology.cust_ns, config)
+    agent.start()
+    try:
+        status = agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+        assert status["connections"][0]["source"] == "static"
+        assert status["connections"][0]["mode_reason"] == "configured"
+        assert lab.customer_ping(count=3, interval=0.2).received == 3
+        assert_no_secret(agent.log_text() + repr(status), lab.psks)
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("lab", [2], indirect=True)
+def test_ikev2_standby_is_a_childless_ike_sa(lab, make_agent):
+    agent = make_agent()
+    agent.start()
+    status = agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+    sas = customer_sas(lab)
+    assert sas[T1].established_ike.version == 2
+    assert sas[T2].established_ike is not None and sas[T2].children == ()
+    assert tunnels_of(status)[2]["child_state"] == "NONE"
+    assert lab.customer_ping(count=3, interval=0.2).received == 3
+
+
+def test_tells_systemd_it_is_ready_and_pets_the_watchdog(lab, make_agent, tmp_path):
+    notify_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(notify_path)
+        sock.settimeout(BRINGUP_TIMEOUT)
+        agent = make_agent()
+        agent.start(env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "30000000"})
+        agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+        seen: list[str] = []
+        while not any("READY=1" in m for m in seen) or not any("WATCHDOG=1" in m for m in seen):
+            seen.append(sock.recv(4096).decode())
+    assert any("STATUS=" in m for m in seen)
+
+
+def test_no_secret_in_any_output(lab, make_agent, fake_api, secrets_of, tmp_path):
+    """Drive the agent through errors and commands, then sweep every captured output:
+    agent log, agentctl text and JSON, check-config, both charon logs."""
+    agent = make_agent()
+    agent.start()
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+    fake_api.fail_next(2, status=500, error_id="internal_server_error")
+    fake_api.set_token("HRKU-rotated-elsewhere")
+    agent.wait_for(lambda s: s["connections"][0]["api_error"], 20)
+    outputs = [agent.log_text()]
+    for args in (["status"], ["status", "--json"], ["reload"]):
+        run = subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "--socket", agent.control_socket, *args],
+                             capture_output=True, text=True, timeout=10)
+        outputs += [run.stdout, run.stderr]
+    check = subprocess.run([sys.executable, "-m", "agent.daemon.main", "check-config", "--config",
+                            str(agent.config_path)], capture_output=True, text=True, timeout=10)
+    outputs += [check.stdout, check.stderr]
+    outputs += [lab.customer_charon.log_path.read_text(errors="replace"),
+                lab.space_charon.log_path.read_text(errors="replace")]
+    cache_files = list((agent.workdir / "state").iterdir())
+    assert cache_files and all(os.stat(f).st_mode & 0o777 == 0o600 for f in cache_files)
+    assert all(outputs[:2]) and "OK" in check.stdout
+    for text in outputs:
+        assert_no_secret(text, secrets_of)
+    assert yaml.safe_load(agent.config_path.read_text())["api"]["token_file"]  # token via file, not argv
+    with open(f"/proc/{agent.pid}/cmdline", "rb") as f:
+        assert_no_secret(f.read().decode(errors="replace"), secrets_of)
