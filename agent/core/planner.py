@@ -15,6 +15,9 @@ from agent.core.observation import ESTABLISHED, LIVE_CHILD_STATES, CharonState, 
 
 # A CONNECTING/absent active tunnel is given this long before the standby takes over.
 ACTIVE_GRACE = 10.0  # s
+# IKEv2 standby is a childless IKE SA (RFC 6023). A peer that refuses childless
+# initiation gets a regular one after this many failed tries; its child is then closed.
+CHILDLESS_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,11 @@ def plan_policy_mode(
     # (make-before-break; also cleans up what dpd_action=restart brings back).
     if standby_sas.ike_state == "DOWN":
         if may_attempt(standby_tunnel.conn_name):
-            actions.append(InitiateIke(standby_tunnel.conn_name))
+            attempts = timing.get(standby_tunnel.conn_name, TunnelTiming()).attempts
+            if conn.ike_version == 2 and attempts >= CHILDLESS_ATTEMPTS:
+                actions.append(InitiateChild(standby_tunnel.conn_name))
+            else:
+                actions.append(InitiateIke(standby_tunnel.conn_name))
     elif active_sas.installed_child is not None:
         actions += [TerminateChild(standby_tunnel.conn_name, c.uniqueid) for c in standby_sas.children]
     return actions

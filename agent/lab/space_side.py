@@ -76,6 +76,7 @@ class SpaceSide:
         self.customer_ip = customer_ip
         self.local_ts = local_ts
         self.remote_ts = remote_ts
+        self.childless = "allow"  # IKEv2 RFC 6023 as responder; "never" plays a peer without it
         self._nft_ready = False
 
     # --- configuration -------------------------------------------------------
@@ -94,7 +95,8 @@ class SpaceSide:
                  len(self.tunnels), self.ike_version)
 
     def reconfigure(self, ike_version: int | None = None, psks: Sequence[str] | None = None,
-                    customer_id: str | None = None, remote_ts: str | None = None) -> None:
+                    customer_id: str | None = None, remote_ts: str | None = None,
+                    childless: str | None = None) -> None:
         """Change settings and reload conns + shared keys. Existing SAs are kept
         (as on AWS, new settings apply to the next negotiation)."""
         if ike_version is not None:
@@ -107,6 +109,8 @@ class SpaceSide:
             self.customer_id = customer_id
         if remote_ts is not None:
             self.remote_ts = remote_ts
+        if childless is not None:
+            self.childless = childless
         self.load()
 
     def _load_tunnel(self, session: vici.Session, number: int, tunnel: SpaceTunnel) -> None:
@@ -138,7 +142,7 @@ class SpaceSide:
             # IKEv1 has no real IKE rekey: the lifetime is a reauthentication.
             conn.update(dpd_timeout="30s", reauth_time="28800s")
         else:
-            conn.update(rekey_time="28800s", mobike="no")
+            conn.update(rekey_time="28800s", mobike="no", childless=self.childless)
         return conn
 
     def _child(self) -> dict:

@@ -19,7 +19,8 @@ from agent.lab.lab import Lab
 @pytest.fixture
 def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
     """A fresh lab; parametrize indirectly with the IKE version (default 1)."""
-    with Lab(tmp_path / "lab", ike_version=getattr(request, "param", 1)) as built:
+    # Own prefix: a test run never tears down a demo's lab, and vice versa.
+    with Lab(tmp_path / "lab", prefix="svt", ike_version=getattr(request, "param", 1)) as built:
         yield built
 
 

@@ -67,6 +67,37 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(lab, make_agent):
     agent.wait_for(lambda s: not s["errors"] and is_redundant(s), 10)
 
 
+def test_reload_unloads_only_its_own_objects_that_are_no_longer_configured(lab, make_agent, tmp_path):
+    foreign = {"local_addrs": [topology.CUSTOMER_PUBLIC_IP], "remote_addrs": ["198.51.100.77"],
+               "local": {"auth": "psk"}, "remote": {"auth": "psk"}, "children": {"foreign": {}}}
+    with lab.customer_charon.connected() as session:
+        session.load_conn({"someone-elses": foreign})
+    agent = make_agent()
+    agent.start()
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+
+    # The same tunnels, now as a static connection under another name.
+    config = yaml.safe_load(agent.config_path.read_text())
+    tunnels = []
+    for number, (ip, psk) in enumerate(zip(lab.tunnel_ips, lab.psks), start=1):
+        tunnels.append({"ip": ip, "psk_file": str(write_secret_file(tmp_path / f"psk{number}", psk))})
+    config["connections"] = [{
+        "vpn": "moved", "local_address": topology.CUSTOMER_PUBLIC_IP,
+        "static": {"ike_version": 1, "routable_cidrs": [topology.ROUTABLE_CIDR],
+                   "space_cidr_block": topology.SPACE_CIDR, "tunnels": tunnels},
+    }]
+    agent.write_config(config)
+    agent.signal(signal.SIGHUP)
+    status = agent.wait_for(lambda s: s["connections"][0]["vpn"] == "moved" and is_redundant(s), BRINGUP_TIMEOUT)
+
+    with lab.customer_charon.connected() as session:
+        conns = set(session.get_conns()["conns"])
+    conns = {c.decode() if isinstance(c, bytes) else c for c in conns}
+    assert conns == {"someone-elses", "svpn-static-moved-t1", "svpn-static-moved-t2"}
+    assert set(customer_sas(lab)) == {"svpn-static-moved-t1", "svpn-static-moved-t2"}
+    assert status["connections"][0]["source"] == "static"
+
+
 def test_psk_rotation_reloads_and_re_establishes(lab, make_agent, fake_api, secrets_of):
     agent = make_agent()
     agent.start()
@@ -132,6 +163,18 @@ def test_ikev2_standby_is_a_childless_ike_sa(lab, make_agent):
     assert sas[T2].established_ike is not None and sas[T2].children == ()
     assert tunnels_of(status)[2]["child_state"] == "NONE"
     assert lab.customer_ping(count=3, interval=0.2).received == 3
+
+
+@pytest.mark.parametrize("lab", [2], indirect=True)
+def test_ikev2_standby_against_a_peer_without_childless_support(lab, make_agent):
+    lab.space.reconfigure(childless="never")
+    agent = make_agent()
+    agent.start()
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+    sas = customer_sas(lab)
+    assert sas[T2].established_ike is not None and sas[T2].children == ()
+    assert lab.customer_ping(count=3, interval=0.2).received == 3
+    assert "IKE SA only" in agent.log_text()  # it tried childless first
 
 
 def test_tells_systemd_it_is_ready_and_pets_the_watchdog(lab, make_agent, tmp_path):

@@ -18,6 +18,7 @@ from agent.core.model import (
 from agent.core.observation import CONNECTING, ESTABLISHED, INSTALLED, CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.planner import (
     ACTIVE_GRACE,
+    CHILDLESS_ATTEMPTS,
     InitiateChild,
     InitiateIke,
     LoadTunnel,
@@ -308,3 +309,18 @@ def test_backoff_stays_capped_after_hours_of_failed_attempts(attempts):
     # attempts only reset once a tunnel reaches its desired state; at ~30 s per
     # attempt a peer down overnight passes 1024 attempts.
     assert backoff_delay(attempts, 0.5) == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize(
+    ("ike_version", "attempts", "expected"),
+    [
+        (2, 0, [InitiateChild(T1), InitiateIke(T2)]),  # IKEv2 standby: childless first
+        (2, CHILDLESS_ATTEMPTS - 1, [InitiateChild(T1), InitiateIke(T2)]),
+        (2, CHILDLESS_ATTEMPTS, [InitiateChild(T1), InitiateChild(T2)]),  # peer refuses childless
+        (1, CHILDLESS_ATTEMPTS + 5, [InitiateChild(T1), InitiateIke(T2)]),  # IKEv1 never needs it
+    ],
+)
+def test_ikev2_standby_falls_back_to_a_regular_ike_sa_after_failed_childless_tries(ike_version, attempts, expected):
+    timing = {T2: TunnelTiming(attempts=attempts, next_attempt_at=0.0)}
+    conn = make_conn(ike_version=ike_version)
+    assert plan_policy_mode(conn, observed(), 1, timing, NOW) == expected
