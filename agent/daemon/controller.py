@@ -108,12 +108,11 @@ class Controller:
                 message = None
             try:
                 while message is not None:
-                    if isinstance(message, Stop):
+                    if not self.handle(message):
                         log.info("stopping; tunnels stay up")
                         return 0
-                    self._handle(message)
                     message = self._next_pending()
-                self._pass()
+                self.reconcile_pass()
             except Exception:  # one bad pass must not end the daemon
                 log.exception("reconcile pass failed; continuing")
 
@@ -123,8 +122,11 @@ class Controller:
         except queue.Empty:
             return None
 
-    def _handle(self, message: object) -> None:
+    def handle(self, message: object) -> bool:
+        """Take one inbox message into the state. False means: stop the loop."""
         match message:
+            case Stop():
+                return False
             case CharonEvent(kind=kind, names=names):
                 log.debug("charon event %s %s", kind, ",".join(names))
             case CharonConnected():
@@ -143,6 +145,7 @@ class Controller:
                 log.error("thread %s crashed: %s", name, error)
             case _:
                 log.warning("ignoring unknown inbox message %r", type(message).__name__)
+        return True
 
     # -- config and API --------------------------------------------------------------
     def _apply_config(self, config: AgentConfig) -> None:
@@ -214,15 +217,16 @@ class Controller:
         runtime.api_error, runtime.api_error_kind = failure.message, failure.kind
 
     # -- reconcile -------------------------------------------------------------------
-    def _pass(self) -> None:
+    def reconcile_pass(self) -> None:
+        """Observe charon, re-derive every action from the whole state, apply, publish."""
         now = self._clock()
         self._charon_state = self._observe()
         if self._charon_state.reachable:
             for runtime in self._runtimes.values():
                 runtime.desired = self._desired(runtime)
             self._reconcile(now)
-        self.snapshot = self._build_snapshot()
         self._ready = True
+        self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
 
     def _observe(self) -> CharonState:

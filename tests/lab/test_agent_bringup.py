@@ -144,3 +144,16 @@ def test_unauthorized_is_reported_and_tunnels_stay_up(lab, make_agent, fake_api,
     assert customer_sas(lab)[T1].installed_child.uniqueid == child.uniqueid
     assert "401" in agent.log_text()
     assert_no_secret(agent.log_text() + repr(status), secrets_of)
+
+
+def test_waits_while_the_connection_is_provisioning(lab, make_agent, fake_api):
+    fake_api.set_connection_status(SPACE, VPN, "provisioning")
+    agent = make_agent()
+    agent.start()
+    status = agent.wait_for(lambda s: s["connections"][0]["connection_status"] == "provisioning", 20)
+    assert "provisioning" in status["connections"][0]["summary"]
+    assert status["connections"][0]["health"] == "down"
+    assert customer_sas(lab) == {}
+
+    fake_api.set_connection_status(SPACE, VPN, "active")
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)

@@ -1,0 +1,244 @@
+"""The loop's decisions end to end, with a small in-memory charon instead of VICI:
+messages in, charon calls and a Snapshot out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.adapters.charon import CharonUnavailable
+from agent.adapters.connection_cache import ConnectionCache
+from agent.adapters.heroku import FetchResult
+from agent.config import parse_config
+from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
+from agent.core.payload import parse_vpn_connection
+from agent.core.snapshot import Health
+from agent.daemon.api_poller import ApiAnswer, ApiFailure
+from agent.daemon.controller import Controller, Reload, Stop
+
+T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
+PSKS = ("first.Psk_value1", "second.Psk_value2")
+
+
+def vpn_json(status: str = "active", psk1: str = PSKS[0]) -> dict:
+    tunnel = {"customer_ip": "203.0.113.10", "status": "UP", "status_message": "",
+              "last_status_change": "2026-11-28T10:00:00Z"}
+    return {
+        "id": "123456789012", "name": "office", "public_ip": "203.0.113.10",
+        "routable_cidrs": ["172.16.0.0/16"], "space_cidr_block": "10.0.0.0/16", "ike_version": 1,
+        "status": status, "status_message": "",
+        "tunnels": [dict(tunnel, ip="198.51.100.1", pre_shared_key=psk1),
+                    dict(tunnel, ip="198.51.100.2", pre_shared_key=PSKS[1])],
+    }
+
+
+class FakeCharon:
+    """Answers like charon would, instantly: initiates succeed at once."""
+
+    def __init__(self) -> None:
+        self.reachable = True
+        self.conns: set[str] = set()
+        self.shared: set[str] = set()
+        self.sas: dict[str, TunnelSas] = {}
+        self.calls: list[tuple[str, str]] = []
+        self._ids = iter(range(1, 10_000))
+
+    def restart(self) -> None:
+        """A restarted charon knows nothing of what was loaded."""
+        self.__init__()
+
+    def observe(self) -> CharonState:
+        if not self.reachable:
+            raise CharonUnavailable("socket gone")
+        return CharonState(True, "5.9.8", frozenset(self.conns), frozenset(self.shared), dict(self.sas))
+
+    def load_tunnel(self, conn, number) -> None:
+        name = conn.tunnel(number).conn_name
+        self.calls.append(("load", name))
+        self.conns.add(name)
+        self.shared.add(name)
+
+    def unload_conn(self, name) -> None:
+        self.calls.append(("unload", name))
+        self.conns.discard(name)
+
+    def unload_shared(self, shared_id) -> None:
+        self.shared.discard(shared_id)
+
+    def initiate(self, name, *, child, timeout_ms) -> None:
+        assert timeout_ms is not None
+        self.calls.append(("initiate-child" if child else "initiate-ike", name))
+        children = (ChildSa(name, str(next(self._ids)), "INSTALLED"),) if child else ()
+        existing = self.sas.get(name)
+        if existing and existing.established_ike:
+            ike = existing.established_ike
+            children = ike.children + children
+            self.sas[name] = TunnelSas((IkeSa(name, ike.uniqueid, "ESTABLISHED", children=children),))
+        else:
+            self.sas[name] = TunnelSas((IkeSa(name, str(next(self._ids)), "ESTABLISHED", children=children),))
+
+    def terminate_child(self, child_id, *, timeout_ms) -> None:
+        self.calls.append(("terminate-child", child_id))
+        for name, sas in self.sas.items():
+            self.sas[name] = TunnelSas(tuple(
+                IkeSa(sa.name, sa.uniqueid, sa.state, children=tuple(c for c in sa.children if c.uniqueid != child_id))
+                for sa in sas.ike_sas))
+
+    def terminate_ike(self, ike_id, *, timeout_ms) -> None:
+        self.calls.append(("terminate-ike", ike_id))
+        for name, sas in list(self.sas.items()):
+            self.sas[name] = TunnelSas(tuple(sa for sa in sas.ike_sas if sa.uniqueid != ike_id))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "state_dir: state\ncontrol_socket: control.sock\n"
+        "connections:\n  - {space: acme-space, vpn: office, local_address: 203.0.113.10}\n"
+    )
+    return path
+
+
+def make_controller(config_file: Path, charon: FakeCharon, clock: Clock | None = None):
+    from agent.config import load_config
+
+    config = load_config(config_file)
+    cache = ConnectionCache(Path(config.state_dir))
+    controller = Controller(
+        config, charon, cache,
+        detect_local_address=lambda ip: "203.0.113.10",
+        reload_config=lambda: load_config(config_file),
+        clock=clock or Clock(), wall=lambda: 1_800_000_000.0, rand=lambda: 0.5,
+    )
+    return controller, cache
+
+
+def answer(raw: dict) -> ApiAnswer:
+    return ApiAnswer("acme-space-office", FetchResult(parse_vpn_connection(raw), raw, '"etag"', 4499))
+
+
+def test_nothing_is_loaded_before_the_api_answers(config_file):
+    charon = FakeCharon()
+    controller, _ = make_controller(config_file, charon)
+    controller.reconcile_pass()
+    assert charon.calls == []
+    assert controller.snapshot.health is Health.DOWN
+    assert controller.snapshot.ready
+
+
+def test_cold_start_loads_both_and_initiates_active_child_and_standby_ike(config_file):
+    charon = FakeCharon()
+    controller, cache = make_controller(config_file, charon)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    assert charon.calls == [("load", T1), ("load", T2), ("initiate-child", T1), ("initiate-ike", T2)]
+    assert cache.load("acme-space", "office") is not None
+    assert os.stat(cache.path("acme-space", "office")).st_mode & 0o777 == 0o600
+
+    charon.calls.clear()
+    controller.reconcile_pass()  # converged: a second pass does nothing
+    assert charon.calls == []
+    view = controller.snapshot.connections[0]
+    assert view.health is Health.OK
+    assert [(t.role, t.child_state) for t in view.tunnels] == [("active", "INSTALLED"), ("standby", "NONE")]
+
+
+def test_api_failure_leaves_tunnels_alone_and_shows_in_status(config_file):
+    charon = FakeCharon()
+    controller, _ = make_controller(config_file, charon)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    charon.calls.clear()
+    controller.handle(ApiFailure("acme-space-office", "auth", "acme-space/office: HTTP 401 unauthorized"))
+    controller.reconcile_pass()
+    assert charon.calls == []
+    view = controller.snapshot.connections[0]
+    assert view.api_error == "acme-space/office: HTTP 401 unauthorized"
+    assert view.health is Health.OK
+
+
+def test_a_provisioning_answer_is_not_a_desired_state(config_file):
+    charon = FakeCharon()
+    controller, _ = make_controller(config_file, charon)
+    controller.handle(answer(vpn_json(status="provisioning")))
+    controller.reconcile_pass()
+    assert charon.calls == []
+    assert "provisioning" in controller.snapshot.connections[0].summary
+
+
+def test_psk_change_reloads_and_terminates_old_sas(config_file):
+    charon = FakeCharon()
+    clock = Clock()
+    controller, _ = make_controller(config_file, charon, clock)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    clock.now += 2  # past the first backoff step
+    old_ike = charon.sas[T1].established_ike.uniqueid
+    charon.calls.clear()
+    controller.handle(answer(vpn_json(psk1="rotated.Psk_value9")))
+    controller.reconcile_pass()
+    assert charon.calls[:2] == [("load", T1), ("terminate-ike", old_ike)]
+    assert ("initiate-child", T1) in charon.calls
+    assert ("load", T2) not in charon.calls
+
+
+def test_charon_restart_reloads_everything(config_file):
+    charon = FakeCharon()
+    clock = Clock()
+    controller, _ = make_controller(config_file, charon, clock)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    charon.reachable = False
+    controller.reconcile_pass()
+    assert not controller.snapshot.charon_reachable
+    assert controller.snapshot.health is Health.DOWN
+
+    charon.restart()
+    clock.now += 2
+    controller.reconcile_pass()
+    assert charon.calls == [("load", T1), ("load", T2), ("initiate-child", T1), ("initiate-ike", T2)]
+
+
+def test_failed_initiates_back_off(config_file):
+    charon = FakeCharon()
+    charon.initiate = lambda name, *, child, timeout_ms: charon.calls.append(("initiate", name))  # never comes up
+    clock = Clock()
+    controller, _ = make_controller(config_file, charon, clock)
+    controller.handle(answer(vpn_json()))
+    tries = []
+    for _ in range(40):  # 40 passes, 0.5 s apart: 20 s
+        controller.reconcile_pass()
+        tries.append(sum(1 for call in charon.calls if call == ("initiate", T1)))
+        clock.now += 0.5
+    # attempts at 0 s, then after 1, 2, 4, 8 s (jitter 0.5 -> factor 1.0): 5 in 20 s
+    assert tries[-1] == 5
+
+
+def test_invalid_reload_keeps_the_running_config(config_file):
+    charon = FakeCharon()
+    controller, _ = make_controller(config_file, charon)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    config_file.write_text(config_file.read_text().replace("office", "office, mode: sideways"))
+    controller.handle(Reload())
+    controller.reconcile_pass()
+    assert "mode" in controller.snapshot.errors[0]
+    assert controller.snapshot.connections[0].health is Health.OK
+
+
+def test_stop_ends_the_loop(config_file):
+    controller, _ = make_controller(config_file, FakeCharon())
+    assert controller.handle(Stop()) is False
+    controller.post(Stop())
+    assert controller.run() == 0
