@@ -18,11 +18,11 @@ PSKS = ["fake-psk-one-AAAA", "fake-psk-two-BBBB"]
 def add_office(fake: FakePlatformApi, space: str = "my-space", vpn: str = "office") -> dict:
     return fake.add_connection(
         space, vpn,
-        public_ip="35.161.69.30",
+        public_ip="203.0.113.10",
         routable_cidrs=["172.16.0.0/16"],
         space_cidr_block="10.0.0.0/16",
         ike_version=1,
-        tunnel_ips=["52.44.146.197", "52.44.146.198"],
+        tunnel_ips=["198.51.100.1", "198.51.100.2"],
         psks=PSKS,
     )
 
@@ -151,13 +151,13 @@ def test_fail_next_comes_before_auth(fake):
 def test_tunnel_and_connection_knobs(fake, client):
     before = fake.connection("my-space", "office")["tunnels"][0]["last_status_change"]
     fake.set_tunnel_status("my-space", "office", 1, "DOWN", "maintenance")
-    fake.set_tunnel_ip("my-space", "office", 2, "52.44.146.200")
+    fake.set_tunnel_ip("my-space", "office", 2, "198.51.100.3")
     fake.set_connection_status("my-space", "office", "failed", "boom")
     body = client.get("/spaces/my-space/vpn-connections/office").json()
     assert body["tunnels"][0]["status"] == "DOWN"
     assert body["tunnels"][0]["status_message"] == "maintenance"
     assert body["tunnels"][0]["last_status_change"] >= before
-    assert body["tunnels"][1]["ip"] == "52.44.146.200"
+    assert body["tunnels"][1]["ip"] == "198.51.100.3"
     assert (body["status"], body["status_message"]) == ("failed", "boom")
     with pytest.raises(ValueError):
         fake.set_psk("my-space", "office", 3, "x")

@@ -212,9 +212,9 @@ def test_connection_refused_gives_unavailable(sleeps):
 
 def test_invalid_payload_is_payload_error(fake, make_api, sleeps):
     fake.add_connection(
-        "my-space", "bad", public_ip="35.161.69.30", routable_cidrs=["8.8.0.0/16"],
+        "my-space", "bad", public_ip="203.0.113.10", routable_cidrs=["8.8.0.0/16"],
         space_cidr_block="10.0.0.0/16", ike_version=3,
-        tunnel_ips=["52.44.146.197", "abc"], psks=PSKS,
+        tunnel_ips=["198.51.100.1", "abc"], psks=PSKS,
     )
     with pytest.raises(ApiPayloadError) as info:
         make_api().get_vpn_connection("my-space", "bad")
@@ -274,7 +274,7 @@ def test_no_secret_in_messages_logs_or_reprs(fake, make_api, sleeps, caplog):
     attempt(vpn="nope")
     fake.add_connection("my-space", "bad", public_ip="x", routable_cidrs=[],
                         space_cidr_block="10.0.0.0/16", ike_version=1,
-                        tunnel_ips=["1.2.3.4", "y"], psks=PSKS)
+                        tunnel_ips=["192.0.2.4", "y"], psks=PSKS)
     attempt(vpn="bad")
     fake.set_delay(1.0)
     attempt()

@@ -16,16 +16,16 @@ PSK2 = "psk-two-Zk4Tn7"
 GOOD = {
     "id": "123456789012",
     "name": "office",
-    "public_ip": "35.161.69.30",
+    "public_ip": "203.0.113.10",
     "routable_cidrs": ["172.16.0.0/16"],
     "space_cidr_block": "10.0.0.0/16",
     "ike_version": 1,
     "status": "active",
     "status_message": "",
     "tunnels": [
-        {"ip": "52.44.146.197", "customer_ip": "35.161.69.30", "pre_shared_key": PSK1,
+        {"ip": "198.51.100.1", "customer_ip": "203.0.113.10", "pre_shared_key": PSK1,
          "status": "UP", "status_message": "", "last_status_change": "2016-10-25T22:09:05Z"},
-        {"ip": "52.44.146.198", "customer_ip": "35.161.69.30", "pre_shared_key": PSK2,
+        {"ip": "198.51.100.2", "customer_ip": "203.0.113.10", "pre_shared_key": PSK2,
          "status": "DOWN", "status_message": "", "last_status_change": "2016-10-25T22:09:05Z"},
     ],
 }
@@ -39,13 +39,13 @@ def test_documented_example_parses():
     conn = parse_vpn_connection(good())
     assert conn.id == "123456789012"
     assert conn.name == "office"
-    assert conn.public_ip == "35.161.69.30"
+    assert conn.public_ip == "203.0.113.10"
     assert conn.routable_cidrs == ("172.16.0.0/16",)
     assert conn.space_cidr_block == "10.0.0.0/16"
     assert conn.ike_version == 1
     assert conn.status is ConnectionStatus.ACTIVE
     assert [t.number for t in conn.tunnels] == [1, 2]
-    assert conn.tunnel(1).ip == "52.44.146.197"
+    assert conn.tunnel(1).ip == "198.51.100.1"
     assert conn.tunnel(1).psk == Secret(PSK1)
     assert conn.tunnel(2).psk.reveal() == PSK2
     assert conn.tunnel(1).status is TunnelApiStatus.UP
