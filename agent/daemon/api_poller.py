@@ -12,24 +12,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.adapters.heroku import FetchResult, PlatformApi, PlatformApiError
+from agent.adapters.heroku import PlatformApi, PlatformApiError
+from agent.daemon.messages import ApiAnswer, ApiFailure, ThreadCrashed
 
 log = logging.getLogger(__name__)
 
 WAIT_POLL_INTERVAL = 10.0  # s, as `heroku spaces:vpn:wait`
-
-
-@dataclass(frozen=True)
-class ApiAnswer:
-    key: str
-    result: FetchResult
-
-
-@dataclass(frozen=True)
-class ApiFailure:
-    key: str
-    kind: str  # auth | not_found | unavailable | rate_limited | payload | http
-    message: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +65,13 @@ class ApiPoller:
         (self._waiting.add if waiting else self._waiting.discard)(key)
 
     def _run(self) -> None:
+        try:
+            self._poll_forever()
+        except Exception as e:  # tell the loop; status then shows the API as failing
+            log.exception("API poller crashed")
+            self._post(ThreadCrashed("api-poller", f"{type(e).__name__}: {e}"))
+
+    def _poll_forever(self) -> None:
         while not self._stop.is_set():
             for target in self._targets:
                 if self._stop.is_set():

@@ -10,7 +10,7 @@ import queue
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from agent import __version__
 from agent.adapters.charon import (
@@ -27,7 +27,7 @@ from agent.core.desired import desired_connection
 from agent.core.model import ConnectionStatus, Mode
 from agent.core.observation import CharonState
 from agent.core.snapshot import Snapshot
-from agent.daemon.api_poller import ApiAnswer, ApiFailure
+from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop, ThreadCrashed
 from agent.daemon.state import ConnectionRuntime, connection_view
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,6 @@ log = logging.getLogger(__name__)
 TICK = 1.0  # s between passes when nothing happens
 INITIATE_TIMEOUT_MS = -1  # return at once: charon negotiates on, events tell us the outcome
 TERMINATE_TIMEOUT_MS = 3000
-
-
-@dataclass(frozen=True)
-class Stop:
-    """SIGTERM/SIGINT: leave the loop, leave the tunnels up."""
-
-
-@dataclass(frozen=True)
-class Reload:
-    """SIGHUP or `agentctl reload`."""
-
-
-@dataclass(frozen=True)
-class ThreadCrashed:
-    name: str
-    error: str
 
 
 def resolve_mode(wanted: Mode) -> tuple[Mode, str]:

@@ -24,7 +24,8 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.server import ControlServer
 from agent.core.snapshot import Snapshot
 from agent.daemon.api_poller import ApiPoller, PollTarget
-from agent.daemon.controller import Controller, Reload, Stop, resolve_mode
+from agent.daemon.controller import Controller, resolve_mode
+from agent.daemon.messages import Reload, Stop
 
 log = logging.getLogger("agent")
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except CredentialError as e:
         log.error("%s", e)
         return EXIT_CONFIG
+    except OSError as e:  # e.g. the control socket's folder cannot be created
+        log.error("cannot start: %s", e)
+        return 1
 
 
 def _setup_logging(level: str) -> None:
@@ -81,7 +85,6 @@ class Daemon:
         self._config_path = config_path
         self._notifier = SystemdNotifier()
         self._poller: ApiPoller | None = None
-        self._last_watchdog = 0.0
         self._charon = CharonClient(config.strongswan.vici_socket)
         self._controller = Controller(
             config,
@@ -118,14 +121,23 @@ class Daemon:
             self._charon.close()
 
     def _start_poller(self, config: AgentConfig) -> None:
-        """(Re)start API polling for the Heroku connections of `config`."""
+        """(Re)start API polling for the Heroku connections of `config`. At start a
+        missing token is fatal; on reload the running poller is kept instead."""
+        targets = [PollTarget(c.key, c.space, c.vpn) for c in config.connections if c.static is None]
+        token = None
+        if targets:
+            try:
+                token = load_token(config.api.token_file, os.environ, os.environ.get("CREDENTIALS_DIRECTORY"))
+            except CredentialError as e:
+                if self._poller is None:
+                    raise
+                log.error("%s; keeping the running Platform API poller", e)
+                return
         if self._poller is not None:
             self._poller.stop()
             self._poller = None
-        targets = [PollTarget(c.key, c.space, c.vpn) for c in config.connections if c.static is None]
-        if not targets:
+        if token is None:
             return
-        token = load_token(config.api.token_file, os.environ, os.environ.get("CREDENTIALS_DIRECTORY"))
         api = PlatformApi(config.api.url, token, timeout=config.api.timeout, user_agent=f"space-vpn-agent/{__version__}")
         self._poller = ApiPoller(api, targets, self._controller.post, interval=config.api.poll_interval)
         self._poller.start()

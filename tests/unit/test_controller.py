@@ -11,12 +11,11 @@ import pytest
 from agent.adapters.charon import CharonUnavailable
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.heroku import FetchResult
-from agent.config import parse_config
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.payload import parse_vpn_connection
 from agent.core.snapshot import Health
-from agent.daemon.api_poller import ApiAnswer, ApiFailure
-from agent.daemon.controller import Controller, Reload, Stop
+from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop
+from agent.daemon.controller import Controller
 
 T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
 PSKS = ("first.Psk_value1", "second.Psk_value2")

@@ -1,0 +1,38 @@
+"""What other threads post to the loop's inbox (besides charon's events, which the
+charon adapter defines). Plain frozen dataclasses: the loop matches on their type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.adapters.heroku import FetchResult
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    key: str
+    result: FetchResult
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    key: str
+    kind: str  # auth | not_found | unavailable | rate_limited | payload | http
+    message: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """SIGTERM/SIGINT: leave the loop, leave the tunnels up."""
+
+
+@dataclass(frozen=True)
+class Reload:
+    """SIGHUP or `agentctl reload`."""
+
+
+@dataclass(frozen=True)
+class ThreadCrashed:
+    name: str
+    error: str
