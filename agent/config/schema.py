@@ -101,6 +101,14 @@ class ConnectionConfig:
     local_id: str | None = None
     mode: Mode = Mode.AUTO
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    #: Our address inside the routable CIDRs, the source of the agent's own packets
+    #: (probes, route src); None: the first local address inside them, if any.
+    source_address: str | None = None
+    #: MTU of the route-mode XFRM interfaces, in bytes (AWS: 1422 usable with NAT-T
+    #: and AES-CBC/SHA2-256; strongSwan's AWS sample uses 1419).
+    tunnel_mtu: int = 1419
+    #: TCP MSS clamped on SYNs through the tunnels, in bytes (AWS samples: 1379); 0 = off.
+    tcp_mss: int = 1379
     #: Set for a plain AWS-style VPN: tunnels and keys come from here, not from the API.
     static: StaticConfig | None = None
 

@@ -30,7 +30,8 @@ _TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log
 _API_KEYS = ("url", "token_file", "poll_interval", "timeout")
 _STRONGSWAN_KEYS = ("vici_socket", "initiate_timeout")
 _METRICS_KEYS = ("listen",)
-_CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe", "static")
+_CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe", "static",
+                    "source_address", "tunnel_mtu", "tcp_mss")
 _PROBE_KEYS = ("target", "interval", "failures")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -183,10 +184,24 @@ def _connection(raw: object, path: str, problems: list[str],
         mode=_mode(section, path, problems),
         probe=_probe(section.get("probe"), f"{path}.probe", problems),
         static=static,
+        source_address=_ip(section, "source_address", path, problems),
+        tunnel_mtu=_whole(section, "tunnel_mtu", path, problems, ConnectionConfig.tunnel_mtu, 576, 9000),
+        tcp_mss=_whole(section, "tcp_mss", path, problems, ConnectionConfig.tcp_mss, 0, 8960),
     )
     if space is None or vpn is None:
         return None
     return ConnectionConfig(space=space, vpn=vpn, **connection_kwargs)
+
+
+def _whole(section: dict, key: str, path: str, problems: list[str], default: int,
+           low: int, high: int) -> int:
+    raw = section.get(key)
+    if raw is None:
+        return default
+    if type(raw) is not int or not low <= raw <= high:
+        problems.append(f"{path}.{key}: must be a whole number from {low} to {high}, got '{raw}'")
+        return default
+    return raw
 
 
 def _require_space_and_vpn(section: dict, path: str, problems: list[str]) -> None:

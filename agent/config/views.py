@@ -62,6 +62,9 @@ def _redacted_connection(conn: ConnectionConfig) -> dict:
             "interval": format_duration(conn.probe.interval),
             "failures": conn.probe.failures,
         },
+        "source_address": conn.source_address,
+        "tunnel_mtu": conn.tunnel_mtu,
+        "tcp_mss": conn.tcp_mss,
     }
     if conn.static is not None:
         view["static"] = {

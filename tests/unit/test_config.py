@@ -28,7 +28,7 @@ from agent.core.model import ConnectionStatus, Mode, Secret, TunnelApiStatus
 REPO = Path(__file__).resolve().parents[2]
 PSK1 = "tunnel-one-very-secret-key"
 PSK2 = "tunnel-two-very-secret-key"
-CONNECTION_KEYS = "space, vpn, local_address, local_id, mode, probe, static"
+CONNECTION_KEYS = "space, vpn, local_address, local_id, mode, probe, static, source_address, tunnel_mtu, tcp_mss"
 NO_DIR = Path("/nonexistent-config-dir")
 
 
@@ -516,3 +516,23 @@ def test_problems_do_not_mutate_input():
     before = copy.deepcopy(data)
     problems_of(data)
     assert data == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"tunnel_mtu": 100}, "connections[0].tunnel_mtu: must be a whole number from 576 to 9000, got '100'"),
+        ({"tcp_mss": "big"}, "connections[0].tcp_mss: must be a whole number from 0 to 8960, got 'big'"),
+        ({"source_address": "lan"}, "connections[0].source_address: 'lan' is not an IP address"),
+    ],
+)
+def test_route_mode_keys_are_validated(tmp_path, extra, expected):
+    data = {"connections": [{"space": "acme-space", "vpn": "office", **extra}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, base_dir=tmp_path)
+    assert err.value.problems == [expected]
+
+
+def test_route_mode_defaults_follow_the_aws_figures(tmp_path):
+    conn = parse_config({"connections": [{"space": "a", "vpn": "b"}]}, base_dir=tmp_path).connections[0]
+    assert (conn.tunnel_mtu, conn.tcp_mss, conn.source_address) == (1419, 1379, None)
