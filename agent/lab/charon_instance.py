@@ -28,7 +28,8 @@ START_TIMEOUT_S = 10.0
 STOP_GRACE_S = 5.0
 _SUN_PATH_MAX = 107
 
-# kernel-libipsec: the lab kernel has no ESP, so ESP runs in userspace over TUN.
+# kernel-libipsec: the host lab kernel has no ESP, so ESP runs in userspace over TUN;
+# in the kernel lab (a VM with Debian's kernel) it stays off and kernel-netlink does ESP.
 # resolve: would rewrite resolv.conf on DNS attributes; the lab never wants that.
 # flush_line: without it the filelog is block-buffered and looks empty for a long time.
 _CONF_TEMPLATE = """\
@@ -38,7 +39,7 @@ charon {{
   plugins {{
     include /etc/strongswan.d/charon/*.conf
     kernel-libipsec {{
-      load = yes
+      load = {libipsec}
     }}
     resolve {{
       load = no
@@ -74,8 +75,11 @@ class CharonInstance:
 
     def __init__(self, name: str, netns: str, workdir: str | os.PathLike,
                  binary: str = DEFAULT_BINARY, extra_conf: str = "",
-                 start_timeout_s: float = START_TIMEOUT_S) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S, kernel_ipsec: bool = False) -> None:
         self.name = name
+        #: True: ESP in the kernel through kernel-netlink (needs CONFIG_INET_ESP);
+        #: False: userspace ESP through kernel-libipsec (the host lab).
+        self.kernel_ipsec = kernel_ipsec
         self.netns = netns
         self.workdir = Path(workdir)
         self.binary = binary
@@ -100,7 +104,8 @@ class CharonInstance:
     def write_conf(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         text = _CONF_TEMPLATE.format(name=self.name, socket=self.vici_socket,
-                                     log=self.log_path, extra=self.extra_conf)
+                                     log=self.log_path, extra=self.extra_conf,
+                                     libipsec="no" if self.kernel_ipsec else "yes")
         self.conf_path.write_text(text)
 
     def start(self) -> None:

@@ -3,6 +3,7 @@ on both tunnel endpoints, and an empty customer-side charon for the agent under 
 
 `close()` always removes everything (charons by pid, nft table, namespaces), also
 when building fails half way; an atexit hook is the last safety net.
+kernel_ipsec / space_route_based need a kernel with ESP and XFRM interfaces (kernel_vm).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Lab:
 
     def __init__(self, workdir: str | os.PathLike, prefix: str = "svpn", ike_version: int = 1,
                  psks: Sequence[str] | None = None, charon_binary: str = DEFAULT_BINARY,
-                 space_extra_conf: str = "", customer_extra_conf: str = "") -> None:
+                 space_extra_conf: str = "", customer_extra_conf: str = "",
+                 kernel_ipsec: bool = False, space_route_based: bool = False) -> None:
         self.workdir = Path(workdir)
         self.ike_version = ike_version
         self.psks: tuple[str, str] = tuple(psks) if psks is not None else (generate_psk(), generate_psk())
@@ -48,17 +50,22 @@ class Lab:
             raise ValueError("a lab has exactly two tunnels: give two PSKs")
         self.topology = Topology(prefix)
         self.tunnel_ips = self.topology.tunnel_ips
+        self.kernel_ipsec = kernel_ipsec
         self.space_charon = CharonInstance("space", self.topology.space_ns, self.workdir,
-                                           binary=charon_binary, extra_conf=space_extra_conf)
+                                           binary=charon_binary, extra_conf=space_extra_conf,
+                                           kernel_ipsec=kernel_ipsec)
         self.customer_charon = CharonInstance("customer", self.topology.cust_ns, self.workdir,
-                                              binary=charon_binary, extra_conf=customer_extra_conf)
+                                              binary=charon_binary, extra_conf=customer_extra_conf,
+                                              kernel_ipsec=kernel_ipsec)
         tunnels = [SpaceTunnel(ip, psk) for ip, psk in zip(self.tunnel_ips, self.psks)]
-        self.space = SpaceSide(self.space_charon, tunnels, ike_version=ike_version)
+        self.space = SpaceSide(self.space_charon, tunnels, ike_version=ike_version,
+                               route_based=space_route_based)
         self._open = False
 
     def __repr__(self) -> str:
         # psks deliberately left out: a repr can end up in a test failure report.
-        return f"Lab(prefix={self.topology.prefix!r}, workdir={str(self.workdir)!r})"
+        return (f"Lab(prefix={self.topology.prefix!r}, workdir={str(self.workdir)!r}, "
+                f"kernel_ipsec={self.kernel_ipsec}, space_route_based={self.space.route_based})")
 
     def open(self) -> "Lab":
         atexit.register(self.close)

@@ -3,6 +3,8 @@
 Like AWS it is a responder only (start_action none, never initiates), so a tunnel it
 drops stays down until the customer re-initiates. Knobs simulate maintenance:
 graceful (DELETE sent) and silent (nftables blackhole, then forget the SA).
+Route-based (like an AWS VGW): one XFRM interface per tunnel, and the lab's route
+to the customer picks the tunnel replies take (`answer_via`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ PROPOSAL = "aes256-sha256-modp2048"
 NFT_TABLE = "svpn_lab"
 NFT_SET = "blocked"
 TERMINATE_TIMEOUT_MS = 5000
+#: Route-based space side: XFRM interface name and if_id per tunnel number.
+SPACE_XFRM_IFACES = {1: ("sx1", 101), 2: ("sx2", 102)}
 
 
 class SpaceSideError(Exception):
@@ -68,7 +72,7 @@ class SpaceSide:
     def __init__(self, charon: CharonInstance, tunnels: Sequence[SpaceTunnel | tuple[str, str]],
                  ike_version: int = 1, customer_id: str = CUSTOMER_PUBLIC_IP,
                  customer_ip: str = CUSTOMER_PUBLIC_IP, local_ts: str = SPACE_CIDR,
-                 remote_ts: str = ROUTABLE_CIDR) -> None:
+                 remote_ts: str = ROUTABLE_CIDR, route_based: bool = False) -> None:
         self.charon = charon
         self.tunnels = tuple(SpaceTunnel(*t) if isinstance(t, tuple) else t for t in tunnels)
         self.ike_version = ike_version
@@ -77,13 +81,21 @@ class SpaceSide:
         self.local_ts = local_ts
         self.remote_ts = remote_ts
         self.childless = "allow"  # IKEv2 RFC 6023 as responder; "never" plays a peer without it
+        #: True: children carry if_id_in/out and replies follow the lab's route (needs
+        #: kernel XFRM interfaces, i.e. the kernel lab); False: one policy per tunnel.
+        self.route_based = route_based
+        self.answering_tunnel: int | None = None
         self._nft_ready = False
+        if route_based and len(self.tunnels) > len(SPACE_XFRM_IFACES):
+            raise ValueError("route-based space side supports %d tunnels" % len(SPACE_XFRM_IFACES))
 
     # --- configuration -------------------------------------------------------
 
     def load(self) -> None:
         """(Re)load shared keys and conns for every tunnel, and the nft table."""
         self._ensure_nft_table()
+        if self.route_based:
+            self._ensure_interfaces()
         try:
             with self.charon.connected() as session:
                 for number, tunnel in enumerate(self.tunnels, start=1):
@@ -136,7 +148,7 @@ class SpaceSide:
             "send_certreq": "no",
             "local": {"auth": "psk", "id": tunnel.ip},
             "remote": {"auth": "psk", "id": self.customer_id},
-            "children": {conn_name(number): self._child()},
+            "children": {conn_name(number): self._child(number)},
         }
         if self.ike_version == 1:
             # IKEv1 has no real IKE rekey: the lifetime is a reauthentication.
@@ -145,8 +157,8 @@ class SpaceSide:
             conn.update(rekey_time="28800s", mobike="no", childless=self.childless)
         return conn
 
-    def _child(self) -> dict:
-        return {
+    def _child(self, number: int) -> dict:
+        child = {
             "mode": "tunnel",
             "local_ts": [self.local_ts],
             "remote_ts": [self.remote_ts],
@@ -156,6 +168,10 @@ class SpaceSide:
             "dpd_action": "clear",
             "start_action": "none",
         }
+        if self.route_based:
+            if_id = str(SPACE_XFRM_IFACES[number][1])
+            child.update(if_id_in=if_id, if_id_out=if_id)
+        return child
 
     # --- maintenance knobs -----------------------------------------------------
 
@@ -169,6 +185,9 @@ class SpaceSide:
         the customer only finds out through DPD."""
         self._nft("add", "element", "inet", NFT_TABLE, NFT_SET, "{ %s }" % self._ip(number))
         self._terminate(number, force=True)
+        if self.route_based and len(self.tunnels) > 1:
+            # AWS answers over a tunnel that is still up.
+            self.answer_via(1 if number != 1 else 2)
         log.info("space side: tunnel %s silently dropped", number)
 
     def restore(self, number: int) -> None:
@@ -186,6 +205,34 @@ class SpaceSide:
             if "set" in item:
                 return [str(e) for e in item["set"].get("elem", [])]
         return []
+
+    def answer_via(self, number: int) -> None:
+        """Route-based only: send everything for the customer's routable CIDR over
+        tunnel `number` (the way AWS picks the return tunnel by itself)."""
+        if not self.route_based:
+            raise SpaceSideError("answer_via needs a route-based space side")
+        ifname = SPACE_XFRM_IFACES[number][0]
+        self._ip_cmd("route", "replace", self.remote_ts, "dev", ifname)
+        self.answering_tunnel = number
+        log.info("space side: answering over tunnel %s (%s)", number, ifname)
+
+    def _ensure_interfaces(self) -> None:
+        """One XFRM interface per tunnel; replies go over tunnel 1 until told otherwise.
+        Links are never taken down later: a down xfrm link drops inbound (XfrmInNoPols)."""
+        for number in range(1, len(self.tunnels) + 1):
+            ifname, if_id = SPACE_XFRM_IFACES[number]
+            if self._ip_cmd("link", "show", ifname, check=False).returncode != 0:
+                self._ip_cmd("link", "add", ifname, "type", "xfrm", "if_id", str(if_id))
+            self._ip_cmd("link", "set", ifname, "up")
+        if self.answering_tunnel is None:
+            self.answer_via(1)
+
+    def _ip_cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        argv = ["ip", "-n", self.charon.netns, *args]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise SpaceSideError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
 
     def _terminate(self, number: int, force: bool) -> None:
         request = {"ike": conn_name(number), "timeout": TERMINATE_TIMEOUT_MS}
@@ -245,6 +292,8 @@ table inet {NFT_TABLE} {{
         """Remove the nft table (the namespace may already be gone: that is fine)."""
         self._nft("delete", "table", "inet", NFT_TABLE, check=False)
         self._nft_ready = False
+        # The xfrm links and the route go with the namespace.
+        self.answering_tunnel = None
 
     def _nft(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
         argv = ["ip", "netns", "exec", self.charon.netns, "nft", *args]
