@@ -1,0 +1,92 @@
+"""Kernel lab: one virtme-ng VM with Debian's kernel runs every scenario of
+agent.lab.kernel_scenarios (kernel ESP, XFRM interfaces); each expected check is a test.
+Without vng or a kernel these tests skip locally and fail when CI is set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.lab.kernel_vm import KernelVmError, run_in_vm, vng_available
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1200)]
+
+MODULE = "agent.lab.kernel_scenarios"
+VM_TIMEOUT_S = 900.0
+
+#: Every check each scenario must record; a missing one is a failure.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "manual_route_mode": (
+        "children_installed", "space_children_installed",
+        "ping_answer_via_tunnel1", "ping_answer_via_tunnel2",
+        "no_tmpl_mismatch", "no_in_no_pols",
+        "silent_down_moves_space_route", "silent_down_loses_until_route_moves",
+        "ping_after_customer_route_moves",
+    ),
+    "manual_policy_mismatch": (
+        "children_installed", "one_shared_policy", "ping_answer_via_policy_tunnel",
+        "replies_via_other_tunnel_dropped", "tmpl_mismatch_grows",
+        "policy_repointed", "one_child_restores_replies",
+    ),
+}
+CASES = [(s, c) for s, checks in EXPECTED.items() for c in checks]
+
+
+def _unavailable() -> str | None:
+    return vng_available()
+
+
+@pytest.fixture(scope="module")
+def vm_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Boot ONE VM for all scenarios; partial results survive a timeout or crash."""
+    reason = _unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"kernel lab cannot run in CI: {reason}")
+        pytest.skip(reason)
+    results_dir: Path = tmp_path_factory.mktemp("kernel-lab")
+    try:
+        results = run_in_vm(MODULE, [], results_dir, timeout=VM_TIMEOUT_S)
+        error = None
+    except KernelVmError as e:
+        results, error = e.results or {}, str(e)
+    print(f"\nkernel lab: kernel {results.get('kernel')}, results in {results_dir}")
+    for name, entry in results.get("scenarios", {}).items():
+        print(f"  {name}: {entry.get('seconds')} s")
+    results["error"] = error
+    return results
+
+
+def _check(results: dict, scenario: str, check: str) -> dict:
+    entry = results.get("scenarios", {}).get(scenario)
+    if entry is None:
+        pytest.fail(f"scenario {scenario} did not run; VM error: {results.get('error')}")
+    for recorded in entry["checks"]:
+        if recorded["name"] == check:
+            return recorded
+    others = [c for c in entry["checks"] if not c["ok"]]
+    pytest.fail(f"check {check} not recorded in {scenario}; failed checks: {others}")
+
+
+@pytest.mark.parametrize(("scenario", "check"), CASES, ids=[f"{s}.{c}" for s, c in CASES])
+def test_check(vm_results: dict, scenario: str, check: str) -> None:
+    recorded = _check(vm_results, scenario, check)
+    assert recorded["ok"], f"{scenario}.{check}: {recorded['detail']}"
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+def test_scenario_has_no_unexpected_failure(vm_results: dict, scenario: str) -> None:
+    """Catches a crash, or a failing check this file does not know yet."""
+    entry = vm_results.get("scenarios", {}).get(scenario)
+    assert entry is not None, f"scenario {scenario} did not run: {vm_results.get('error')}"
+    unexpected = [c for c in entry["checks"] if not c["ok"] and c["name"] not in EXPECTED[scenario]]
+    assert not unexpected, unexpected
+
+
+def test_vm_completed(vm_results: dict) -> None:
+    assert vm_results.get("error") is None, vm_results.get("error")
+    assert vm_results.get("complete") is True
+    assert vm_results.get("kernel"), "results carry no kernel version"
