@@ -27,7 +27,7 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
         "unique": "no",
         "local": {"auth": "psk", "id": conn.local_id},
         "remote": {"auth": "psk", "id": tunnel.remote_ip},
-        "children": {tunnel.conn_name: _child(conn)},
+        "children": {tunnel.conn_name: _child(conn, tunnel.if_id)},
     }
     if conn.ike_version == 1:
         # IKEv1 has no real IKE rekeying: ikelifetime means reauthentication.
@@ -40,8 +40,8 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
     return {tunnel.conn_name: ike}
 
 
-def _child(conn: DesiredConnection) -> dict[str, Any]:
-    return {
+def _child(conn: DesiredConnection, if_id: int | None) -> dict[str, Any]:
+    child = {
         "mode": "tunnel",
         "local_ts": list(conn.local_ts),
         "remote_ts": list(conn.remote_ts),
@@ -52,6 +52,11 @@ def _child(conn: DesiredConnection) -> dict[str, Any]:
         "start_action": "none",  # the agent initiates, not charon
         "close_action": "none",
     }
+    if if_id is not None:
+        # Route mode: own policies per tunnel, bound to its XFRM interface; charon
+        # installs no routes for such children (the agent owns them).
+        child["if_id_in"] = child["if_id_out"] = str(if_id)
+    return child
 
 
 def load_shared_message(conn: DesiredConnection, number: int) -> dict[str, Any]:

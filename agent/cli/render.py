@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since", "Bytes In", "Bytes Out", "Last In")
+_COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since", "Bytes In", "Bytes Out",
+            "Last In", "Probe")
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -24,6 +25,9 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"Source: {conn['source']}   Connection status: {conn['connection_status']}")
         if conn.get("api_error"):
             lines.append(f"API error: {conn['api_error']}")
+        interfaces = [f"tunnel {t['number']} {t['interface']}" for t in conn["tunnels"] if t.get("interface")]
+        if interfaces:
+            lines.append(f"Interfaces: {', '.join(interfaces)}")
         if conn["tunnels"]:
             lines.append("")
             lines += _table([_tunnel_row(t) for t in conn["tunnels"]])
@@ -42,7 +46,17 @@ def _tunnel_row(tunnel: dict[str, Any]) -> tuple[str, ...]:
         _bytes(tunnel["bytes_in"]),
         _bytes(tunnel["bytes_out"]),
         _duration(tunnel["last_inbound_seconds"], suffix=" ago"),
+        _probe(tunnel),
     )
+
+
+def _probe(tunnel: dict[str, Any]) -> str:
+    if not tunnel.get("probe_sent"):
+        return "-"
+    if tunnel["probe_consecutive_failures"]:
+        return f"lost {tunnel['probe_consecutive_failures']}"
+    rtt = tunnel["probe_rtt_ms"]
+    return f"{rtt:.1f} ms" if rtt is not None else "ok"
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.model import Mode, Secret, TunnelApiStatus, VpnConnection, object_name
+from agent.core.netstate import interface_id, interface_name
 
 # The seed article's ipsec.conf, with `sha2` spelled as strongSwan wants it.
 IKE_PROPOSAL = "aes256-sha256-modp2048"
@@ -27,6 +28,8 @@ class DesiredTunnel:
     remote_ip: str
     psk: Secret
     api_status: TunnelApiStatus
+    interface: str | None = None  # route mode: this tunnel's XFRM interface
+    if_id: int | None = None  # route mode: the interface's and the child's if_id
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class DesiredConnection:
     ike_version: int
     mode: Mode  # resolved: ROUTE or POLICY, never AUTO
     tunnels: tuple[DesiredTunnel, ...]
+    source_address: str | None = None  # ours inside local_ts: src of probes and routes
+    tunnel_mtu: int = 1419  # bytes, route mode interfaces
+    tcp_mss: int = 1379  # bytes, 0 = no clamping
 
     def tunnel(self, number: int) -> DesiredTunnel:
         return self.tunnels[number - 1]
@@ -59,10 +65,14 @@ def desired_connection(
     local_id: str | None,
     mode: Mode,
     connection: VpnConnection,
+    source_address: str | None = None,
+    tunnel_mtu: int = 1419,
+    tcp_mss: int = 1379,
 ) -> DesiredConnection:
     """Combine the local side with what the far end published. No side effects."""
     if mode is Mode.AUTO:
         raise ValueError("mode must be resolved (route or policy) before planning")
+    route = mode is Mode.ROUTE
     tunnels = tuple(
         DesiredTunnel(
             number=t.number,
@@ -70,6 +80,8 @@ def desired_connection(
             remote_ip=t.ip,
             psk=t.psk,
             api_status=t.status,
+            interface=interface_name(key, vpn, t.number) if route else None,
+            if_id=interface_id(key, t.number) if route else None,
         )
         for t in connection.tunnels
     )
@@ -84,4 +96,7 @@ def desired_connection(
         ike_version=connection.ike_version,
         mode=mode,
         tunnels=tunnels,
+        source_address=source_address,
+        tunnel_mtu=tunnel_mtu,
+        tcp_mss=tcp_mss,
     )

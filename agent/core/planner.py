@@ -84,7 +84,7 @@ def tunnel_fingerprint(conn: DesiredConnection, number: int) -> str:
     tunnel = conn.tunnel(number)
     parts = (
         conn.ike_version, conn.local_address, conn.local_id, conn.local_ts, conn.remote_ts,
-        conn.mode.value, tunnel.conn_name, tunnel.remote_ip, tunnel.psk.reveal(),
+        conn.mode.value, tunnel.conn_name, tunnel.remote_ip, tunnel.psk.reveal(), tunnel.if_id,
     )
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 

@@ -35,6 +35,12 @@ class TunnelView:
     packets_out: int = 0
     last_inbound_seconds: int | None = None  # charon's use-in; None = no packet yet
     api_status_message: str = ""
+    interface: str | None = None  # route mode: the tunnel's XFRM interface
+    probe_sent: int = 0  # data-path probes sent through this tunnel
+    probe_lost: int = 0
+    probe_consecutive_failures: int = 0
+    probe_rtt_ms: float | None = None  # of the last answered probe
+    probe_healthy: bool = True  # fewer consecutive losses than probe.failures (or no probe)
 
 
 @dataclass(frozen=True)
@@ -77,17 +83,30 @@ class Snapshot:
         return data
 
 
-def connection_health(tunnels: tuple[TunnelView, ...], charon_reachable: bool) -> tuple[Health, str]:
-    """OK when one tunnel carries a CHILD_SA and the other is ready to take over."""
+def connection_health(tunnels: tuple[TunnelView, ...], charon_reachable: bool, mode: str = "policy") -> tuple[Health, str]:
+    """OK when one tunnel carries traffic and the other is ready to take over: in
+    policy mode an established IKE SA, in route mode an installed CHILD_SA."""
     if not charon_reachable:
         return Health.DOWN, "charon unreachable"
     if not tunnels:
         return Health.DOWN, "VPN connection not known yet (Platform API)"
-    carrying = [t for t in tunnels if t.child_state == "INSTALLED"]
-    ready = [t for t in tunnels if t.ike_state == "ESTABLISHED"]
+    carrying = [t for t in tunnels if t.child_state == "INSTALLED" and t.probe_healthy]
+    if mode == "route":
+        ready = carrying
+    else:
+        ready = [t for t in tunnels if t.ike_state == "ESTABLISHED" and t.probe_healthy]
     if not carrying:
         return Health.DOWN, "no tunnel carries traffic"
     if len(ready) < len(tunnels):
-        down = ", ".join(str(t.number) for t in tunnels if t.ike_state != "ESTABLISHED")
-        return Health.DEGRADED, f"redundancy lost: tunnel {down} not established"
-    return Health.OK, f"tunnel {carrying[0].number} active, redundancy ok"
+        reasons = "; ".join(_not_ready(t) for t in tunnels if t not in ready)
+        return Health.DEGRADED, f"redundancy lost: {reasons}"
+    active = next((t for t in carrying if t.role == "active"), carrying[0])
+    return Health.OK, f"tunnel {active.number} active, redundancy ok"
+
+
+def _not_ready(tunnel: TunnelView) -> str:
+    if tunnel.ike_state != "ESTABLISHED":
+        return f"tunnel {tunnel.number} not established"
+    if not tunnel.probe_healthy:
+        return f"tunnel {tunnel.number} fails its probes"
+    return f"tunnel {tunnel.number} has no CHILD_SA"

@@ -7,42 +7,36 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from agent import __version__
-from agent.adapters.charon import (
-    CharonClient,
-    CharonConnected,
-    CharonDisconnected,
-    CharonError,
-    CharonEvent,
-)
+from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEvent
 from agent.adapters.connection_cache import ConnectionCache
+from agent.adapters.probe import ProbeResult, ProbeTarget
 from agent.config import AgentConfig, static_vpn_connection
-from agent.core import planner
-from agent.core.desired import desired_connection
+from agent.core.health import ProbeStats
 from agent.core.model import ConnectionStatus, Mode
-from agent.core.observation import CharonState
 from agent.core.snapshot import Snapshot
 from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop, ThreadCrashed
-from agent.daemon.state import ConnectionRuntime, connection_view
+from agent.daemon.reconciler import Reconciler
+from agent.daemon.state import ConnectionRuntime, connection_view, probe_targets
 
 log = logging.getLogger(__name__)
 
 TICK = 1.0  # s between passes when nothing happens
-INITIATE_TIMEOUT_MS = -1  # return at once: charon negotiates on, events tell us the outcome
-TERMINATE_TIMEOUT_MS = 3000
 
 
-def resolve_mode(wanted: Mode) -> tuple[Mode, str]:
-    """Route mode arrives with XFRM interface support; until then auto means policy."""
+def resolve_mode(wanted: Mode, route_unsupported: str | None) -> tuple[Mode, str]:
+    """`route_unsupported` is None where the kernel has XFRM interfaces, else why not."""
     if wanted is Mode.ROUTE:
-        raise ValueError("mode: route is not supported by this version yet; use policy or auto")
+        if route_unsupported:
+            raise ValueError(f"mode: route is not possible here: {route_unsupported}; use auto or policy")
+        return Mode.ROUTE, "configured"
     if wanted is Mode.AUTO:
-        return Mode.POLICY, "auto: route mode not available in this version, using policy"
+        if route_unsupported:
+            return Mode.POLICY, f"auto: policy, since {route_unsupported}"
+        return Mode.ROUTE, "auto: route, the kernel has XFRM interfaces"
     return Mode.POLICY, "configured"
 
 
@@ -50,30 +44,29 @@ class Controller:
     def __init__(
         self,
         config: AgentConfig,
-        charon: CharonClient,
+        reconciler: Reconciler,
         cache: ConnectionCache,
         *,
-        detect_local_address: Callable[[str], str | None],
+        route_unsupported: str | None,
         reload_config: Callable[[], AgentConfig],
         on_config: Callable[[AgentConfig], None] = lambda c: None,
         on_pass: Callable[[Snapshot], None] = lambda s: None,
+        on_probe_targets: Callable[[list[ProbeTarget]], None] = lambda t: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        rand: Callable[[], float] = random.random,
     ) -> None:
         self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()  # put() is signal-safe
-        self._charon = charon
+        self._reconciler = reconciler
         self._cache = cache
-        self._detect_local_address = detect_local_address
+        self._route_unsupported = route_unsupported
         self._reload_config = reload_config
         self._on_config = on_config
         self._on_pass = on_pass
+        self._on_probe_targets = on_probe_targets
+        self._probe_targets: list[ProbeTarget] = []
         self._clock = clock
         self._wall = wall
-        self._rand = rand
         self._started_at = wall()
-        self._charon_state = CharonState(reachable=False)
-        self._loaded: dict[str, str] = {}  # conn name -> fingerprint loaded by this process
         self._errors: tuple[str, ...] = ()
         self._ready = False
         self._apply_config(config)
@@ -115,10 +108,12 @@ class Controller:
                 log.debug("charon event %s %s", kind, ",".join(names))
             case CharonConnected():
                 log.info("VICI event session connected; (re)loading all tunnels")
-                self._loaded.clear()
+                self._reconciler.forget_loaded()
             case CharonDisconnected(reason=reason):
                 log.warning("charon went away: %s", reason)
-                self._loaded.clear()
+                self._reconciler.forget_loaded()
+            case ProbeResult():
+                self._on_probe_result(message)
             case ApiAnswer():
                 self._on_api_answer(message)
             case ApiFailure():
@@ -136,12 +131,12 @@ class Controller:
         old = getattr(self, "_runtimes", {})
         runtimes: dict[str, ConnectionRuntime] = {}
         for conn in config.connections:
-            mode, reason = resolve_mode(conn.mode)
+            mode, reason = resolve_mode(conn.mode, self._route_unsupported)
             runtime = ConnectionRuntime(config=conn, mode=mode, mode_reason=reason)
             previous = old.get(conn.key)
             if previous is not None and previous.config.static is None and conn.static is None:
                 # Same Heroku connection: keep what we know of the far end.
-                for attr in ("vpn", "source", "connection_status", "api_last_success", "active", "timing"):
+                for attr in ("vpn", "source", "connection_status", "api_last_success", "active", "timing", "probes"):
                     setattr(runtime, attr, getattr(previous, attr))
             elif conn.static is not None:
                 runtime.vpn, runtime.source, runtime.connection_status = static_vpn_connection(conn), "static", "active"
@@ -159,7 +154,7 @@ class Controller:
         try:
             config = self._reload_config()
             for conn in config.connections:
-                resolve_mode(conn.mode)
+                resolve_mode(conn.mode, self._route_unsupported)
         except Exception as e:  # keep running with the old config
             log.error("config reload failed, keeping the running config: %s", e)
             self._errors = (f"config reload failed: {e}",)
@@ -192,6 +187,19 @@ class Controller:
         if result.raw is not None:
             self._cache.save(runtime.config.space, runtime.config.vpn, result.raw)
 
+    def _on_probe_result(self, result: ProbeResult) -> None:
+        runtime = self._runtimes.get(result.key)
+        if runtime is None:
+            return
+        previous = runtime.probes.get(result.tunnel, ProbeStats())
+        stats = previous.record(result.ok, result.rtt, result.sent_at)
+        failures = runtime.config.probe.failures
+        if stats.consecutive_failures == failures:
+            log.warning("%s: tunnel %d lost %d probes in a row", runtime.config.label, result.tunnel, failures)
+        elif result.ok and previous.consecutive_failures >= failures:
+            log.info("%s: tunnel %d answers probes again", runtime.config.label, result.tunnel)
+        runtime.probes[result.tunnel] = stats
+
     def _on_api_failure(self, failure: ApiFailure) -> None:
         runtime = self._runtimes.get(failure.key)
         if runtime is None:
@@ -202,124 +210,19 @@ class Controller:
 
     # -- reconcile -------------------------------------------------------------------
     def reconcile_pass(self) -> None:
-        """Observe charon, re-derive every action from the whole state, apply, publish."""
-        now = self._clock()
-        self._charon_state = self._observe()
-        if self._charon_state.reachable:
-            for runtime in self._runtimes.values():
-                runtime.desired = self._desired(runtime)
-            self._reconcile(now)
+        """Observe, re-derive every action from the whole state, apply, publish."""
+        self._reconciler.run(list(self._runtimes.values()), self._clock())
+        targets = probe_targets(list(self._runtimes.values()))
+        if targets != self._probe_targets:
+            self._probe_targets = targets
+            self._on_probe_targets(targets)
         self._ready = True
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
 
-    def _observe(self) -> CharonState:
-        try:
-            return self._charon.observe()
-        except CharonError as e:
-            if self._charon_state.reachable or not self._ready:
-                log.warning("charon unreachable: %s", e)
-            self._loaded.clear()
-            return CharonState(reachable=False)
-
-    def _desired(self, runtime: ConnectionRuntime):
-        if runtime.vpn is None:
-            return None
-        if runtime.config.local_address:
-            runtime.local_address = runtime.config.local_address
-        elif runtime.local_address is None:
-            runtime.local_address = self._detect_local_address(runtime.vpn.tunnel(1).ip)
-            if runtime.local_address is None:
-                log.error("%s: no route to tunnel 1 (%s); set local_address", runtime.config.label, runtime.vpn.tunnel(1).ip)
-                return None
-        return desired_connection(
-            key=runtime.key,
-            space=runtime.config.space,
-            vpn=runtime.config.vpn,
-            local_address=runtime.local_address,
-            local_id=runtime.config.local_id,
-            mode=runtime.mode,
-            connection=runtime.vpn,
-        )
-
-    def _reconcile(self, now: float) -> None:
-        desired = [r.desired for r in self._runtimes.values() if r.desired is not None]
-        actions = planner.plan_objects(desired, set(self._runtimes), self._loaded, self._charon_state)
-        changed = self._apply(actions, now, None)
-        if changed:  # SAs were loaded or terminated: plan tunnels on fresh facts
-            self._charon_state = self._observe()
-            if not self._charon_state.reachable:
-                return
-        for runtime in self._runtimes.values():
-            if runtime.desired is not None:
-                self._reconcile_tunnels(runtime, now)
-
-    def _reconcile_tunnels(self, runtime: ConnectionRuntime, now: float) -> None:
-        conn = runtime.desired
-        assert conn is not None
-        charon = self._charon_state
-        for tunnel in conn.tunnels:
-            timing = runtime.timing.get(tunnel.conn_name, planner.TunnelTiming())
-            up = charon.tunnel(tunnel.conn_name).ike_state == "ESTABLISHED"
-            since = None if up else (timing.unestablished_since or now)
-            runtime.timing[tunnel.conn_name] = replace(timing, unestablished_since=since)
-        active = planner.choose_active(conn, charon, runtime.active, runtime.timing, now)
-        if runtime.active is not None and active != runtime.active:
-            log.warning("%s: tunnel %d is down, moving traffic to tunnel %d", conn.label, runtime.active, active)
-        runtime.active = active
-        for tunnel in conn.tunnels:
-            if planner.reached_desired_state(charon.tunnel(tunnel.conn_name), tunnel.number == active):
-                timing = runtime.timing[tunnel.conn_name]
-                runtime.timing[tunnel.conn_name] = replace(timing, attempts=0, next_attempt_at=0.0)
-        self._apply(planner.plan_policy_mode(conn, charon, active, runtime.timing, now), now, runtime)
-
-    def _apply(self, actions: list[planner.Action], now: float, runtime: ConnectionRuntime | None) -> bool:
-        changed = False
-        for action in actions:
-            try:
-                self._apply_one(action)
-                changed = changed or not isinstance(action, planner.INITIATES)
-            except CharonError as e:
-                log.warning("%s failed: %s", type(action).__name__, e)
-            if runtime is not None and isinstance(action, planner.INITIATES):
-                self._record_attempt(runtime, action.conn_name, now)
-        return changed
-
-    def _apply_one(self, action: planner.Action) -> None:
-        charon = self._charon
-        match action:
-            case planner.LoadTunnel(connection=conn, number=number, fingerprint=fingerprint):
-                log.info("%s: loading tunnel %d (%s)", conn.label, number, conn.tunnel(number).remote_ip)
-                charon.load_tunnel(conn, number)
-                self._loaded[conn.tunnel(number).conn_name] = fingerprint
-            case planner.UnloadConn(conn_name=name):
-                log.info("unloading %s: no longer configured", name)
-                charon.unload_conn(name)
-                self._loaded.pop(name, None)
-            case planner.UnloadShared(shared_id=shared_id):
-                charon.unload_shared(shared_id)
-            case planner.InitiateChild(conn_name=name):
-                log.info("initiating %s (IKE and CHILD_SA)", name)
-                charon.initiate(name, child=True, timeout_ms=INITIATE_TIMEOUT_MS)
-            case planner.InitiateIke(conn_name=name):
-                log.info("initiating %s (IKE SA only: standby)", name)
-                charon.initiate(name, child=False, timeout_ms=INITIATE_TIMEOUT_MS)
-            case planner.TerminateChild(conn_name=name, child_uniqueid=child_id):
-                log.info("%s: closing CHILD_SA #%s (standby keeps its IKE SA)", name, child_id)
-                charon.terminate_child(child_id, timeout_ms=TERMINATE_TIMEOUT_MS)
-            case planner.TerminateIke(conn_name=name, ike_uniqueid=ike_id):
-                log.info("%s: terminating IKE SA #%s", name, ike_id)
-                charon.terminate_ike(ike_id, timeout_ms=TERMINATE_TIMEOUT_MS)
-
-    def _record_attempt(self, runtime: ConnectionRuntime, conn_name: str, now: float) -> None:
-        timing = runtime.timing.get(conn_name, planner.TunnelTiming())
-        attempts = timing.attempts + 1
-        delay = planner.backoff_delay(attempts, self._rand())
-        runtime.timing[conn_name] = replace(timing, attempts=attempts, next_attempt_at=now + delay)
-
     # -- publishing ------------------------------------------------------------------
     def _build_snapshot(self) -> Snapshot:
-        charon = self._charon_state
+        charon = self._reconciler.charon_state
         return Snapshot(
             agent_version=__version__,
             started_at=self._started_at,

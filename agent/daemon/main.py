@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +19,10 @@ from agent.adapters.charon import CharonClient, CharonEventListener
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import PlatformApi
+from agent.adapters.links import LinkManager, xfrm_interface_support
+from agent.adapters.mss_clamp import MssClamp
 from agent.adapters.netinfo import source_address_towards
+from agent.adapters.probe import Prober
 from agent.adapters.sdnotify import SystemdNotifier
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.server import ControlServer
@@ -26,6 +30,7 @@ from agent.core.snapshot import Snapshot
 from agent.daemon.api_poller import ApiPoller, PollTarget
 from agent.daemon.controller import Controller, resolve_mode
 from agent.daemon.messages import Reload, Stop
+from agent.daemon.reconciler import Reconciler
 
 log = logging.getLogger("agent")
 
@@ -50,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        for conn in config.connections:
-            resolve_mode(conn.mode)
     except (ConfigError, OSError, ValueError) as e:
         print(f"space-vpn-agent: {args.config}: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -59,8 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: OK, {len(config.connections)} connection(s)")
         return 0
     _setup_logging(config.log_level)
+    route_unsupported = xfrm_interface_support()
     try:
-        return Daemon(config, args.config).run()
+        for conn in config.connections:
+            resolve_mode(conn.mode, route_unsupported)
+    except ValueError as e:
+        log.error("%s: %s", args.config, e)
+        return EXIT_CONFIG
+    try:
+        return Daemon(config, args.config, route_unsupported).run()
     except CredentialError as e:
         log.error("%s", e)
         return EXIT_CONFIG
@@ -81,20 +91,26 @@ def _setup_logging(level: str) -> None:
 class Daemon:
     """Owns the threads around the loop; the loop owns the state."""
 
-    def __init__(self, config: AgentConfig, config_path: str) -> None:
+    def __init__(self, config: AgentConfig, config_path: str, route_unsupported: str | None) -> None:
         self._config_path = config_path
+        self._route_unsupported = route_unsupported
         self._notifier = SystemdNotifier()
         self._poller: ApiPoller | None = None
         self._charon = CharonClient(config.strongswan.vici_socket)
+        self._links = LinkManager() if route_unsupported is None else None
+        reconciler = Reconciler(self._charon, self._links, MssClamp() if self._links else None,
+                                detect_local_address=source_address_towards, rand=random.random)
         self._controller = Controller(
             config,
-            self._charon,
+            reconciler,
             ConnectionCache(Path(config.state_dir)),
-            detect_local_address=source_address_towards,
+            route_unsupported=route_unsupported,
             reload_config=lambda: load_config(self._config_path),
             on_config=self._start_poller,
             on_pass=self._after_pass,
+            on_probe_targets=lambda targets: self._prober.set_targets(targets),
         )
+        self._prober = Prober(self._controller.post)
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._controller.post)
         self._control = ControlServer(
             config.control_socket, lambda: self._controller.snapshot, self._controller.post, Reload
@@ -104,9 +120,12 @@ class Daemon:
         config = self._controller.config
         log.info("space-vpn-agent %s starting: %d connection(s), charon at %s",
                  __version__, len(config.connections), config.strongswan.vici_socket)
+        if self._route_unsupported:
+            log.info("route mode unavailable: %s", self._route_unsupported)
         self._start_poller(config)
         self._listener.start()
         self._control.start()
+        self._prober.start()
         signal.signal(signal.SIGTERM, lambda *_: self._controller.post(Stop()))
         signal.signal(signal.SIGINT, lambda *_: self._controller.post(Stop()))
         signal.signal(signal.SIGHUP, lambda *_: self._controller.post(Reload()))
@@ -118,7 +137,10 @@ class Daemon:
                 self._poller.stop()
             self._listener.stop()
             self._control.stop()
+            self._prober.stop()
             self._charon.close()
+            if self._links is not None:
+                self._links.close()
 
     def _start_poller(self, config: AgentConfig) -> None:
         """(Re)start API polling for the Heroku connections of `config`. At start a

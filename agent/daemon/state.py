@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.adapters.probe import ProbeTarget
 from agent.config import ConnectionConfig
 from agent.core.desired import DesiredConnection
+from agent.core.health import ProbeStats, probe_healthy
 from agent.core.model import Mode, VpnConnection
 from agent.core.observation import CharonState
 from agent.core.planner import TunnelTiming
@@ -31,10 +33,28 @@ class ConnectionRuntime:
     active: int | None = None  # policy mode: the tunnel that carries the CHILD_SA
     desired: DesiredConnection | None = None
     timing: dict[str, TunnelTiming] = field(default_factory=dict)
+    probes: dict[int, ProbeStats] = field(default_factory=dict)  # by tunnel number
 
     @property
     def key(self) -> str:
         return self.config.key
+
+
+def probe_targets(runtimes: list[ConnectionRuntime]) -> list[ProbeTarget]:
+    """Route mode: probe each tunnel through its own interface, so the standby path is
+    verified continuously. Needs a probe target and a source inside the routable CIDRs."""
+    targets = []
+    for runtime in runtimes:
+        conn, probe = runtime.desired, runtime.config.probe
+        if conn is None or probe.target is None or conn.source_address is None:
+            continue
+        for tunnel in conn.tunnels:
+            if tunnel.interface is not None:
+                targets.append(ProbeTarget(
+                    key=runtime.key, tunnel=tunnel.number, target=probe.target, source=conn.source_address,
+                    interface=tunnel.interface, interval=probe.interval, timeout=min(probe.interval, 1.0),
+                ))
+    return targets
 
 
 def connection_view(runtime: ConnectionRuntime, charon: CharonState) -> ConnectionView:
@@ -42,7 +62,7 @@ def connection_view(runtime: ConnectionRuntime, charon: CharonState) -> Connecti
     tunnels: tuple[TunnelView, ...] = ()
     if runtime.desired is not None:
         tunnels = tuple(_tunnel_view(runtime, t.number, charon) for t in runtime.desired.tunnels)
-    health, summary = connection_health(tunnels, charon.reachable)
+    health, summary = connection_health(tunnels, charon.reachable, runtime.mode.value)
     if runtime.desired is None and runtime.api_error:
         summary = f"waiting for the Platform API: {runtime.api_error}"
     elif runtime.desired is None and runtime.connection_status not in ("unknown", "active"):
@@ -83,4 +103,15 @@ def _tunnel_view(runtime: ConnectionRuntime, number: int, charon: CharonState) -
         packets_in=sum(c.packets_in for c in sas.children),
         packets_out=sum(c.packets_out for c in sas.children),
         last_inbound_seconds=child.use_in if child else None,
+        interface=desired.interface,
+        **_probe_fields(runtime.probes.get(number), runtime.config.probe.failures),
     )
+
+
+def _probe_fields(stats: ProbeStats | None, failures: int) -> dict:
+    if stats is None:
+        return {}
+    rtt = round(stats.last_rtt * 1000, 3) if stats.last_rtt is not None else None
+    return {"probe_sent": stats.sent, "probe_lost": stats.lost, "probe_rtt_ms": rtt,
+            "probe_consecutive_failures": stats.consecutive_failures,
+            "probe_healthy": probe_healthy(stats, failures)}

@@ -204,6 +204,9 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 
 
 # --- scenarios ------------------------------------------------------------------------
+# A new scenario (e.g. one driving the agent) is a function decorated with
+# @scenario("name") that builds `ctx.lab(...)` and records `ctx.check(...)`; list its
+# checks in tests/kernel/test_kernel_lab.py::EXPECTED.
 
 @scenario("manual_route_mode")
 def manual_route_mode(ctx: ScenarioContext) -> None:

@@ -35,7 +35,7 @@ def golden(name: str) -> list:
     return module.EVENTS
 
 
-def make_conn(ike_version: int, local_id: str | None = None) -> DesiredConnection:
+def make_conn(ike_version: int, local_id: str | None = None, mode: Mode = Mode.POLICY) -> DesiredConnection:
     vpn = VpnConnection(
         id="vpn-1",
         name="office",
@@ -51,7 +51,7 @@ def make_conn(ike_version: int, local_id: str | None = None) -> DesiredConnectio
     )
     return desired_connection(
         key="acme-office", space="acme-space", vpn="office", local_address=LOCAL,
-        local_id=local_id, mode=Mode.POLICY, connection=vpn,
+        local_id=local_id, mode=mode, connection=vpn,
     )
 
 
@@ -231,3 +231,15 @@ def test_tunnel_sas_states(ike_sas, ike_state, child_state, installed):
     assert sas.ike_state == ike_state
     assert sas.child_state == child_state
     assert (sas.installed_child.uniqueid if sas.installed_child else None) == installed
+
+
+@pytest.mark.parametrize("number", [1, 2])
+def test_route_mode_children_are_bound_to_their_interface(number):
+    from agent.core.netstate import interface_id
+
+    conn = make_conn(1, mode=Mode.ROUTE)
+    name = conn.tunnel(number).conn_name
+    child = load_conn_message(conn, number)[name]["children"][name]
+    assert child["if_id_in"] == child["if_id_out"] == str(interface_id("acme-office", number))
+    policy_child = load_conn_message(make_conn(1), number)[name]["children"][name]
+    assert "if_id_in" not in policy_child and "if_id_out" not in policy_child

@@ -15,7 +15,9 @@ from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.payload import parse_vpn_connection
 from agent.core.snapshot import Health
 from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop
+from agent.adapters.mss_clamp import MssClamp
 from agent.daemon.controller import Controller
+from agent.daemon.reconciler import Reconciler
 
 T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
 PSKS = ("first.Psk_value1", "second.Psk_value2")
@@ -109,16 +111,18 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-def make_controller(config_file: Path, charon: FakeCharon, clock: Clock | None = None):
+def make_controller(config_file: Path, charon: FakeCharon, clock: Clock | None = None, links=None):
     from agent.config import load_config
 
     config = load_config(config_file)
     cache = ConnectionCache(Path(config.state_dir))
+    reconciler = Reconciler(charon, links, MssClamp(nft="/bin/true") if links else None,
+                            detect_local_address=lambda ip: "203.0.113.10", rand=lambda: 0.5)
     controller = Controller(
-        config, charon, cache,
-        detect_local_address=lambda ip: "203.0.113.10",
+        config, reconciler, cache,
+        route_unsupported=None if links else "the test kernel has no XFRM interfaces",
         reload_config=lambda: load_config(config_file),
-        clock=clock or Clock(), wall=lambda: 1_800_000_000.0, rand=lambda: 0.5,
+        clock=clock or Clock(), wall=lambda: 1_800_000_000.0,
     )
     return controller, cache
 

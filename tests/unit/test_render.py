@@ -65,10 +65,21 @@ DOWN = snapshot(
 )
 
 
+ROUTE = snapshot(office(Health.DEGRADED, "redundancy lost: tunnel 1 fails its probes", (
+    tunnel_view(1, child_state="INSTALLED", role="standby", established_seconds=600, interface="svoffice3fa2-1",
+                probe_sent=600, probe_lost=4, probe_consecutive_failures=4, probe_rtt_ms=None,
+                probe_healthy=False),
+    tunnel_view(2, child_state="INSTALLED", role="active", established_seconds=7300, interface="svoffice3fa2-2",
+                bytes_in=10_485_760, bytes_out=3_145_728, last_inbound_seconds=0,
+                probe_sent=7300, probe_lost=0, probe_rtt_ms=1.234),
+), mode="route", mode_reason="auto: route, the kernel has XFRM interfaces"))
+
+
 @pytest.mark.parametrize(
     "snap, golden",
-    [(OK, "status_ok.txt"), (DEGRADED, "status_degraded.txt"), (DOWN, "status_down.txt")],
-    ids=["ok", "degraded", "down"],
+    [(OK, "status_ok.txt"), (DEGRADED, "status_degraded.txt"), (DOWN, "status_down.txt"),
+     (ROUTE, "status_route.txt")],
+    ids=["ok", "degraded", "down", "route"],
 )
 def test_render_matches_golden_text(snap, golden):
     expected = (GOLDEN / golden).read_text(encoding="utf-8")

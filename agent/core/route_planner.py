@@ -1,0 +1,157 @@
+"""Route mode's decisions: both tunnels carry a CHILD_SA on their own XFRM interface,
+inbound is accepted on both, and the agent steers outbound with routes.
+
+Failover moves a route; it never takes an interface down (that drops inbound on it).
+Pure functions, no side effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.desired import DesiredConnection
+from agent.core.netstate import ACTIVE_METRIC, INTERFACE_PREFIX, STANDBY_METRIC, NetState, Route, interface_name
+from agent.core.observation import ESTABLISHED, LIVE_CHILD_STATES, CharonState
+from agent.core.planner import InitiateChild, TunnelTiming
+
+
+@dataclass(frozen=True)
+class EnsureInterface:
+    """Create the XFRM interface, or fix its MTU / bring it up."""
+
+    name: str
+    if_id: int
+    mtu: int
+
+
+@dataclass(frozen=True)
+class RemoveInterface:
+    """Only for interfaces of connections no longer configured (explicit teardown)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class SetRoute:
+    dst: str
+    ifname: str
+    metric: int
+    src: str | None
+
+
+@dataclass(frozen=True)
+class DeleteRoute:
+    dst: str
+    ifname: str
+    metric: int
+
+
+RouteAction = EnsureInterface | RemoveInterface | SetRoute | DeleteRoute
+
+
+def choose_active_route(
+    conn: DesiredConnection,
+    charon: CharonState,
+    net: NetState,
+    current: int | None,
+    healthy: dict[int, bool],
+) -> int:
+    """Which tunnel carries outbound traffic.
+
+    First call (agent start): adopt the tunnel the kernel already routes through, so a
+    restart moves nothing. Later: keep the current tunnel while it is usable (CHILD_SA
+    installed, probes passing); move only to a usable other one."""
+    if current is None:
+        current = _routed_tunnel(conn, net) or 1
+
+    def usable(number: int) -> bool:
+        sas = charon.tunnel(conn.tunnel(number).conn_name)
+        return sas.installed_child is not None and healthy.get(number, True)
+
+    other = 3 - current
+    if not usable(current) and usable(other):
+        return other  # ACTIVE -> STANDBY for `current`, STANDBY -> ACTIVE for `other`
+    return current
+
+
+def _routed_tunnel(conn: DesiredConnection, net: NetState) -> int | None:
+    routes = [r for r in net.routes_to(conn.remote_ts[0]) if r.metric == ACTIVE_METRIC]
+    by_interface = {t.interface: t.number for t in conn.tunnels}
+    return next((by_interface[r.ifname] for r in routes if r.ifname in by_interface), None)
+
+
+def plan_route_tunnels(
+    conn: DesiredConnection,
+    charon: CharonState,
+    timing: dict[str, TunnelTiming],
+    now: float,
+) -> list[InitiateChild]:
+    """Both tunnels want a live CHILD_SA; CONNECTING means charon is on it."""
+    actions = []
+    for tunnel in conn.tunnels:
+        sas = charon.tunnel(tunnel.conn_name)
+        if any(c.state in LIVE_CHILD_STATES for c in sas.children):
+            continue
+        ready = now >= timing.get(tunnel.conn_name, TunnelTiming()).next_attempt_at
+        if sas.ike_state in (ESTABLISHED, "DOWN") and ready:
+            actions.append(InitiateChild(tunnel.conn_name))
+    return actions
+
+
+def plan_interfaces(conn: DesiredConnection, net: NetState) -> list[RouteAction]:
+    actions: list[RouteAction] = []
+    for tunnel in conn.tunnels:
+        assert tunnel.interface is not None and tunnel.if_id is not None
+        link = net.links.get(tunnel.interface)
+        if link is None or link.if_id != tunnel.if_id or link.mtu != conn.tunnel_mtu or not link.up:
+            actions.append(EnsureInterface(tunnel.interface, tunnel.if_id, conn.tunnel_mtu))
+    return actions
+
+
+def plan_routes(conn: DesiredConnection, charon: CharonState, net: NetState, active: int) -> list[RouteAction]:
+    """Route(s) to the space via the active tunnel; via the standby tunnel at a higher
+    metric only while its CHILD_SA is installed. Anything else via our interfaces goes."""
+    standby = conn.tunnel(3 - active)
+    wanted = [(conn.tunnel(active).interface, ACTIVE_METRIC)]
+    if charon.tunnel(standby.conn_name).installed_child is not None:
+        wanted.append((standby.interface, STANDBY_METRIC))
+    ours = {t.interface for t in conn.tunnels}
+    actions: list[RouteAction] = []
+    for dst in conn.remote_ts:
+        existing = net.routes_to(dst)
+        for ifname, metric in wanted:
+            route = Route(dst, ifname, metric, conn.source_address)
+            if route not in existing:
+                actions.append(SetRoute(dst, ifname, metric, conn.source_address))
+        # A SetRoute replaces the route of the same metric in place (no gap), so only
+        # routes at metrics nobody wants any more are deleted.
+        wanted_metrics = {metric for _, metric in wanted}
+        actions += [
+            DeleteRoute(dst, route.ifname, route.metric)
+            for route in existing
+            if route.ifname in ours and route.metric not in wanted_metrics
+        ]
+    return actions
+
+
+def plan_stale_interfaces(configured: list[tuple[str, str]], net: NetState) -> list[RouteAction]:
+    """Remove our XFRM interfaces whose connection is no longer in the config.
+
+    `configured` lists (key, vpn) of every configured connection, whatever its mode or
+    API state, so an unreachable API never removes an interface."""
+    names = {interface_name(key, vpn, n) for key, vpn in configured for n in (1, 2)}
+    return [
+        RemoveInterface(link.name)
+        for link in sorted(net.links.values(), key=lambda link: link.name)
+        if link.kind == "xfrm" and link.name.startswith(INTERFACE_PREFIX) and link.name not in names
+    ]
+
+
+def mss_rules(conns: list[DesiredConnection]) -> dict[str, int]:
+    """Interface -> TCP MSS to clamp SYNs to, for every route-mode tunnel interface."""
+    return {
+        t.interface: conn.tcp_mss
+        for conn in conns
+        for t in conn.tunnels
+        if t.interface is not None and conn.tcp_mss > 0
+    }

@@ -1,0 +1,167 @@
+"""Route mode's pure decisions: interfaces, routes, which tunnel is active, MSS rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.core.desired import desired_connection
+from agent.core.model import ConnectionStatus, Mode, Secret, Tunnel, VpnConnection
+from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, Link, NetState, Route, interface_id, interface_name
+from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
+from agent.core.planner import InitiateChild, TunnelTiming
+from agent.core.route_planner import (
+    DeleteRoute,
+    EnsureInterface,
+    RemoveInterface,
+    SetRoute,
+    choose_active_route,
+    mss_rules,
+    plan_interfaces,
+    plan_route_tunnels,
+    plan_routes,
+    plan_stale_interfaces,
+)
+from agent.core.snapshot import Health, TunnelView, connection_health
+
+KEY, VPN = "acme-space-office", "office"
+IF1, IF2 = interface_name(KEY, VPN, 1), interface_name(KEY, VPN, 2)
+T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
+DST = "10.0.0.0/16"
+SRC = "172.16.0.2"
+
+
+def conn(mode: Mode = Mode.ROUTE, mss: int = 1379):
+    vpn = VpnConnection(
+        id="1", name=VPN, public_ip="203.0.113.10", routable_cidrs=("172.16.0.0/16",), space_cidr_block=DST,
+        ike_version=1, status=ConnectionStatus.ACTIVE,
+        tunnels=(Tunnel(1, "198.51.100.1", Secret("k1.xxxxxxxx")), Tunnel(2, "198.51.100.2", Secret("k2.xxxxxxxx"))),
+    )
+    return desired_connection(key=KEY, space="acme-space", vpn=VPN, local_address="203.0.113.10", local_id=None,
+                              mode=mode, connection=vpn, source_address=SRC, tunnel_mtu=1419, tcp_mss=mss)
+
+
+CONN = conn()
+
+
+def sas(*children_of: tuple[str, bool]) -> CharonState:
+    """children_of: (conn name, has an INSTALLED child) for each established tunnel."""
+    result = {}
+    for index, (name, child) in enumerate(children_of):
+        kids = (ChildSa(name, f"c{index}", "INSTALLED"),) if child else ()
+        result[name] = TunnelSas((IkeSa(name, f"i{index}", "ESTABLISHED", children=kids),))
+    return CharonState(True, sas=result)
+
+
+def link(name: str, if_id: int, mtu: int = 1419, up: bool = True) -> Link:
+    return Link(name, 10, "xfrm", if_id, mtu, up)
+
+
+BOTH_UP = sas((T1, True), (T2, True))
+LINKS = {IF1: link(IF1, interface_id(KEY, 1)), IF2: link(IF2, interface_id(KEY, 2))}
+
+
+def test_names_fit_linux_and_ids_are_distinct_and_stable():
+    assert len(IF1) <= 15 and IF1.startswith("svoffice") and IF1.endswith("-1")
+    assert interface_id(KEY, 1) != interface_id(KEY, 2) and interface_id(KEY, 1) > 0
+    assert interface_id(KEY, 1) == interface_id(KEY, 1)
+    assert interface_name("a-very-long-space-name-x", "a-very-long-vpn-name", 2).endswith("-2")
+    assert len(interface_name("a-very-long-space-name-x", "a-very-long-vpn-name", 2)) <= 15
+
+
+def test_desired_route_mode_carries_interfaces_and_if_ids():
+    assert [(t.interface, t.if_id) for t in CONN.tunnels] == [(IF1, interface_id(KEY, 1)), (IF2, interface_id(KEY, 2))]
+    assert all(t.interface is None and t.if_id is None for t in conn(Mode.POLICY).tunnels)
+
+
+@pytest.mark.parametrize(
+    ("links", "expected"),
+    [
+        ({}, [EnsureInterface(IF1, interface_id(KEY, 1), 1419), EnsureInterface(IF2, interface_id(KEY, 2), 1419)]),
+        (LINKS, []),
+        ({**LINKS, IF2: link(IF2, interface_id(KEY, 2), mtu=1500)}, [EnsureInterface(IF2, interface_id(KEY, 2), 1419)]),
+        ({**LINKS, IF1: link(IF1, interface_id(KEY, 1), up=False)}, [EnsureInterface(IF1, interface_id(KEY, 1), 1419)]),
+        ({**LINKS, IF1: link(IF1, 99)}, [EnsureInterface(IF1, interface_id(KEY, 1), 1419)]),
+    ],
+    ids=["create", "steady", "mtu", "down", "foreign-if-id"],
+)
+def test_plan_interfaces(links, expected):
+    assert plan_interfaces(CONN, NetState(links=links)) == expected
+
+
+def test_stale_interfaces_only_of_unconfigured_connections():
+    other = interface_name("old-space-gone", "gone", 1)
+    net = NetState(links={**LINKS, other: link(other, 5), "svx": Link("svx", 3, "vti", None, 1400, True)})
+    assert plan_stale_interfaces([(KEY, VPN)], net) == [RemoveInterface(other)]
+
+
+@pytest.mark.parametrize(
+    ("charon", "routes", "active", "expected"),
+    [
+        # cold: both children up -> active route + standby route
+        (BOTH_UP, (), 1, [SetRoute(DST, IF1, ACTIVE_METRIC, SRC), SetRoute(DST, IF2, STANDBY_METRIC, SRC)]),
+        # standby has no child: no standby route
+        (sas((T1, True), (T2, False)), (), 1, [SetRoute(DST, IF1, ACTIVE_METRIC, SRC)]),
+        # steady state: nothing
+        (BOTH_UP, (Route(DST, IF1, ACTIVE_METRIC, SRC), Route(DST, IF2, STANDBY_METRIC, SRC)), 1, []),
+        # failover: two in-place replacements, nothing deleted, interfaces untouched
+        (BOTH_UP, (Route(DST, IF1, ACTIVE_METRIC, SRC), Route(DST, IF2, STANDBY_METRIC, SRC)), 2,
+         [SetRoute(DST, IF2, ACTIVE_METRIC, SRC), SetRoute(DST, IF1, STANDBY_METRIC, SRC)]),
+        # the standby child went away: its route goes
+        (sas((T1, True), (T2, False)), (Route(DST, IF1, ACTIVE_METRIC, SRC), Route(DST, IF2, STANDBY_METRIC, SRC)), 1,
+         [DeleteRoute(DST, IF2, STANDBY_METRIC)]),
+    ],
+    ids=["cold", "no-standby-child", "steady", "failover", "standby-lost"],
+)
+def test_plan_routes(charon, routes, active, expected):
+    assert plan_routes(CONN, charon, NetState(links=LINKS, routes=routes), active) == expected
+
+
+@pytest.mark.parametrize(
+    ("charon", "routes", "current", "healthy", "expected"),
+    [
+        (BOTH_UP, (), None, {}, 1),  # fresh start, nothing routed: tunnel 1
+        (BOTH_UP, (Route(DST, IF2, ACTIVE_METRIC, SRC),), None, {}, 2),  # restart: adopt what the kernel routes
+        (BOTH_UP, (), 1, {1: False, 2: True}, 2),  # probes fail on 1
+        (BOTH_UP, (), 1, {1: False, 2: False}, 1),  # both fail: stay
+        (sas((T1, False), (T2, True)), (), 1, {}, 2),  # child of 1 gone
+        (sas((T1, True), (T2, True)), (), 2, {}, 2),  # no failback without a reason
+    ],
+    ids=["fresh", "adopt", "probe-failover", "both-bad", "child-gone", "no-failback"],
+)
+def test_choose_active_route(charon, routes, current, healthy, expected):
+    net = NetState(links=LINKS, routes=routes)
+    assert choose_active_route(CONN, charon, net, current, healthy) == expected
+
+
+def test_both_tunnels_get_a_child_in_route_mode():
+    assert plan_route_tunnels(CONN, sas(), {}, 100.0) == [InitiateChild(T1), InitiateChild(T2)]
+    assert plan_route_tunnels(CONN, sas((T1, True), (T2, False)), {}, 100.0) == [InitiateChild(T2)]
+    gated = {T2: TunnelTiming(attempts=1, next_attempt_at=101.0)}
+    assert plan_route_tunnels(CONN, sas((T1, True), (T2, False)), gated, 100.0) == []
+
+
+def test_mss_rules_cover_every_route_mode_interface():
+    assert mss_rules([CONN]) == {IF1: 1379, IF2: 1379}
+    assert mss_rules([conn(mss=0)]) == {}
+    assert mss_rules([conn(Mode.POLICY)]) == {}
+
+
+def tunnel(number: int, child: str, probe_healthy: bool = True, ike: str = "ESTABLISHED") -> TunnelView:
+    return TunnelView(number, "198.51.100.1", "UP", ike, child, "active" if number == 1 else "standby",
+                      probe_healthy=probe_healthy)
+
+
+@pytest.mark.parametrize(
+    ("tunnels", "expected"),
+    [
+        ((tunnel(1, "INSTALLED"), tunnel(2, "INSTALLED")), (Health.OK, "tunnel 1 active, redundancy ok")),
+        ((tunnel(1, "INSTALLED"), tunnel(2, "NONE")), (Health.DEGRADED, "redundancy lost: tunnel 2 has no CHILD_SA")),
+        ((tunnel(1, "INSTALLED"), tunnel(2, "INSTALLED", probe_healthy=False)),
+         (Health.DEGRADED, "redundancy lost: tunnel 2 fails its probes")),
+        ((tunnel(1, "INSTALLED", probe_healthy=False), tunnel(2, "INSTALLED", probe_healthy=False)),
+         (Health.DOWN, "no tunnel carries traffic")),
+    ],
+    ids=["ok", "no-child", "probe", "both-probes"],
+)
+def test_route_mode_health(tunnels, expected):
+    assert connection_health(tunnels, True, "route") == expected
