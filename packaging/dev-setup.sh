@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine (as root) to run the lab demo and the tests:
-# strongSwan (charon-systemd, swanctl, kernel-libipsec), network tools, and a venv
-# in .venv with the project and its test dependencies. Safe to run again.
+# strongSwan (charon-systemd, swanctl, kernel-libipsec), network tools, Debian's kernel
+# with QEMU and busybox for the kernel lab (a virtme-ng VM: route mode needs kernel ESP
+# and XFRM interfaces), and a venv in .venv with the project and its test dependencies
+# (virtme-ng among them). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,7 @@ APT_PACKAGES=(
   charon-systemd strongswan-swanctl libcharon-extra-plugins
   nftables iproute2 iputils-ping procps
   python3 python3-venv
+  linux-image-amd64 qemu-system-x86 busybox-static
 )
 
 missing=()

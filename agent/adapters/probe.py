@@ -53,6 +53,11 @@ class ProbeTarget:
     interval: float
     timeout: float
 
+    @property
+    def slot(self) -> tuple[str, int]:
+        """Identity inside a Prober: one probe stream per connection and tunnel."""
+        return (self.key, self.tunnel)
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -148,9 +153,9 @@ class Prober:
         self._wake_w.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
         # Owned by the thread from here on.
-        self._targets: dict[str, ProbeTarget] = {}
-        self._next_due: dict[str, float] = {}
-        self._senders: dict[str, socket.socket] = {}
+        self._targets: dict[tuple[str, int], ProbeTarget] = {}
+        self._next_due: dict[tuple[str, int], float] = {}
+        self._senders: dict[tuple[str, int], socket.socket] = {}
         self._receiver: socket.socket | None = None
         self._pending: dict[int, _Pending] = {}
 
@@ -163,9 +168,9 @@ class Prober:
         is unsafe or two share a key."""
         for target in targets:
             check_target(target)
-        keys = [t.key for t in targets]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"probe keys must be unique: {keys}")
+        slots = [t.slot for t in targets]
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"probe targets must be unique per connection and tunnel: {slots}")
         with self._lock:
             self._wanted = tuple(targets)
         self._wake()
@@ -213,7 +218,7 @@ class Prober:
 
     def _apply_targets(self) -> None:
         with self._lock:
-            wanted = {t.key: t for t in self._wanted}
+            wanted = {t.slot: t for t in self._wanted}
         for key in list(self._targets):
             if wanted.get(key) != self._targets[key]:
                 self._close_sender(key)
@@ -239,7 +244,7 @@ class Prober:
         self._receiver = sock
 
     def _sender(self, target: ProbeTarget) -> socket.socket:
-        sock = self._senders.get(target.key)
+        sock = self._senders.get(target.slot)
         if sock is not None:
             return sock
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -253,10 +258,10 @@ class Prober:
         except OSError:
             sock.close()
             raise
-        self._senders[target.key] = sock
+        self._senders[target.slot] = sock
         return sock
 
-    def _close_sender(self, key: str) -> None:
+    def _close_sender(self, key: tuple[str, int]) -> None:
         sock = self._senders.pop(key, None)
         if sock is not None:
             sock.close()
@@ -271,7 +276,7 @@ class Prober:
     # --- probing ---------------------------------------------------------------------
 
     def _send_due(self, now: float) -> None:
-        busy = {p.target.key for p in self._pending.values()}
+        busy = {p.target.slot for p in self._pending.values()}
         for key, target in self._targets.items():
             if key in busy or self._next_due[key] > now:
                 continue
@@ -285,7 +290,7 @@ class Prober:
             self._sender(target).sendto(echo_request(self._ident, seq), (target.target, 0))
         except OSError as e:
             # ENODEV after an interface is re-created: a fresh socket binds to the new one.
-            self._close_sender(target.key)
+            self._close_sender(target.slot)
             log.debug("probe %s tunnel %s: cannot send to %s via %s: %s", target.key, target.tunnel,
                       target.target, target.interface or "route", e)
             self._post(ProbeResult(target.key, target.tunnel, False, None, now))
@@ -305,7 +310,7 @@ class Prober:
     def _wait_time(self, now: float) -> float:
         # A busy target's due time does not count: its probe's deadline wakes us first,
         # and counting it could spin while a slightly late schedule waits on that probe.
-        busy = {p.target.key for p in self._pending.values()}
+        busy = {p.target.slot for p in self._pending.values()}
         moments = [*(due for key, due in self._next_due.items() if key not in busy),
                    *(p.deadline for p in self._pending.values())]
         return max(0.0, min([MAX_WAIT, *(m - now for m in moments)]))

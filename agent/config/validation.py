@@ -248,8 +248,14 @@ def _probe(raw: object, path: str, problems: list[str]) -> ProbeConfig:
     elif type(failures) is not int or failures < 1:
         problems.append(f"{path}.failures: must be a whole number of at least 1, got '{failures}'")
         failures = ProbeConfig.failures
+    target = _ip(section, "target", path, problems)
+    rfc1918 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+    if target is not None and not any(ipaddress.ip_address(target) in net for net in rfc1918):
+        problems.append(f"{path}.target: {target} is not a private (RFC 1918) address; probes cross the "
+                        "tunnel to a host in the space (e.g. 10.0.0.10)")
+        target = None
     return ProbeConfig(
-        target=_ip(section, "target", path, problems),
+        target=target,
         interval=_duration(section, "interval", path, problems, ProbeConfig.interval),
         failures=failures,
     )

@@ -108,7 +108,7 @@ class Daemon:
             reload_config=lambda: load_config(self._config_path),
             on_config=self._start_poller,
             on_pass=self._after_pass,
-            on_probe_targets=lambda targets: self._prober.set_targets(targets),
+            on_probe_targets=self._set_probe_targets,
         )
         self._prober = Prober(self._controller.post)
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._controller.post)
@@ -163,6 +163,12 @@ class Daemon:
         api = PlatformApi(config.api.url, token, timeout=config.api.timeout, user_agent=f"space-vpn-agent/{__version__}")
         self._poller = ApiPoller(api, targets, self._controller.post, interval=config.api.poll_interval)
         self._poller.start()
+
+    def _set_probe_targets(self, targets) -> None:
+        try:
+            self._prober.set_targets(targets)
+        except ValueError as e:  # config validation should have caught it; never stop the loop
+            log.error("probes not started: %s", e)
 
     def _after_pass(self, snapshot: Snapshot) -> None:
         if not self._notifier.enabled:

@@ -1,5 +1,6 @@
-"""Kernel lab: one virtme-ng VM with Debian's kernel runs every scenario of
-agent.lab.kernel_scenarios (kernel ESP, XFRM interfaces); each expected check is a test.
+"""Kernel lab: one virtme-ng VM with Debian's kernel runs every scenario (the manual
+ones of agent.lab.kernel_scenarios and the agent-driven ones of
+agent.lab.kernel_agent_scenarios: kernel ESP, XFRM interfaces); each expected check is a test.
 Without vng or a kernel these tests skip locally and fail when CI is set.
 """
 
@@ -14,7 +15,7 @@ from agent.lab.kernel_vm import KernelVmError, run_in_vm, vng_available
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1200)]
 
-MODULE = "agent.lab.kernel_scenarios"
+MODULE = "agent.lab.kernel_agent_scenarios"  # registers its scenarios next to the manual ones
 VM_TIMEOUT_S = 900.0
 
 #: Every check each scenario must record; a missing one is a failure.
@@ -30,6 +31,18 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "children_installed", "one_shared_policy", "ping_answer_via_policy_tunnel",
         "replies_via_other_tunnel_dropped", "tmpl_mismatch_grows",
         "policy_repointed", "one_child_restores_replies",
+    ),
+    "agent_route_mode": (
+        "both_children_installed", "auto_picks_route", "routes_active_and_standby", "mss_clamped",
+        "ping_answered_via_tunnel1", "ping_answered_via_tunnel2",
+        "no_XfrmInTmplMismatch", "no_XfrmInNoPols", "probes_pass_on_both_tunnels",
+        "restart_ready", "restart_keeps_interfaces", "restart_keeps_sas", "restart_keeps_routes",
+        "restart_loses_nothing",
+        "failover_moves_active_to_tunnel2", "failover_route_via_tunnel2", "failover_keeps_interface1_up",
+        "failover_traffic_resumes",
+    ),
+    "agent_policy_mode_kernel": (
+        "one_child_and_hot_standby", "ping_through_policy_mode", "no_XfrmInTmplMismatch", "single_child",
     ),
 }
 CASES = [(s, c) for s, checks in EXPECTED.items() for c in checks]

@@ -536,3 +536,11 @@ def test_route_mode_keys_are_validated(tmp_path, extra, expected):
 def test_route_mode_defaults_follow_the_aws_figures(tmp_path):
     conn = parse_config({"connections": [{"space": "a", "vpn": "b"}]}, base_dir=tmp_path).connections[0]
     assert (conn.tunnel_mtu, conn.tcp_mss, conn.source_address) == (1419, 1379, None)
+
+
+def test_probe_target_must_be_private(tmp_path):
+    data = {"connections": [{"space": "a", "vpn": "b", "probe": {"target": "192.0.2.1"}}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, base_dir=tmp_path)
+    assert err.value.problems == ["connections[0].probe.target: 192.0.2.1 is not a private (RFC 1918) address; probes "
+                                  "cross the tunnel to a host in the space (e.g. 10.0.0.10)"]

@@ -1,0 +1,187 @@
+"""Kernel-lab scenarios that drive the real agent (inside the VM, Debian's kernel):
+route mode end to end, its restart and failover, and policy mode on kernel ESP.
+
+Run as `python -m agent.lab.kernel_agent_scenarios --results DIR`: registers these
+next to the manual scenarios of kernel_scenarios and runs them all, one VM boot.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, interface_name
+from agent.lab import kernel_scenarios as ks
+from agent.lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
+from agent.lab.cli import SPACE, VPN, start_fake_api
+from agent.lab.lab import Lab
+from agent.lab.topology import CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR, SPACE_HOST_IP
+from agent.lab.traffic import Pinger
+
+KEY = f"{SPACE}-{VPN}"
+IF1, IF2 = interface_name(KEY, VPN, 1), interface_name(KEY, VPN, 2)
+T1, T2 = f"svpn-{KEY}-t1", f"svpn-{KEY}-t2"
+UP_TIMEOUT = 120  # s; TCG emulation makes modp2048 and Python start-up slow
+
+
+def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *, mode: str) -> AgentProcess:
+    token = "HRKU-" + secrets.token_hex(16)
+    api = stack.enter_context(start_fake_api(lab, token))
+    workdir = ctx.workdir / "agent"
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_secret_file(workdir / "heroku-token", token)
+    config = heroku_agent_config(
+        workdir, api_url=api.url, vici_socket=lab.customer_charon.vici_socket, space=SPACE, vpn=VPN,
+        local_address=CUSTOMER_PUBLIC_IP, mode=mode,
+    )
+    config["connections"][0]["probe"] = {"target": SPACE_HOST_IP, "interval": "300ms", "failures": 3}
+    agent = AgentProcess(workdir, lab.topology.cust_ns, config)
+    stack.callback(agent.stop)
+    agent.start()
+    return agent
+
+
+def both_children(status: dict) -> bool:
+    tunnels = tunnels_of(status)
+    return len(tunnels) == 2 and all(t["child_state"] == "INSTALLED" for t in tunnels.values())
+
+
+def routes(netns: str) -> list[str]:
+    out = subprocess.run(["ip", "-n", netns, "route", "show", SPACE_CIDR], capture_output=True, text=True).stdout
+    return [" ".join(line.split()) for line in out.splitlines()]
+
+
+def link_index(netns: str, name: str) -> str | None:
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show", name], capture_output=True, text=True)
+    return out.stdout.split(":", 1)[0] if out.returncode == 0 else None
+
+
+def link_up(netns: str, name: str) -> bool:
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show", name], capture_output=True, text=True).stdout
+    return ",UP" in out or "<UP" in out
+
+
+def child_ids(lab: Lab) -> dict[str, str]:
+    with lab.customer_charon.connected() as session:
+        events = list(session.list_sas())
+    ids = {}
+    for event in events:
+        for name, ike in event.items():
+            for child in ike.get("child-sas", {}).values():
+                ids[name] = child["uniqueid"].decode()
+    return ids
+
+
+def wait(agent: AgentProcess, predicate, timeout: float = UP_TIMEOUT) -> tuple[bool, str]:
+    try:
+        agent.wait_for(predicate, timeout, interval=0.3)
+        return True, ""
+    except (TimeoutError, RuntimeError) as e:
+        return False, str(e)[-600:]
+
+
+@ks.scenario("agent_route_mode")
+def agent_route_mode(ctx: ks.ScenarioContext) -> None:
+    """The agent in route mode (`mode: auto` on this kernel): interfaces, both
+    children, routes, replies over either tunnel, restart adoption, failover."""
+    with ExitStack() as stack:
+        lab = stack.enter_context(ctx.lab(space_route_based=True))
+        ns = lab.topology.cust_ns
+        agent = start_agent(stack, ctx, lab, mode="auto")
+        ok, detail = wait(agent, lambda s: both_children(s) and routes(ns) and len(routes(ns)) == 2)
+        if not ctx.check("both_children_installed", ok, detail):
+            return
+        status = agent.status()
+        conn = status["connections"][0]
+        ctx.check("auto_picks_route", conn["mode"] == "route", conn["mode_reason"])
+        want = [(IF1, ACTIVE_METRIC), (IF2, STANDBY_METRIC)]
+        seen = [(r.split(" dev ")[1].split()[0], int(r.split(" metric ")[1].split()[0])) for r in routes(ns)]
+        ctx.check("routes_active_and_standby", seen == want and all(f"src {CUSTOMER_HOST_IP}" in r for r in routes(ns)),
+                  repr(routes(ns)))
+        nft = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "space_vpn_agent"],
+                             capture_output=True, text=True).stdout
+        ctx.check("mss_clamped", f'oifname "{IF1}"' in nft and "maxseg size set 1379" in nft, nft[-300:])
+
+        before = ks.xfrm_stat(ns)
+        for number in (1, 2):
+            lab.space.answer_via(number)
+            result = ks.customer_ping(lab)
+            ctx.check(f"ping_answered_via_tunnel{number}", result.received == result.transmitted == 5,
+                      f"{result.received}/{result.transmitted}")
+        after = ks.xfrm_stat(ns)
+        for key in ("XfrmInTmplMismatch", "XfrmInNoPols"):
+            grew = ks.stat_growth(before, after, key)
+            ctx.check(f"no_{key}", grew == 0, f"{key} grew by {grew}")
+        ok, detail = wait(agent, lambda s: all(t["probe_sent"] > 2 and t["probe_healthy"]
+                                              for t in tunnels_of(s).values()), 30)
+        ctx.check("probes_pass_on_both_tunnels", ok, detail)
+
+        _restart_adopts(ctx, lab, agent)
+        _silent_failover(ctx, lab, agent)
+
+
+def _restart_adopts(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    ns = lab.topology.cust_ns
+    lab.space.answer_via(1)
+    indexes = {name: link_index(ns, name) for name in (IF1, IF2)}
+    ids, before_routes = child_ids(lab), routes(ns)
+    with Pinger(ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=300, interval=0.05) as pinger:
+        time.sleep(1)
+        agent.kill()
+        agent.start()
+        ok, detail = wait(agent, lambda s: s["ready"] and both_children(s))
+        time.sleep(3)  # a few passes of the restarted agent
+        result = pinger.stop()
+    ctx.check("restart_ready", ok, detail)
+    ctx.check("restart_keeps_interfaces", {n: link_index(ns, n) for n in (IF1, IF2)} == indexes, repr(indexes))
+    ctx.check("restart_keeps_sas", child_ids(lab) == ids, f"{ids} -> {child_ids(lab)}")
+    ctx.check("restart_keeps_routes", routes(ns) == before_routes, repr(routes(ns)))
+    ctx.check("restart_loses_nothing", result.transmitted > 50 and result.lost == 0,
+              f"{result.received}/{result.transmitted}")
+
+
+def _silent_failover(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    ns = lab.topology.cust_ns
+    with Pinger(ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=400, interval=0.05) as pinger:
+        time.sleep(1)
+        lab.space.silent_down(1)  # the space side also answers over tunnel 2 from now on
+        ok, detail = wait(agent, lambda s: tunnels_of(s)[2]["role"] == "active", 30)
+        time.sleep(2)
+        result = pinger.stop()
+    ctx.check("failover_moves_active_to_tunnel2", ok, detail)
+    ctx.check("failover_route_via_tunnel2", any(f"dev {IF2}" in r and f"metric {ACTIVE_METRIC}" in r
+                                                for r in routes(ns)), repr(routes(ns)))
+    ctx.check("failover_keeps_interface1_up", link_up(ns, IF1), "an interface taken down drops inbound")
+    after = ks.customer_ping(lab)
+    ctx.check("failover_traffic_resumes", after.received == after.transmitted == 5,
+              f"{after.received}/{after.transmitted}; during failover lost {result.lost} of "
+              f"{result.transmitted} at 50 ms ({result.lost * 50} ms)")
+
+
+@ks.scenario("agent_policy_mode_kernel")
+def agent_policy_mode_kernel(ctx: ks.ScenarioContext) -> None:
+    """The policy-mode model on a real kernel: one CHILD_SA, hot standby, traffic flows
+    and no reply fails the inbound template check."""
+    with ExitStack() as stack:
+        lab = stack.enter_context(ctx.lab())
+        ns = lab.topology.cust_ns
+        agent = start_agent(stack, ctx, lab, mode="policy")
+        ok, detail = wait(agent, is_redundant)
+        if not ctx.check("one_child_and_hot_standby", ok, detail):
+            return
+        before = ks.xfrm_stat(ns)
+        result = ks.customer_ping(lab, count=10)
+        after = ks.xfrm_stat(ns)
+        ctx.check("ping_through_policy_mode", result.received == result.transmitted == 10,
+                  f"{result.received}/{result.transmitted}")
+        grew = ks.stat_growth(before, after, "XfrmInTmplMismatch")
+        ctx.check("no_XfrmInTmplMismatch", grew == 0, f"grew by {grew}")
+        ctx.check("single_child", list(child_ids(lab)) == [T1], repr(child_ids(lab)))
+
+
+if __name__ == "__main__":
+    sys.exit(ks.main())
