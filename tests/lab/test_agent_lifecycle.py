@@ -218,3 +218,16 @@ def test_no_secret_in_any_output(lab, make_agent, fake_api, secrets_of, tmp_path
     assert yaml.safe_load(agent.config_path.read_text())["api"]["token_file"]  # token via file, not argv
     with open(f"/proc/{agent.pid}/cmdline", "rb") as f:
         assert_no_secret(f.read().decode(errors="replace"), secrets_of)
+
+
+def test_route_mode_on_a_kernel_without_xfrm_interfaces_is_refused(lab, make_agent):
+    """The host lab's kernel has no XFRM interfaces (and no kernel ESP)."""
+    agent = make_agent(mode="route")
+    agent.start()
+    deadline = time.monotonic() + 30
+    while agent.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert agent.stop() == 2
+    log_text = agent.log_text()
+    assert "mode: route is not possible here" in log_text and "XFRM interfaces" in log_text
+    assert customer_sas(lab) == {}
