@@ -1,6 +1,7 @@
 """`space-vpn-lab`: the simulated Private Space, for a demo on one machine (root).
 
     space-vpn-lab demo [--ike-version 1|2] [--hold]
+    space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d] [--json PATH] [--interval 0.01]
 
 Builds two network namespaces with real charon daemons (the space side plays both
 Heroku tunnel endpoints), a local fake Platform API, runs the agent against them,
@@ -39,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench-cold-start", help="measure agent launch -> both tunnels in their desired state")
     bench.add_argument("--runs", type=int, default=5)
     bench.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
+    failover = sub.add_parser("bench", help="failover benchmark: the agent against plain strongSwan like the article")
+    failover.add_argument("--modes", default=None,
+                          help="policy,route (default: both where the kernel VM can run, else policy)")
+    failover.add_argument("--scenarios", default=None,
+                          help="a silent, b graceful, c announced, d drain (default: all; route mode: a,c)")
+    failover.add_argument("--json", type=Path, default=None, help="results file (default bench-results/bench.json)")
+    failover.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
     return parser
 
 
@@ -46,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="space-vpn-lab-") as tmp:
+        if args.command == "bench":
+            # Imported here: bench imports this module (SPACE, VPN, start_fake_api).
+            from agent.lab import bench
+            return bench.run_bench(Path(tmp), modes=args.modes, scenarios=args.scenarios,
+                                   json_path=args.json, interval=args.interval)
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout)
