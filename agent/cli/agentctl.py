@@ -2,6 +2,9 @@
 
     agentctl [--socket PATH] status [--json]    exit 0 OK, 1 degraded, 2 down, 3 unknown
     agentctl [--socket PATH] reload
+    agentctl [--socket PATH] drain N [--connection SPACE/VPN]     move traffic off tunnel N
+    agentctl [--socket PATH] undrain N [--connection SPACE/VPN]   let it carry traffic again
+Commands other than status exit 0 when done, 1 when the agent refused, 3 when unreachable.
 Never imports the daemon side: only the shared protocol and the pure renderer.
 """
 
@@ -27,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="tunnels and health; exit 0 OK, 1 degraded, 2 down, 3 unknown")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
     sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
+    for name, text in (("drain", "move traffic off tunnel N before you take it down"),
+                       ("undrain", "let tunnel N carry traffic again")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("tunnel", type=int, choices=(1, 2), help="tunnel number, as in `status`")
+        command.add_argument("--connection", metavar="SPACE/VPN", help="needed when several are configured")
     return parser
 
 
@@ -35,15 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return _status(args.socket, as_json=args.json)
-        result = protocol.request(args.socket, args.command)
-        print(json.dumps(result) if args.command != "reload" else "reload requested")
+        if args.command in ("drain", "undrain"):
+            result = protocol.request(args.socket, args.command,
+                                      {"tunnel": args.tunnel, "connection": args.connection})
+            drained = ", ".join(str(n) for n in result["drained"]) or "none"
+            print(f"{result['connection']}: tunnel {result['tunnel']} {args.command}ed (drained now: {drained})")
+            return 0
+        protocol.request(args.socket, args.command)
+        print("reload requested")
         return 0
     except protocol.AgentUnreachable as e:
         print(f"agentctl: {e}", file=sys.stderr)
         return Health.UNKNOWN.value
     except protocol.ProtocolError as e:
-        print(f"agentctl: the agent answered with an error: {e}", file=sys.stderr)
-        return Health.UNKNOWN.value
+        print(f"agentctl: {args.command} refused: {e}", file=sys.stderr)
+        return Health.UNKNOWN.value if args.command == "status" else 1
 
 
 def _status(socket_path: str, *, as_json: bool) -> int:

@@ -6,7 +6,10 @@ tunnel with the live state next to what the Platform API reports.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+FAILOVERS_SHOWN = 5
 
 _COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since", "Bytes In", "Bytes Out",
             "Last In", "Probe")
@@ -31,6 +34,13 @@ def render_status(status: dict[str, Any]) -> str:
         if conn["tunnels"]:
             lines.append("")
             lines += _table([_tunnel_row(t) for t in conn["tunnels"]])
+            lines += [f"Tunnel {t['number']}: {t['problem']}" for t in conn["tunnels"] if t.get("problem")]
+        failovers = conn.get("failovers", [])[-FAILOVERS_SHOWN:]
+        if failovers:
+            lines.append("")
+            lines.append("Recent failovers:")
+            lines += [f"  {_timestamp(f['at'])}  tunnel {f['from_tunnel']} -> {f['to_tunnel']}  {f['reason']}"
+                      for f in failovers]
     return "\n".join(lines) + "\n"
 
 
@@ -41,7 +51,7 @@ def _tunnel_row(tunnel: dict[str, Any]) -> tuple[str, ...]:
         tunnel["api_status"],
         tunnel["ike_state"],
         tunnel["child_state"],
-        tunnel["role"],
+        tunnel["role"] + (" (drained)" if tunnel.get("drained") else ""),
         _duration(tunnel["established_seconds"]),
         _bytes(tunnel["bytes_in"]),
         _bytes(tunnel["bytes_out"]),
@@ -66,6 +76,10 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
         return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
 
     return [line(_COLUMNS), line(tuple("─" * w for w in widths))] + [line(r) for r in rows]
+
+
+def _timestamp(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(unix))
 
 
 def _duration(seconds: int | None, *, suffix: str = "") -> str:

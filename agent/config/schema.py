@@ -34,8 +34,8 @@ class ApiConfig:
 class StrongswanConfig:
     #: Path of charon's VICI unix socket.
     vici_socket: str = "/var/run/charon.vici"
-    #: How long one `initiate` may take before the agent gives up on it, in seconds.
-    initiate_timeout: float = 30.0
+    #: Seconds an IKE SA may stay CONNECTING before it is dropped and initiated afresh.
+    connect_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,11 @@ class ConnectionConfig:
     tunnel_mtu: int = 1419
     #: TCP MSS clamped on SYNs through the tunnels, in bytes (AWS samples: 1379); 0 = off.
     tcp_mss: int = 1379
+    #: Tunnel (1 or 2) traffic returns to once it is healthy again; None: no failback.
+    preferred_tunnel: int | None = None
+    #: Seconds the preferred tunnel must stay healthy before failback (doubled per
+    #: recent failure of it: flap damping).
+    failback_hold_down: float = 60.0
     #: Set for a plain AWS-style VPN: tunnels and keys come from here, not from the API.
     static: StaticConfig | None = None
 

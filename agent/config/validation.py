@@ -28,10 +28,10 @@ from agent.core.model import Mode, object_name
 _TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level",
              "connections")
 _API_KEYS = ("url", "token_file", "poll_interval", "timeout")
-_STRONGSWAN_KEYS = ("vici_socket", "initiate_timeout")
+_STRONGSWAN_KEYS = ("vici_socket", "connect_timeout")
 _METRICS_KEYS = ("listen",)
 _CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe", "static",
-                    "source_address", "tunnel_mtu", "tcp_mss")
+                    "source_address", "tunnel_mtu", "tcp_mss", "preferred_tunnel", "failback_hold_down")
 _PROBE_KEYS = ("target", "interval", "failures")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -105,8 +105,8 @@ def _strongswan(raw: object, problems: list[str], base_dir: Path) -> StrongswanC
     return StrongswanConfig(
         vici_socket=_file_path(section, "vici_socket", "strongswan", problems, base_dir,
                                StrongswanConfig.vici_socket),
-        initiate_timeout=_duration(section, "initiate_timeout", "strongswan", problems,
-                                   StrongswanConfig.initiate_timeout),
+        connect_timeout=_duration(section, "connect_timeout", "strongswan", problems,
+                                   StrongswanConfig.connect_timeout),
     )
 
 
@@ -187,14 +187,17 @@ def _connection(raw: object, path: str, problems: list[str],
         source_address=_ip(section, "source_address", path, problems),
         tunnel_mtu=_whole(section, "tunnel_mtu", path, problems, ConnectionConfig.tunnel_mtu, 576, 9000),
         tcp_mss=_whole(section, "tcp_mss", path, problems, ConnectionConfig.tcp_mss, 0, 8960),
+        preferred_tunnel=_whole(section, "preferred_tunnel", path, problems, None, 1, 2),
+        failback_hold_down=_duration(section, "failback_hold_down", path, problems,
+                                     ConnectionConfig.failback_hold_down),
     )
     if space is None or vpn is None:
         return None
     return ConnectionConfig(space=space, vpn=vpn, **connection_kwargs)
 
 
-def _whole(section: dict, key: str, path: str, problems: list[str], default: int,
-           low: int, high: int) -> int:
+def _whole(section: dict, key: str, path: str, problems: list[str], default: int | None,
+           low: int, high: int) -> int | None:
     raw = section.get(key)
     if raw is None:
         return default

@@ -40,7 +40,7 @@ def redacted(config: AgentConfig) -> dict:
         },
         "strongswan": {
             "vici_socket": config.strongswan.vici_socket,
-            "initiate_timeout": format_duration(config.strongswan.initiate_timeout),
+            "connect_timeout": format_duration(config.strongswan.connect_timeout),
         },
         "state_dir": config.state_dir,
         "control_socket": config.control_socket,
@@ -65,6 +65,8 @@ def _redacted_connection(conn: ConnectionConfig) -> dict:
         "source_address": conn.source_address,
         "tunnel_mtu": conn.tunnel_mtu,
         "tcp_mss": conn.tcp_mss,
+        "preferred_tunnel": conn.preferred_tunnel,
+        "failback_hold_down": format_duration(conn.failback_hold_down),
     }
     if conn.static is not None:
         view["static"] = {

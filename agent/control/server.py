@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socketserver
 import threading
 from collections.abc import Callable
@@ -25,11 +26,13 @@ class ControlServer:
         snapshot: Callable[[], Snapshot],
         post: Callable[[object], None],
         make_reload: Callable[[], object],
+        make_request: Callable[[str, dict, object], object] | None = None,
     ) -> None:
         self.path = path
         self._snapshot = snapshot
         self._post = post
         self._make_reload = make_reload
+        self._make_request = make_request or (lambda command, args, reply: (command, args, reply))
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -63,7 +66,25 @@ class ControlServer:
         if command == "reload":
             self._post(self._make_reload())
             return {"accepted": True}
+        if command in ("drain", "undrain"):
+            return self._ask_loop(command, message.get("args") or {})
         raise ValueError(f"unknown command {command!r} (known: {', '.join(protocol.COMMANDS)})")
+
+
+    def _ask_loop(self, command: str, args: dict[str, Any]) -> Any:
+        """Writes go through the loop's inbox; wait for its answer."""
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        self._post(self._make_request(command, args, reply))
+        try:
+            ok, result = reply.get(timeout=LOOP_ANSWER_TIMEOUT)
+        except queue.Empty as e:
+            raise ValueError(f"the agent's loop did not answer within {LOOP_ANSWER_TIMEOUT:g} s") from e
+        if not ok:
+            raise ValueError(result)
+        return result
+
+
+LOOP_ANSWER_TIMEOUT = 5.0  # s
 
 
 def _make_handler(dispatch: Callable[[dict[str, Any]], Any]) -> type[socketserver.StreamRequestHandler]:

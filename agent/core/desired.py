@@ -28,6 +28,7 @@ class DesiredTunnel:
     remote_ip: str
     psk: Secret
     api_status: TunnelApiStatus
+    last_status_change: str = ""  # the API's timestamp of the last UP/DOWN change
     interface: str | None = None  # route mode: this tunnel's XFRM interface
     if_id: int | None = None  # route mode: the interface's and the child's if_id
 
@@ -80,6 +81,7 @@ def desired_connection(
             remote_ip=t.ip,
             psk=t.psk,
             api_status=t.status,
+            last_status_change=t.last_status_change,
             interface=interface_name(key, vpn, t.number) if route else None,
             if_id=interface_id(key, t.number) if route else None,
         )

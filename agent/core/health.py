@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class ProbeStats:
+    sa_id: str = ""  # the IKE SA the probes went through: a new SA starts a clean slate
     sent: int = 0
     lost: int = 0
     consecutive_failures: int = 0
@@ -26,3 +27,28 @@ class ProbeStats:
 def probe_healthy(stats: ProbeStats | None, failures: int) -> bool:
     """No probe configured (None) counts as healthy: other signals decide then."""
     return stats is None or stats.consecutive_failures < failures
+
+
+@dataclass(frozen=True)
+class InboundWatch:
+    """Inbound silence of the CHILD_SA that carries traffic (policy mode): packets keep
+    going out and nothing comes back. Counters restart with every new CHILD_SA."""
+
+    child_id: str = ""
+    packets_in: int = 0
+    packets_out: int = 0
+    silent_since: float | None = None  # monotonic s of the first send left unanswered
+    last_send: float | None = None  # monotonic s of the latest send since then
+
+    def update(self, child_id: str, packets_in: int, packets_out: int, now: float) -> "InboundWatch":
+        if child_id != self.child_id or packets_in != self.packets_in:
+            return InboundWatch(child_id, packets_in, packets_out)  # something came back
+        if packets_out > self.packets_out:
+            return InboundWatch(child_id, packets_in, packets_out, self.silent_since or now, now)
+        return self
+
+    def silent_for(self, now: float) -> float:
+        """How long we have kept sending without an answer (idle time does not count)."""
+        if self.silent_since is None or self.last_send is None:
+            return 0.0
+        return self.last_send - self.silent_since

@@ -7,14 +7,12 @@ an agent restart or a charon restart all converge the same way. No side effects.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.core.desired import DesiredConnection
 from agent.core.model import OBJECT_PREFIX, object_name
-from agent.core.observation import ESTABLISHED, LIVE_CHILD_STATES, CharonState, TunnelSas
+from agent.core.observation import CONNECTING, ESTABLISHED, LIVE_CHILD_STATES, CharonState, TunnelSas
 
-# A CONNECTING/absent active tunnel is given this long before the standby takes over.
-ACTIVE_GRACE = 10.0  # s
 # IKEv2 standby is a childless IKE SA (RFC 6023). A peer that refuses childless
 # initiation gets a regular one after this many failed tries; its child is then closed.
 CHILDLESS_ATTEMPTS = 3
@@ -76,6 +74,34 @@ class TunnelTiming:
     attempts: int = 0  # initiates since the tunnel last reached its desired state
     next_attempt_at: float = 0.0  # monotonic s; initiates wait until then (backoff)
     unestablished_since: float | None = None  # monotonic s the IKE SA stopped being up
+    ever_established: bool = False  # since this agent started
+    connecting_since: float | None = None  # monotonic s an IKE SA was first seen CONNECTING
+
+
+def observe_timing(timing: TunnelTiming, sas: TunnelSas, now: float) -> TunnelTiming:
+    """Advance a tunnel's timing by one observation."""
+    up = sas.ike_state == ESTABLISHED
+    connecting = any(sa.state == CONNECTING for sa in sas.ike_sas) and not up
+    return replace(
+        timing,
+        unestablished_since=None if up else (timing.unestablished_since or now),
+        ever_established=timing.ever_established or up,
+        connecting_since=(timing.connecting_since or now) if connecting else None,
+    )
+
+
+def plan_stuck(conn: DesiredConnection, charon: CharonState, timing: dict[str, TunnelTiming],
+               now: float, connect_timeout: float) -> list[Action]:
+    """An IKE SA still CONNECTING after connect_timeout is dropped, so the next initiate
+    (backoff permitting) starts afresh: charon's own retransmits grow to 40 s and more,
+    far too slow to notice an endpoint that came back from maintenance."""
+    actions: list[Action] = []
+    for tunnel in conn.tunnels:
+        since = timing.get(tunnel.conn_name, TunnelTiming()).connecting_since
+        if since is not None and now - since >= connect_timeout:
+            sas = charon.tunnel(tunnel.conn_name)
+            actions += [TerminateIke(tunnel.conn_name, sa.uniqueid) for sa in sas.ike_sas if sa.state == CONNECTING]
+    return actions
 
 
 def tunnel_fingerprint(conn: DesiredConnection, number: int) -> str:
@@ -126,27 +152,14 @@ def _terminate_all(conn_name: str, sas: TunnelSas) -> list[Action]:
     return [TerminateIke(conn_name, sa.uniqueid) for sa in sas.ike_sas]
 
 
-def choose_active(
-    conn: DesiredConnection,
-    charon: CharonState,
-    current: int | None,
-    timing: dict[str, TunnelTiming],
-    now: float,
-) -> int:
-    """Which tunnel should carry the CHILD_SA (policy mode).
-
-    First call (agent start): adopt the tunnel that already carries a child, so a
-    restart changes nothing; else tunnel 1. Later: keep it unless its IKE SA has been
-    down for ACTIVE_GRACE while the other one is established."""
-    sas = {t.number: charon.tunnel(t.conn_name) for t in conn.tunnels}
-    if current is None:
-        return next((n for n in (1, 2) if sas[n].installed_child is not None), 1)
-    other = 3 - current
-    since = timing.get(conn.tunnel(current).conn_name, TunnelTiming()).unestablished_since
-    current_down = sas[current].ike_state != ESTABLISHED and since is not None and now - since >= ACTIVE_GRACE
-    if current_down and sas[other].ike_state == ESTABLISHED:
-        return other  # ACTIVE -> STANDBY for `current`, STANDBY -> ACTIVE for `other`
-    return current
+def adopt_active(conn: DesiredConnection, charon: CharonState, preferred: int | None) -> int:
+    """Policy mode at agent start: the tunnel that already carries a CHILD_SA keeps
+    carrying it, so a restart changes nothing; else the preferred tunnel, else 1.
+    Later decisions belong to the failover state machine."""
+    carrying = [t.number for t in conn.tunnels if charon.tunnel(t.conn_name).installed_child is not None]
+    if carrying:
+        return preferred if preferred in carrying else carrying[0]
+    return preferred or 1
 
 
 def plan_policy_mode(
@@ -194,7 +207,22 @@ def reached_desired_state(sas: TunnelSas, is_active: bool) -> bool:
     return sas.ike_state == ESTABLISHED
 
 
-def backoff_delay(attempts: int, jitter: float, *, base: float = 1.0, cap: float = 30.0) -> float:
+def backoff_delay(attempts: int, jitter: float, *, base: float = 1.0, cap: float = 5.0) -> float:
     """Capped exponential backoff. `jitter` in [0, 1) spreads retries by up to 20 %."""
     delay = min(cap, base * 2.0 ** min(max(0, attempts - 1), 32))  # exponent bounded: no overflow
     return delay * (0.8 + 0.4 * jitter)
+
+
+def plan_replace_broken(conn: DesiredConnection, charon: CharonState, active: int, health) -> list[Action]:
+    """A standby tunnel that is up but failed its probes (or went silent) holds stale
+    SAs: the far end forgot them. Drop them so the tunnel is initiated afresh, but only
+    while the active tunnel carries traffic fine (else the probe target may be at fault).
+
+    `health` maps tunnel numbers to failover.TunnelHealth."""
+    standby = conn.tunnel(3 - active)
+    sas = charon.tunnel(standby.conn_name)
+    active_ok = health[active].can_carry and charon.tunnel(conn.tunnel(active).conn_name).installed_child
+    broken = health[standby.number].usable and not health[standby.number].healthy
+    if not (broken and active_ok):
+        return []
+    return _terminate_all(standby.conn_name, sas)

@@ -49,29 +49,10 @@ class DeleteRoute:
 RouteAction = EnsureInterface | RemoveInterface | SetRoute | DeleteRoute
 
 
-def choose_active_route(
-    conn: DesiredConnection,
-    charon: CharonState,
-    net: NetState,
-    current: int | None,
-    healthy: dict[int, bool],
-) -> int:
-    """Which tunnel carries outbound traffic.
-
-    First call (agent start): adopt the tunnel the kernel already routes through, so a
-    restart moves nothing. Later: keep the current tunnel while it is usable (CHILD_SA
-    installed, probes passing); move only to a usable other one."""
-    if current is None:
-        current = _routed_tunnel(conn, net) or 1
-
-    def usable(number: int) -> bool:
-        sas = charon.tunnel(conn.tunnel(number).conn_name)
-        return sas.installed_child is not None and healthy.get(number, True)
-
-    other = 3 - current
-    if not usable(current) and usable(other):
-        return other  # ACTIVE -> STANDBY for `current`, STANDBY -> ACTIVE for `other`
-    return current
+def adopt_active_route(conn: DesiredConnection, net: NetState, preferred: int | None) -> int:
+    """Route mode at agent start: the tunnel the kernel already routes through keeps
+    the traffic, so a restart moves nothing; else the preferred tunnel, else 1."""
+    return _routed_tunnel(conn, net) or preferred or 1
 
 
 def _routed_tunnel(conn: DesiredConnection, net: NetState) -> int | None:

@@ -41,6 +41,18 @@ class TunnelView:
     probe_consecutive_failures: int = 0
     probe_rtt_ms: float | None = None  # of the last answered probe
     probe_healthy: bool = True  # fewer consecutive losses than probe.failures (or no probe)
+    drained: bool = False  # `agentctl drain`: traffic kept away from this tunnel
+    problem: str = ""  # why the tunnel cannot carry traffic now, if it cannot
+
+
+@dataclass(frozen=True)
+class FailoverView:
+    """Traffic moved from one tunnel to the other."""
+
+    at: float  # unix time
+    from_tunnel: int
+    to_tunnel: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class ConnectionView:
     api_error: str | None = None
     api_last_success: float | None = None  # unix time of the last good API answer
     tunnels: tuple[TunnelView, ...] = ()
+    failovers: tuple[FailoverView, ...] = ()  # most recent last
+    failover_counts: dict[str, int] = field(default_factory=dict)  # by kind, since start
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from agent.config import AgentConfig, static_vpn_connection
 from agent.core.health import ProbeStats
 from agent.core.model import ConnectionStatus, Mode
 from agent.core.snapshot import Snapshot
-from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop, ThreadCrashed
+from agent.core.connection_plan import current_probes
+from agent.daemon.messages import ApiAnswer, ApiFailure, ControlRequest, Reload, Stop, ThreadCrashed
 from agent.daemon.reconciler import Reconciler
 from agent.daemon.state import ConnectionRuntime, connection_view, probe_targets
 
@@ -114,6 +115,8 @@ class Controller:
                 self._reconciler.forget_loaded()
             case ProbeResult():
                 self._on_probe_result(message)
+            case ControlRequest(command=command, args=args, reply=reply):
+                reply.put(self._on_control(command, args))
             case ApiAnswer():
                 self._on_api_answer(message)
             case ApiFailure():
@@ -136,7 +139,8 @@ class Controller:
             previous = old.get(conn.key)
             if previous is not None and previous.config.static is None and conn.static is None:
                 # Same Heroku connection: keep what we know of the far end.
-                for attr in ("vpn", "source", "connection_status", "api_last_success", "active", "timing", "probes"):
+                for attr in ("vpn", "source", "connection_status", "api_last_success", "active", "timing", "probes",
+                             "failover", "inbound", "drained", "failovers", "failover_counts"):
                     setattr(runtime, attr, getattr(previous, attr))
             elif conn.static is not None:
                 runtime.vpn, runtime.source, runtime.connection_status = static_vpn_connection(conn), "static", "active"
@@ -191,7 +195,13 @@ class Controller:
         runtime = self._runtimes.get(result.key)
         if runtime is None:
             return
-        previous = runtime.probes.get(result.tunnel, ProbeStats())
+        if runtime.desired is None:
+            return
+        sas = self._reconciler.charon_state.tunnel(runtime.desired.tunnel(result.tunnel).conn_name)
+        if sas.established_ike is None:
+            return  # no SA to blame or credit
+        sa_id = sas.established_ike.uniqueid
+        previous = current_probes(runtime.probes.get(result.tunnel), sas) or ProbeStats(sa_id=sa_id)
         stats = previous.record(result.ok, result.rtt, result.sent_at)
         failures = runtime.config.probe.failures
         if stats.consecutive_failures == failures:
@@ -199,6 +209,40 @@ class Controller:
         elif result.ok and previous.consecutive_failures >= failures:
             log.info("%s: tunnel %d answers probes again", runtime.config.label, result.tunnel)
         runtime.probes[result.tunnel] = stats
+
+    def _on_control(self, command: str, args: dict) -> tuple[bool, object]:
+        """drain N / undrain N: traffic leaves (or may return to) tunnel N."""
+        try:
+            runtime = self._control_target(args.get("connection"))
+            tunnel = args.get("tunnel")
+            if tunnel not in (1, 2):
+                raise ValueError(f"tunnel must be 1 or 2, got {tunnel!r}")
+            if command == "drain":
+                if 3 - tunnel in runtime.drained:
+                    raise ValueError(f"tunnel {3 - tunnel} is drained already: draining both would leave traffic "
+                                     f"nowhere to go; `agentctl undrain {3 - tunnel}` first")
+                runtime.drained.add(tunnel)
+            elif command == "undrain":
+                runtime.drained.discard(tunnel)
+            else:
+                raise ValueError(f"unknown command {command!r}")
+        except ValueError as e:
+            return False, str(e)
+        log.warning("%s: tunnel %d %s by the operator", runtime.config.label, tunnel,
+                    "drained" if command == "drain" else "undrained")
+        return True, {"connection": runtime.config.label, "tunnel": tunnel, "drained": sorted(runtime.drained)}
+
+    def _control_target(self, label: str | None) -> ConnectionRuntime:
+        if label is None:
+            if len(self._runtimes) != 1:
+                names = ", ".join(r.config.label for r in self._runtimes.values())
+                raise ValueError(f"several connections ({names}): name one with --connection SPACE/VPN")
+            return next(iter(self._runtimes.values()))
+        for runtime in self._runtimes.values():
+            if runtime.config.label == label:
+                return runtime
+        names = ", ".join(r.config.label for r in self._runtimes.values())
+        raise ValueError(f"no connection {label} (configured: {names})")
 
     def _on_api_failure(self, failure: ApiFailure) -> None:
         runtime = self._runtimes.get(failure.key)

@@ -29,7 +29,7 @@ from agent.control.server import ControlServer
 from agent.core.snapshot import Snapshot
 from agent.daemon.api_poller import ApiPoller, PollTarget
 from agent.daemon.controller import Controller, resolve_mode
-from agent.daemon.messages import Reload, Stop
+from agent.daemon.messages import ControlRequest, Reload, Stop
 from agent.daemon.reconciler import Reconciler
 
 log = logging.getLogger("agent")
@@ -97,9 +97,10 @@ class Daemon:
         self._notifier = SystemdNotifier()
         self._poller: ApiPoller | None = None
         self._charon = CharonClient(config.strongswan.vici_socket)
-        self._links = LinkManager() if route_unsupported is None else None
-        reconciler = Reconciler(self._charon, self._links, MssClamp() if self._links else None,
-                                detect_local_address=source_address_towards, rand=random.random)
+        self._links = LinkManager()  # also finds our address inside the routable CIDRs
+        reconciler = Reconciler(self._charon, self._links, MssClamp() if route_unsupported is None else None,
+                                detect_local_address=source_address_towards, rand=random.random,
+                                connect_timeout=config.strongswan.connect_timeout)
         self._controller = Controller(
             config,
             reconciler,
@@ -113,7 +114,7 @@ class Daemon:
         self._prober = Prober(self._controller.post)
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._controller.post)
         self._control = ControlServer(
-            config.control_socket, lambda: self._controller.snapshot, self._controller.post, Reload
+            config.control_socket, lambda: self._controller.snapshot, self._controller.post, Reload, ControlRequest
         )
 
     def run(self) -> int:
@@ -139,8 +140,7 @@ class Daemon:
             self._control.stop()
             self._prober.stop()
             self._charon.close()
-            if self._links is not None:
-                self._links.close()
+            self._links.close()
 
     def _start_poller(self, config: AgentConfig) -> None:
         """(Re)start API polling for the Heroku connections of `config`. At start a

@@ -36,3 +36,13 @@ class Reload:
 class ThreadCrashed:
     name: str
     error: str
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """A write from the control socket (drain, undrain). The loop answers on `reply`
+    with (True, result) or (False, message for people)."""
+
+    command: str
+    args: dict
+    reply: object  # queue.SimpleQueue, put() by the loop thread

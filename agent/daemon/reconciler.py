@@ -6,18 +6,18 @@ adapters. Everything is re-derived from the whole state each time.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from agent.adapters.charon import CharonClient, CharonError
 from agent.adapters.links import LinkError, LinkManager
 from agent.adapters.mss_clamp import MssClamp, MssClampError
-from agent.core import planner, route_planner
+from agent.core import connection_plan, planner, route_planner
 from agent.core.desired import DesiredConnection, desired_connection
-from agent.core.health import probe_healthy
 from agent.core.model import Mode
 from agent.core.netstate import NetState, source_inside
-from agent.core.observation import ESTABLISHED, CharonState
+from agent.core.observation import CharonState
 from agent.daemon.state import ConnectionRuntime
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,11 @@ class Reconciler:
         *,
         detect_local_address: Callable[[str], str | None],
         rand: Callable[[], float],
+        wall: Callable[[], float] = time.time,
+        connect_timeout: float = 5.0,
     ) -> None:
+        self._wall = wall
+        self._connect_timeout = connect_timeout
         self._charon = charon
         self._links = links
         self._mss = mss
@@ -55,7 +59,7 @@ class Reconciler:
     def run(self, runtimes: list[ConnectionRuntime], now: float) -> None:
         self.charon_state = self._observe_charon()
         routed = [r for r in runtimes if r.mode is Mode.ROUTE]
-        if self._links is not None and routed:
+        if self._links is not None:  # routes and interfaces, and our addresses (probe source)
             self.net_state = self._observe_net()
         for runtime in runtimes:
             runtime.desired = self._desired(runtime)
@@ -123,45 +127,15 @@ class Reconciler:
     def _reconcile_connection(self, runtime: ConnectionRuntime, now: float) -> None:
         conn = runtime.desired
         assert conn is not None
-        charon = self.charon_state
-        for tunnel in conn.tunnels:
-            timing = runtime.timing.get(tunnel.conn_name, planner.TunnelTiming())
-            up = charon.tunnel(tunnel.conn_name).ike_state == ESTABLISHED
-            since = None if up else (timing.unestablished_since or now)
-            runtime.timing[tunnel.conn_name] = replace(timing, unestablished_since=since)
-        if conn.mode is Mode.ROUTE:
-            self._reconcile_route_mode(runtime, conn, now)
-        else:
-            self._reconcile_policy_mode(runtime, conn, now)
-
-    def _reconcile_policy_mode(self, runtime: ConnectionRuntime, conn: DesiredConnection, now: float) -> None:
-        charon = self.charon_state
-        active = planner.choose_active(conn, charon, runtime.active, runtime.timing, now)
-        self._set_active(runtime, conn, active)
-        self._reset_backoff(runtime, conn, lambda n: n == active)
-        self._apply(planner.plan_policy_mode(conn, charon, active, runtime.timing, now), now, runtime)
-
-    def _reconcile_route_mode(self, runtime: ConnectionRuntime, conn: DesiredConnection, now: float) -> None:
-        charon = self.charon_state
-        healthy = {n: probe_healthy(runtime.probes.get(n), runtime.config.probe.failures) for n in (1, 2)}
-        active = route_planner.choose_active_route(conn, charon, self.net_state, runtime.active, healthy)
-        self._set_active(runtime, conn, active)
-        self._reset_backoff(runtime, conn, lambda n: True)  # both tunnels want a child
-        self._apply(route_planner.plan_route_tunnels(conn, charon, runtime.timing, now), now, runtime)
-        if self._links is not None and self._apply_net(route_planner.plan_routes(conn, charon, self.net_state, active)):
+        decision = connection_plan.decide(conn, self.charon_state, self.net_state, runtime.inputs(self._connect_timeout),
+                                          now, self._wall())
+        runtime.apply_decision(decision, self._wall())
+        if decision.switch_reason:
+            log.warning("%s: failover from tunnel %d to tunnel %d: %s", conn.label, decision.previous_active,
+                        decision.failover.active, decision.switch_reason)
+        self._apply(decision.charon_actions, now, runtime)
+        if self._links is not None and self._apply_net(decision.net_actions):
             self.net_state = self._observe_net()
-
-    def _set_active(self, runtime: ConnectionRuntime, conn: DesiredConnection, active: int) -> None:
-        if runtime.active is not None and active != runtime.active:
-            log.warning("%s: moving traffic from tunnel %d to tunnel %d", conn.label, runtime.active, active)
-        runtime.active = active
-
-    def _reset_backoff(self, runtime: ConnectionRuntime, conn: DesiredConnection, wants_child) -> None:
-        for tunnel in conn.tunnels:
-            sas = self.charon_state.tunnel(tunnel.conn_name)
-            if planner.reached_desired_state(sas, wants_child(tunnel.number)):
-                timing = runtime.timing[tunnel.conn_name]
-                runtime.timing[tunnel.conn_name] = replace(timing, attempts=0, next_attempt_at=0.0)
 
     # -- applying ----------------------------------------------------------------------
     def _apply(self, actions: list[planner.Action], now: float, runtime: ConnectionRuntime | None) -> bool:

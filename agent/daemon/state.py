@@ -6,16 +6,21 @@ the immutable view other threads read.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from agent.adapters.probe import ProbeTarget
 from agent.config import ConnectionConfig
+from agent.core.connection_plan import ConnectionDecision, ConnectionInputs, current_probes
 from agent.core.desired import DesiredConnection
-from agent.core.health import ProbeStats, probe_healthy
+from agent.core.failover import FailoverPolicy, FailoverState, TunnelHealth
+from agent.core.health import InboundWatch, ProbeStats, probe_healthy
 from agent.core.model import Mode, VpnConnection
 from agent.core.observation import CharonState
 from agent.core.planner import TunnelTiming
-from agent.core.snapshot import ConnectionView, Health, TunnelView, connection_health
+from agent.core.snapshot import ConnectionView, FailoverView, Health, TunnelView, connection_health
+
+FAILOVERS_KEPT = 50  # recent failover events shown in status
 
 
 @dataclass
@@ -30,26 +35,63 @@ class ConnectionRuntime:
     api_error_kind: str | None = None
     api_last_success: float | None = None
     local_address: str | None = None  # config value, else detected
-    active: int | None = None  # policy mode: the tunnel that carries the CHILD_SA
+    active: int | None = None  # the tunnel that carries traffic (failover state's copy)
     desired: DesiredConnection | None = None
     timing: dict[str, TunnelTiming] = field(default_factory=dict)
     probes: dict[int, ProbeStats] = field(default_factory=dict)  # by tunnel number
+    failover: FailoverState | None = None
+    inbound: InboundWatch | None = None
+    drained: set[int] = field(default_factory=set)
+    health: dict[int, TunnelHealth] = field(default_factory=dict)
+    failovers: deque[FailoverView] = field(default_factory=lambda: deque(maxlen=FAILOVERS_KEPT))
+    failover_counts: dict[str, int] = field(default_factory=dict)  # by reason, since start
 
     @property
     def key(self) -> str:
         return self.config.key
 
+    def inputs(self, connect_timeout: float) -> ConnectionInputs:
+        policy = FailoverPolicy(preferred=self.config.preferred_tunnel, hold_down=self.config.failback_hold_down)
+        return ConnectionInputs(
+            failover=self.failover, timing=dict(self.timing), probes=dict(self.probes), inbound=self.inbound,
+            drained=frozenset(self.drained), policy=policy, probe_failures=self.config.probe.failures,
+            connect_timeout=connect_timeout,
+        )
+
+    def apply_decision(self, decision: ConnectionDecision, wall_now: float) -> None:
+        self.failover = decision.failover
+        self.active = decision.failover.active
+        self.timing = dict(decision.timing)
+        self.inbound = decision.inbound
+        self.health = dict(decision.health)
+        if decision.switch_reason and decision.previous_active is not None:
+            self.failovers.append(FailoverView(wall_now, decision.previous_active, decision.failover.active,
+                                               decision.switch_reason))
+            kind = failover_kind(decision.switch_reason)
+            self.failover_counts[kind] = self.failover_counts.get(kind, 0) + 1
+
+
+def failover_kind(reason: str) -> str:
+    """A stable label for a failover reason (metrics count by it)."""
+    for word, kind in (("drained", "drain"), ("maintenance", "announced"), ("failback", "failback"),
+                       ("probes", "probe"), ("inbound", "silence")):
+        if word in reason:
+            return kind
+    return "down"
+
 
 def probe_targets(runtimes: list[ConnectionRuntime]) -> list[ProbeTarget]:
     """Route mode: probe each tunnel through its own interface, so the standby path is
-    verified continuously. Needs a probe target and a source inside the routable CIDRs."""
+    verified continuously; policy mode: the active tunnel. Needs a probe target and a
+    source inside the routable CIDRs."""
     targets = []
     for runtime in runtimes:
         conn, probe = runtime.desired, runtime.config.probe
         if conn is None or probe.target is None or conn.source_address is None:
             continue
         for tunnel in conn.tunnels:
-            if tunnel.interface is not None:
+            # Policy mode: only the active tunnel has a CHILD_SA, reached by the policy.
+            if tunnel.interface is not None or tunnel.number == runtime.active:
                 targets.append(ProbeTarget(
                     key=runtime.key, tunnel=tunnel.number, target=probe.target, source=conn.source_address,
                     interface=tunnel.interface, interval=probe.interval, timeout=min(probe.interval, 1.0),
@@ -79,6 +121,8 @@ def connection_view(runtime: ConnectionRuntime, charon: CharonState) -> Connecti
         api_error=runtime.api_error,
         api_last_success=runtime.api_last_success,
         tunnels=tunnels,
+        failovers=tuple(runtime.failovers),
+        failover_counts=dict(runtime.failover_counts),
     )
 
 
@@ -104,7 +148,9 @@ def _tunnel_view(runtime: ConnectionRuntime, number: int, charon: CharonState) -
         packets_out=sum(c.packets_out for c in sas.children),
         last_inbound_seconds=child.use_in if child else None,
         interface=desired.interface,
-        **_probe_fields(runtime.probes.get(number), runtime.config.probe.failures),
+        drained=number in runtime.drained,
+        problem=runtime.health[number].problem if number in runtime.health else "",
+        **_probe_fields(current_probes(runtime.probes.get(number), sas), runtime.config.probe.failures),
     )
 
 

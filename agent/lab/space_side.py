@@ -180,10 +180,14 @@ class SpaceSide:
         self._terminate(number, force=False)
         log.info("space side: tunnel %s terminated gracefully", number)
 
+    def block(self, number: int) -> None:
+        """Blackhole the endpoint (an endpoint under maintenance answers nothing)."""
+        self._nft("add", "element", "inet", NFT_TABLE, NFT_SET, "{ %s }" % self._ip(number))
+
     def silent_down(self, number: int) -> None:
         """Blackhole the endpoint, then forget its SA without the peer noticing:
         the customer only finds out through DPD."""
-        self._nft("add", "element", "inet", NFT_TABLE, NFT_SET, "{ %s }" % self._ip(number))
+        self.block(number)
         self._terminate(number, force=True)
         if self.route_based and len(self.tunnels) > 1:
             # AWS answers over a tunnel that is still up.

@@ -28,7 +28,7 @@ from agent.core.model import ConnectionStatus, Mode, Secret, TunnelApiStatus
 REPO = Path(__file__).resolve().parents[2]
 PSK1 = "tunnel-one-very-secret-key"
 PSK2 = "tunnel-two-very-secret-key"
-CONNECTION_KEYS = "space, vpn, local_address, local_id, mode, probe, static, source_address, tunnel_mtu, tcp_mss"
+CONNECTION_KEYS = "space, vpn, local_address, local_id, mode, probe, static, source_address, tunnel_mtu, tcp_mss, preferred_tunnel, failback_hold_down"
 NO_DIR = Path("/nonexistent-config-dir")
 
 
@@ -81,7 +81,7 @@ def test_defaults():
     assert config == AgentConfig(connections=(ConnectionConfig("acme-space", "office"),))
     assert config.api == ApiConfig("https://api.heroku.com", None, 30.0, 10.0)
     assert config.strongswan.vici_socket == "/var/run/charon.vici"
-    assert config.strongswan.initiate_timeout == 30.0
+    assert config.strongswan.connect_timeout == 5.0
     assert config.state_dir == "/var/lib/space-vpn-agent"
     assert config.control_socket == "/run/space-vpn-agent/control.sock"
     assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9813)
@@ -96,7 +96,7 @@ def test_explicit_values():
     data = {
         "api": {"url": "http://127.0.0.1:8080/", "token_file": "token", "poll_interval": "1m",
                 "timeout": 2},
-        "strongswan": {"vici_socket": "/tmp/charon.vici", "initiate_timeout": "1500ms"},
+        "strongswan": {"vici_socket": "/tmp/charon.vici", "connect_timeout": "1500ms"},
         "state_dir": "state",
         "control_socket": "/tmp/agent.sock",
         "metrics": {"listen": "[::1]:9100"},
@@ -106,7 +106,7 @@ def test_explicit_values():
     }
     config = parse_config(data, base_dir=Path("/etc/agent"))
     assert config.api == ApiConfig("http://127.0.0.1:8080", "/etc/agent/token", 60.0, 2.0)
-    assert config.strongswan.initiate_timeout == 1.5
+    assert config.strongswan.connect_timeout == 1.5
     assert config.state_dir == "/etc/agent/state"
     assert (config.metrics.host, config.metrics.port) == ("::1", 9100)
     assert config.log_level == "debug"
@@ -177,8 +177,8 @@ def test_empty_sections_mean_defaults():
      "and name that file with token_file"),
     (minimal(api={"token_file": ""}), "api.token_file: expected a non-empty string, "
                                       "got an empty string"),
-    (minimal(strongswan={"initiate_timeout": True}),
-     "strongswan.initiate_timeout: 'True' is not a duration (use e.g. 10s, 500ms, 5m)"),
+    (minimal(strongswan={"connect_timeout": True}),
+     "strongswan.connect_timeout: 'True' is not a duration (use e.g. 10s, 500ms, 5m)"),
     (minimal(state_dir=5), "state_dir: expected a non-empty string, got a number"),
     (minimal(log_level="verbose"),
      "log_level: 'verbose' is not a log level (use debug, info, warning or error)"),

@@ -224,8 +224,9 @@ def test_failed_initiates_back_off(config_file):
         controller.reconcile_pass()
         tries.append(sum(1 for call in charon.calls if call == ("initiate", T1)))
         clock.now += 0.5
-    # attempts at 0 s, then after 1, 2, 4, 8 s (jitter 0.5 -> factor 1.0): 5 in 20 s
-    assert tries[-1] == 5
+    # attempts at 0 s, then after 1, 2, 4 s, then every 5 s (the cap; jitter 0.5 ->
+    # factor 1.0): at 0, 1, 3, 7, 12 and 17 s
+    assert tries[-1] == 6
 
 
 def test_invalid_reload_keeps_the_running_config(config_file):
@@ -245,3 +246,59 @@ def test_stop_ends_the_loop(config_file):
     assert controller.handle(Stop()) is False
     controller.post(Stop())
     assert controller.run() == 0
+
+
+def drain(controller, command: str, tunnel: int, connection: str | None = None):
+    import queue
+
+    from agent.daemon.messages import ControlRequest
+
+    reply: queue.SimpleQueue = queue.SimpleQueue()
+    controller.handle(ControlRequest(command, {"tunnel": tunnel, "connection": connection}, reply))
+    return reply.get_nowait()
+
+
+def test_drain_moves_traffic_make_before_break_and_records_the_failover(config_file):
+    charon = FakeCharon()
+    clock = Clock()
+    controller, _ = make_controller(config_file, charon, clock)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    old_child = charon.sas[T1].installed_child.uniqueid
+    charon.calls.clear()
+
+    assert drain(controller, "drain", 1) == (True, {"connection": "acme-space/office", "tunnel": 1, "drained": [1]})
+    controller.reconcile_pass()
+    # the standby's child first; the old child goes once the new one is installed
+    assert charon.calls[0] == ("initiate-child", T2)
+    controller.reconcile_pass()
+    assert ("terminate-child", old_child) in charon.calls
+    view = controller.snapshot.connections[0]
+    assert [(t.number, t.role, t.drained) for t in view.tunnels] == [(1, "standby", True), (2, "active", False)]
+    assert [(f.from_tunnel, f.to_tunnel, f.reason) for f in view.failovers] == [(1, 2, "drained by the operator")]
+    assert view.failover_counts == {"drain": 1}
+
+    assert drain(controller, "drain", 2) == (False, "tunnel 1 is drained already: draining both would leave "
+                                                    "traffic nowhere to go; `agentctl undrain 1` first")
+    assert drain(controller, "undrain", 1)[0] is True
+    assert drain(controller, "drain", 3) == (False, "tunnel must be 1 or 2, got 3")
+    assert drain(controller, "drain", 1, "other/vpn") == (False, "no connection other/vpn "
+                                                                 "(configured: acme-space/office)")
+
+
+def test_peer_delete_of_the_active_tunnel_fails_over_at_once(config_file):
+    charon = FakeCharon()
+    clock = Clock()
+    controller, _ = make_controller(config_file, charon, clock)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    controller.reconcile_pass()  # sees both tunnels up
+    charon.sas.pop(T1)  # the space side sent DELETE: the IKE SA and its child are gone
+    charon.calls.clear()
+    controller.reconcile_pass()
+    assert charon.calls[0] == ("initiate-child", T2)  # no grace once it had been up
+    view = controller.snapshot.connections[0]
+    assert [(f.from_tunnel, f.to_tunnel, f.reason) for f in view.failovers] == [(1, 2, "IKE SA down")]
+    clock.now += 2
+    controller.reconcile_pass()
+    assert ("initiate-ike", T1) in charon.calls  # and tunnel 1 comes back as the standby

@@ -17,7 +17,6 @@ from agent.core.model import (
 )
 from agent.core.observation import CONNECTING, ESTABLISHED, INSTALLED, CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.planner import (
-    ACTIVE_GRACE,
     CHILDLESS_ATTEMPTS,
     InitiateChild,
     InitiateIke,
@@ -28,7 +27,7 @@ from agent.core.planner import (
     UnloadConn,
     UnloadShared,
     backoff_delay,
-    choose_active,
+    adopt_active,
     plan_objects,
     plan_policy_mode,
     reached_desired_state,
@@ -184,36 +183,27 @@ def test_plan_objects(desired, configured, loaded, charon, expected):
     assert plan_objects(desired, configured, loaded, charon) == expected
 
 
-# -- choose_active --------------------------------------------------------------------
+# -- adopt_active ---------------------------------------------------------------------
 
-def down_since(seconds_ago: float, name: str = T1) -> dict[str, TunnelTiming]:
-    return {name: TunnelTiming(unestablished_since=NOW - seconds_ago)}
-
-
-CHOOSE_ACTIVE_CASES = [
-    pytest.param(None, observed(), {}, 1, id="cold-start-defaults-to-1"),
-    pytest.param(None, observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("20", name=T2))), {}, 2,
+ADOPT_CASES = [
+    pytest.param(observed(), None, 1, id="cold-start-defaults-to-1"),
+    pytest.param(observed(), 2, 2, id="cold-start-takes-the-preferred"),
+    pytest.param(observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("20", name=T2))), None, 2,
                  id="adopt-tunnel-2-carrying-the-child"),
-    pytest.param(None, observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8", ESTABLISHED, child("20", name=T2))),
-                 {}, 1, id="adopt-prefers-1-when-both-carry"),
-    pytest.param(None, observed(ike(T1, "7", ESTABLISHED, child("12", "REKEYING")), ike(T2, "8")), {}, 1,
+    pytest.param(observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("20", name=T2))), 1, 2,
+                 id="adopt-beats-preference"),
+    pytest.param(observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8", ESTABLISHED, child("20", name=T2))),
+                 None, 1, id="both-carry-first-wins"),
+    pytest.param(observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8", ESTABLISHED, child("20", name=T2))),
+                 2, 2, id="both-carry-preferred-wins"),
+    pytest.param(observed(ike(T1, "7", ESTABLISHED, child("12", "REKEYING")), ike(T2, "8")), None, 1,
                  id="adopt-ignores-non-installed-child"),
-    pytest.param(1, observed(ike(T1, "7", CONNECTING), ike(T2, "8")), down_since(ACTIVE_GRACE - 0.1), 1,
-                 id="keep-current-within-grace"),
-    pytest.param(1, observed(ike(T2, "8")), down_since(ACTIVE_GRACE), 2,
-                 id="switch-after-grace-when-other-established"),
-    pytest.param(1, observed(ike(T2, "8", CONNECTING)), down_since(60), 1,
-                 id="no-switch-when-other-not-established"),
-    pytest.param(1, observed(ike(T2, "8")), {}, 1, id="no-switch-without-down-time"),
-    pytest.param(2, observed(ike(T1, "7")), down_since(30, T2), 1, id="switch-back-from-2-to-1"),
-    pytest.param(1, observed(ike(T1, "7", ESTABLISHED, child("12")), ike(T2, "8")), {}, 1,
-                 id="steady-state-keeps-1"),
 ]
 
 
-@pytest.mark.parametrize("current, charon, timing, expected", CHOOSE_ACTIVE_CASES)
-def test_choose_active(current, charon, timing, expected):
-    assert choose_active(CONN, charon, current, timing, NOW) == expected
+@pytest.mark.parametrize("charon, preferred, expected", ADOPT_CASES)
+def test_adopt_active(charon, preferred, expected):
+    assert adopt_active(CONN, charon, preferred) == expected
 
 
 # -- plan_policy_mode -----------------------------------------------------------------
@@ -256,7 +246,7 @@ def test_plan_policy_mode(charon, active, timing, expected):
 
 def test_adopted_state_after_restart_tears_nothing_down():
     charon = observed(ike(T1, "7"), ike(T2, "8", ESTABLISHED, child("20", name=T2)))
-    active = choose_active(CONN, charon, None, {}, NOW)
+    active = adopt_active(CONN, charon, None)
     actions = plan_objects([CONN], {KEY}, {}, charon) + plan_policy_mode(CONN, charon, active, {}, NOW)
     assert active == 2
     assert actions == [LoadTunnel(CONN, 1, FP1), LoadTunnel(CONN, 2, FP2)]
@@ -286,7 +276,7 @@ def test_reached_desired_state(sas, is_active, expected):
 
 @pytest.mark.parametrize(
     "attempts, expected",
-    [(0, 1.0), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0), (6, 30.0), (20, 30.0)],
+    [(0, 1.0), (1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (5, 5.0), (20, 5.0)],
 )
 def test_backoff_grows_exponentially_up_to_the_cap(attempts, expected):
     assert backoff_delay(attempts, 0.5) == pytest.approx(expected)  # jitter 0.5 = factor 1.0
@@ -306,9 +296,9 @@ def test_backoff_honours_custom_base_and_cap():
 
 @pytest.mark.parametrize("attempts", [1025, 5000])
 def test_backoff_stays_capped_after_hours_of_failed_attempts(attempts):
-    # attempts only reset once a tunnel reaches its desired state; at ~30 s per
-    # attempt a peer down overnight passes 1024 attempts.
-    assert backoff_delay(attempts, 0.5) == pytest.approx(30.0)
+    # attempts only reset once a tunnel reaches its desired state; at ~5 s per
+    # attempt a peer down for a couple of hours passes 1024 attempts.
+    assert backoff_delay(attempts, 0.5) == pytest.approx(5.0)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from agent.cli import agentctl
 from agent.cli.render import render_status
 from agent.control.server import ControlServer
-from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView
+from agent.core.snapshot import ConnectionView, FailoverView, Health, Snapshot, TunnelView
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -68,18 +68,25 @@ DOWN = snapshot(
 ROUTE = snapshot(office(Health.DEGRADED, "redundancy lost: tunnel 1 fails its probes", (
     tunnel_view(1, child_state="INSTALLED", role="standby", established_seconds=600, interface="svoffice3fa2-1",
                 probe_sent=600, probe_lost=4, probe_consecutive_failures=4, probe_rtt_ms=None,
-                probe_healthy=False),
+                probe_healthy=False, problem="4 probes lost"),
     tunnel_view(2, child_state="INSTALLED", role="active", established_seconds=7300, interface="svoffice3fa2-2",
                 bytes_in=10_485_760, bytes_out=3_145_728, last_inbound_seconds=0,
                 probe_sent=7300, probe_lost=0, probe_rtt_ms=1.234),
-), mode="route", mode_reason="auto: route, the kernel has XFRM interfaces"))
+), mode="route", mode_reason="auto: route, the kernel has XFRM interfaces",
+   failovers=(FailoverView(1700000030.0, 1, 2, "4 probes lost"),), failover_counts={"probe": 1}))
+
+DRAINED = snapshot(office(Health.OK, "tunnel 2 active, redundancy ok", (
+    tunnel_view(1, role="standby", drained=True, established_seconds=30),
+    tunnel_view(2, child_state="INSTALLED", role="active", established_seconds=7300),
+), failovers=(FailoverView(1700000000.0, 2, 1, "IKE SA down"), FailoverView(1700000050.0, 1, 2,
+                                                                            "drained by the operator"))))
 
 
 @pytest.mark.parametrize(
     "snap, golden",
     [(OK, "status_ok.txt"), (DEGRADED, "status_degraded.txt"), (DOWN, "status_down.txt"),
-     (ROUTE, "status_route.txt")],
-    ids=["ok", "degraded", "down", "route"],
+     (ROUTE, "status_route.txt"), (DRAINED, "status_drained.txt")],
+    ids=["ok", "degraded", "down", "route", "drained"],
 )
 def test_render_matches_golden_text(snap, golden):
     expected = (GOLDEN / golden).read_text(encoding="utf-8")

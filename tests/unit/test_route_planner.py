@@ -14,7 +14,7 @@ from agent.core.route_planner import (
     EnsureInterface,
     RemoveInterface,
     SetRoute,
-    choose_active_route,
+    adopt_active_route,
     mss_rules,
     plan_interfaces,
     plan_route_tunnels,
@@ -117,20 +117,18 @@ def test_plan_routes(charon, routes, active, expected):
 
 
 @pytest.mark.parametrize(
-    ("charon", "routes", "current", "healthy", "expected"),
+    ("routes", "preferred", "expected"),
     [
-        (BOTH_UP, (), None, {}, 1),  # fresh start, nothing routed: tunnel 1
-        (BOTH_UP, (Route(DST, IF2, ACTIVE_METRIC, SRC),), None, {}, 2),  # restart: adopt what the kernel routes
-        (BOTH_UP, (), 1, {1: False, 2: True}, 2),  # probes fail on 1
-        (BOTH_UP, (), 1, {1: False, 2: False}, 1),  # both fail: stay
-        (sas((T1, False), (T2, True)), (), 1, {}, 2),  # child of 1 gone
-        (sas((T1, True), (T2, True)), (), 2, {}, 2),  # no failback without a reason
+        ((), None, 1),  # fresh start, nothing routed: tunnel 1
+        ((), 2, 2),  # fresh start with a preference
+        ((Route(DST, IF2, ACTIVE_METRIC, SRC),), None, 2),  # restart: adopt what the kernel routes
+        ((Route(DST, IF2, ACTIVE_METRIC, SRC),), 1, 2),  # ... even against the preference
+        ((Route(DST, IF1, STANDBY_METRIC, SRC),), None, 1),  # only a standby route: not adopted
     ],
-    ids=["fresh", "adopt", "probe-failover", "both-bad", "child-gone", "no-failback"],
+    ids=["fresh", "fresh-preferred", "adopt", "adopt-beats-preference", "standby-route-only"],
 )
-def test_choose_active_route(charon, routes, current, healthy, expected):
-    net = NetState(links=LINKS, routes=routes)
-    assert choose_active_route(CONN, charon, net, current, healthy) == expected
+def test_adopt_active_route(routes, preferred, expected):
+    assert adopt_active_route(CONN, NetState(links=LINKS, routes=routes), preferred) == expected
 
 
 def test_both_tunnels_get_a_child_in_route_mode():

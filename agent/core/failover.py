@@ -1,0 +1,159 @@
+"""Which tunnel carries traffic: one failover state machine for both modes.
+
+The modes differ only in how a switch is carried out (policy: make-before-break of the
+CHILD_SA; route: move the route) and in what "usable" means, which `assess` folds into
+TunnelHealth. `step` holds every transition. No side effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from agent.core.health import InboundWatch, ProbeStats, probe_healthy
+from agent.core.model import TunnelApiStatus
+from agent.core.observation import ESTABLISHED, TunnelSas
+
+# A tunnel never established since the agent started gets this long before the other
+# one takes over (both are initiated together at a cold start).
+STARTUP_GRACE = 10.0  # s
+SILENCE_TIMEOUT = 5.0  # s of outbound packets without any inbound one: the tunnel is dead
+
+
+class IllegalTransition(Exception):
+    """A state the machine cannot be in (a bug, not an operational condition)."""
+
+
+@dataclass(frozen=True)
+class TunnelHealth:
+    """Everything the failover decision needs to know about one tunnel."""
+
+    usable: bool  # its SAs could carry traffic right now
+    healthy: bool = True  # no failure signal: probes answered, no inbound silence
+    announced_down: bool = False  # the Platform API says DOWN: maintenance announced
+    drained: bool = False  # the operator asked to move traffic away
+    problem: str = ""  # why not usable/healthy, for events and status
+
+    @property
+    def can_carry(self) -> bool:
+        return self.usable and self.healthy
+
+    @property
+    def wanted(self) -> bool:
+        """A tunnel traffic may be moved to by choice (not only in an emergency)."""
+        return self.can_carry and not self.announced_down and not self.drained
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    preferred: int | None = None  # failback target; None = stay where traffic is
+    hold_down: float = 60.0  # s the preferred tunnel must stay wanted before failback
+    flap_window: float = 600.0  # s over which failures of a tunnel are counted
+    max_hold_down: float = 600.0  # s, cap of the damped hold-down
+    # If probes fail on the new tunnel too within this long, the probe target (not the
+    # tunnels) is the likely problem: no more probe-driven switching until it answers.
+    probe_blame_window: float = 60.0  # s
+
+
+@dataclass(frozen=True)
+class FailoverState:
+    active: int
+    last_switch: float | None = None  # monotonic s
+    preferred_wanted_since: float | None = None  # monotonic s
+    # (tunnel, monotonic s, soft) within flap_window; soft = usable but failing probes
+    failures: tuple[tuple[int, float, bool], ...] = ()
+
+    def damped_hold_down(self, tunnel: int, policy: FailoverPolicy) -> float:
+        """Each recent failure of `tunnel` doubles the hold-down (flap damping)."""
+        flaps = sum(1 for number, _, _ in self.failures if number == tunnel)
+        return min(policy.max_hold_down, policy.hold_down * 2 ** max(0, flaps - 1))
+
+
+def step(
+    state: FailoverState, health: dict[int, TunnelHealth], policy: FailoverPolicy, now: float
+) -> tuple[FailoverState, str | None]:
+    """The next state, and the reason when traffic moves (None when it stays)."""
+    if state.active not in (1, 2) or set(health) != {1, 2}:
+        raise IllegalTransition(f"active tunnel {state.active} with health for {sorted(health)}")
+    current, other = state.active, 3 - state.active
+    here, there = health[current], health[other]
+    failures = tuple(f for f in state.failures if now - f[1] < policy.flap_window)
+    state = replace(state, failures=failures, preferred_wanted_since=_wanted_since(state, health, policy, now))
+
+    if not here.can_carry and there.can_carry:
+        soft = here.usable  # up, but its probes (or inbound packets) say otherwise
+        blamed_before = any(n == other and f_soft and now - t < policy.probe_blame_window
+                            for n, t, f_soft in failures)
+        if not (soft and blamed_before):
+            # ACTIVE -> STANDBY (current), STANDBY -> ACTIVE (other): an emergency, so
+            # even a drained or announced tunnel takes the traffic rather than lose it.
+            reason = here.problem or "tunnel unusable"
+            return _switch(state, other, now, failures + ((current, now, soft),)), reason
+    if here.can_carry and (here.drained or here.announced_down) and there.wanted:
+        # ACTIVE -> STANDBY, STANDBY -> ACTIVE: move before the announced loss bites.
+        reason = "drained by the operator" if here.drained else "maintenance announced (Platform API: DOWN)"
+        flap = () if here.drained else ((current, now, False),)  # an announced tunnel may flap
+        return _switch(state, other, now, failures + flap), reason
+    preferred = policy.preferred
+    if preferred == other and here.can_carry and there.wanted and state.preferred_wanted_since is not None:
+        settled = now - state.preferred_wanted_since >= state.damped_hold_down(other, policy)
+        if settled:
+            # ACTIVE -> STANDBY, STANDBY -> ACTIVE: failback after a stable hold-down.
+            return _switch(state, other, now, failures), f"failback to preferred tunnel {other}"
+    return state, None  # ACTIVE stays ACTIVE
+
+
+def _wanted_since(state: FailoverState, health: dict[int, TunnelHealth], policy: FailoverPolicy,
+                  now: float) -> float | None:
+    if policy.preferred is None or not health[policy.preferred].wanted:
+        return None
+    return state.preferred_wanted_since if state.preferred_wanted_since is not None else now
+
+
+def _switch(state: FailoverState, to: int, now: float, failures: tuple[tuple[int, float, bool], ...]) -> FailoverState:
+    return FailoverState(active=to, last_switch=now, preferred_wanted_since=None, failures=failures)
+
+
+def assess(
+    *,
+    sas: TunnelSas,
+    route_mode: bool,
+    is_active: bool,
+    ever_established: bool,
+    unestablished_since: float | None,
+    probes: ProbeStats | None,
+    probe_failures: int,
+    inbound: InboundWatch | None,
+    api_status: TunnelApiStatus,
+    api_down_since: float | None,
+    sa_established_at: float | None,
+    drained: bool,
+    now: float,
+) -> TunnelHealth:
+    """Fold what is known of one tunnel into TunnelHealth. Times: `now` and
+    `unestablished_since` monotonic; `api_down_since` and `sa_established_at` unix.
+
+    usable: route mode needs an installed CHILD_SA; policy mode an established IKE SA
+    (the active tunnel's child is re-initiated on it in one Quick Mode).
+    announced_down: the API turned DOWN after our SA came up. A DOWN older than our SA
+    is stale telemetry (e.g. at start), and in policy mode a standby without CHILD_SA
+    is DOWN for AWS by nature: neither announces anything."""
+    if route_mode:
+        usable, problem = sas.installed_child is not None, "no CHILD_SA"
+    else:
+        usable, problem = sas.ike_state == ESTABLISHED, "IKE SA down"
+    if not usable and not ever_established and unestablished_since is not None:
+        usable = now - unestablished_since < STARTUP_GRACE  # still coming up at start
+    healthy = True
+    if not probe_healthy(probes, probe_failures):
+        healthy, problem = False, f"{probes.consecutive_failures} probes lost" if probes else "probes lost"
+    elif inbound is not None and inbound.silent_for(now) >= SILENCE_TIMEOUT:
+        healthy, problem = False, "no inbound packets while sending"
+    announced = (
+        api_status is TunnelApiStatus.DOWN
+        and (route_mode or is_active)
+        and api_down_since is not None
+        and sa_established_at is not None
+        and sa_established_at < api_down_since
+    )
+    return TunnelHealth(usable=usable, healthy=healthy, announced_down=announced, drained=drained,
+                        problem="" if usable and healthy else problem)
