@@ -26,11 +26,24 @@ from typing import Any
 import vici
 
 from agent.lab import kernel_vm
-from agent.lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
+from agent.lab.agent_process import (
+    AgentProcess,
+    heroku_agent_config,
+    is_redundant,
+    tunnels_of,
+    write_secret_file,
+)
 from agent.lab.cli import SPACE, VPN, start_fake_api
 from agent.lab.lab import Lab
 from agent.lab.space_side import PROPOSAL, SpaceSideError
-from agent.lab.topology import CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR, SPACE_CIDR, SPACE_HOST_IP, TUNNEL_IPS
+from agent.lab.topology import (
+    CUSTOMER_HOST_IP,
+    CUSTOMER_PUBLIC_IP,
+    ROUTABLE_CIDR,
+    SPACE_CIDR,
+    SPACE_HOST_IP,
+    TUNNEL_IPS,
+)
 from agent.lab.traffic import Pinger, ping
 
 log = logging.getLogger(__name__)
@@ -62,7 +75,7 @@ class BenchError(Exception):
 
 def ms_lost(lost: int, spacing_s: float) -> int:
     """Traffic lost in ms: lost pings x the time between two pings."""
-    return int(round(lost * spacing_s * 1000))
+    return round(lost * spacing_s * 1000)
 
 
 def packet_spacing(elapsed_s: float, sent: int, interval_s: float) -> float:
@@ -132,7 +145,7 @@ def report_document(runs: list[dict[str, Any]], *, interval_s: float, started: f
 
 
 def _iso(unix: float) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat(timespec="seconds")
 
 
 # --- the two systems under test ------------------------------------------------------------
@@ -191,7 +204,7 @@ class AgentSystem:
     def drain(self, number: int, undo: bool = False) -> str:
         verb = "undrain" if undo else "drain"
         argv = [sys.executable, "-m", "agent.cli.agentctl", "--socket", self.agent.control_socket, verb, str(number)]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
         if result.returncode != 0:
             raise BenchError(f"agentctl {verb} {number} failed (exit {result.returncode}): "
                              f"{result.stderr.strip()[-200:]}")
@@ -254,11 +267,11 @@ class SeedSystem:
         with self.lab.customer_charon.connected(timeout_s=5.0) as session:
             entries = list(session.list_sas())
         found: dict[int, list[dict]] = {1: [], 2: []}
+        numbers = {seed_name(n): n for n in found}
         for entry in entries:
             for name, ike in entry.items():
-                for number in found:
-                    if name == seed_name(number):
-                        found[number].append(ike)
+                if name in numbers:
+                    found[numbers[name]].append(ike)
         return found
 
     def redundant(self) -> bool:
@@ -568,8 +581,8 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
     document = report_document(runs, interval_s=interval, started=started, finished=time.time(), notes=notes)
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     rows = [build_row(r) for r in runs]
-    md_notes = [f"Ping every {interval * 1000:g} ms, IKEv{IKE_VERSION}; generated {document['generated_at']} "
-                f"by `space-vpn-lab bench` in {document['duration_s']:.0f} s.", *notes]
+    md_notes = [(f"Ping every {interval * 1000:g} ms, IKEv{IKE_VERSION}; generated {document['generated_at']} "
+                 f"by `space-vpn-lab bench` in {document['duration_s']:.0f} s."), *notes]
     (out_dir / "bench.md").write_text(format_markdown(rows, md_notes))
     print()
     print(format_table(rows), end="")
