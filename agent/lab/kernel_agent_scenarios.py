@@ -18,6 +18,7 @@ from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, interface_name
 from agent.lab import kernel_scenarios as ks
 from agent.lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
 from agent.lab.cli import SPACE, VPN, start_fake_api
+from agent.lab.fake_api import FakePlatformApi
 from agent.lab.lab import Lab
 from agent.lab.topology import CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR, SPACE_HOST_IP
 from agent.lab.traffic import Pinger
@@ -28,7 +29,8 @@ T1, T2 = f"svpn-{KEY}-t1", f"svpn-{KEY}-t2"
 UP_TIMEOUT = 120  # s; TCG emulation makes modp2048 and Python start-up slow
 
 
-def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *, mode: str) -> AgentProcess:
+def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *,
+                mode: str) -> tuple[AgentProcess, FakePlatformApi]:
     token = "HRKU-" + secrets.token_hex(16)
     api = stack.enter_context(start_fake_api(lab, token))
     workdir = ctx.workdir / "agent"
@@ -42,7 +44,7 @@ def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *, mode: st
     agent = AgentProcess(workdir, lab.topology.cust_ns, config)
     stack.callback(agent.stop)
     agent.start()
-    return agent
+    return agent, api
 
 
 def both_children(status: dict) -> bool:
@@ -91,7 +93,7 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
     with ExitStack() as stack:
         lab = stack.enter_context(ctx.lab(space_route_based=True))
         ns = lab.topology.cust_ns
-        agent = start_agent(stack, ctx, lab, mode="auto")
+        agent, api = start_agent(stack, ctx, lab, mode="auto")
         ok, detail = wait(agent, lambda s: both_children(s) and routes(ns) and len(routes(ns)) == 2)
         if not ctx.check("both_children_installed", ok, detail):
             return
@@ -122,6 +124,10 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
 
         _restart_adopts(ctx, lab, agent)
         _silent_failover(ctx, lab, agent)
+        _endpoint_returns(ctx, lab, agent)
+        _announced(ctx, lab, agent, api)
+        _drain(ctx, lab, agent)
+        _graceful(ctx, lab, agent)
 
 
 def _restart_adopts(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
@@ -162,6 +168,57 @@ def _silent_failover(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> 
               f"{result.transmitted} at 50 ms ({result.lost * 50} ms)")
 
 
+def _endpoint_returns(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    """After the silent loss, tunnel 1's endpoint comes back: the agent re-establishes
+    it (its stale SAs were dropped) and both tunnels carry a CHILD_SA again."""
+    lab.space.restore(1)
+    ok, detail = wait(agent, lambda s: both_children(s) and all(t["probe_healthy"] for t in tunnels_of(s).values())
+                      and tunnels_of(s)[1]["probe_sent"] > 0, 60)
+    ctx.check("endpoint_returns_as_standby", ok, detail)
+
+
+def _moves(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, name: str, to: int, act) -> None:
+    """Run `act`, expect traffic on tunnel `to`, report the loss seen by a 50 ms ping."""
+    ns = lab.topology.cust_ns
+    with Pinger(ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=200, interval=0.05) as pinger:
+        time.sleep(0.5)
+        act()
+        ok, detail = wait(agent, lambda s: tunnels_of(s)[to]["role"] == "active", 30)
+        time.sleep(1)
+        result = pinger.stop()
+    status = agent.status() or {}
+    failovers = status.get("connections", [{}])[0].get("failovers", [])
+    reason = failovers[-1]["reason"] if failovers else "none"
+    ctx.check(f"{name}_moves_to_tunnel{to}", ok, f"{detail} reason: {reason}; lost {result.lost} of "
+              f"{result.transmitted} at 50 ms")
+    after = ks.customer_ping(lab)
+    ctx.check(f"{name}_traffic_continues", result.received > 0 and after.received == 5,
+              f"{after.received}/{after.transmitted} after")
+
+
+def _announced(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
+    """The API marks the active tunnel (2) DOWN: the route moves before it disappears."""
+    _moves(ctx, lab, agent, "announced", 1, lambda: api.set_tunnel_status(SPACE, VPN, 2, "DOWN", "maintenance"))
+    api.set_tunnel_status(SPACE, VPN, 2, "UP")
+
+
+def _drain(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    def agentctl(*args: str) -> int:
+        return subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "--socket", agent.control_socket, *args],
+                              capture_output=True, text=True, timeout=30).returncode
+
+    _moves(ctx, lab, agent, "drain", 2, lambda: agentctl("drain", "1"))
+    ctx.check("undrain", agentctl("undrain", "1") == 0, "agentctl undrain 1")
+
+
+def _graceful(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    """The space side deletes the active tunnel (2) gracefully and stays a responder:
+    the route moves to tunnel 1 and tunnel 2 comes back with a CHILD_SA."""
+    _moves(ctx, lab, agent, "graceful", 1, lambda: lab.space.graceful_down(2))
+    ok, detail = wait(agent, both_children, 30)
+    ctx.check("graceful_tunnel_returns", ok, detail)
+
+
 @ks.scenario("agent_policy_mode_kernel")
 def agent_policy_mode_kernel(ctx: ks.ScenarioContext) -> None:
     """The policy-mode model on a real kernel: one CHILD_SA, hot standby, traffic flows
@@ -169,7 +226,7 @@ def agent_policy_mode_kernel(ctx: ks.ScenarioContext) -> None:
     with ExitStack() as stack:
         lab = stack.enter_context(ctx.lab())
         ns = lab.topology.cust_ns
-        agent = start_agent(stack, ctx, lab, mode="policy")
+        agent, _api = start_agent(stack, ctx, lab, mode="policy")
         ok, detail = wait(agent, is_redundant)
         if not ctx.check("one_child_and_hot_standby", ok, detail):
             return

@@ -39,7 +39,10 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "restart_ready", "restart_keeps_interfaces", "restart_keeps_sas", "restart_keeps_routes",
         "restart_loses_nothing",
         "failover_moves_active_to_tunnel2", "failover_route_via_tunnel2", "failover_keeps_interface1_up",
-        "failover_traffic_resumes",
+        "failover_traffic_resumes", "endpoint_returns_as_standby",
+        "announced_moves_to_tunnel1", "announced_traffic_continues",
+        "drain_moves_to_tunnel2", "drain_traffic_continues", "undrain",
+        "graceful_moves_to_tunnel1", "graceful_traffic_continues", "graceful_tunnel_returns",
     ),
     "agent_policy_mode_kernel": (
         "one_child_and_hot_standby", "ping_through_policy_mode", "no_XfrmInTmplMismatch", "single_child",
