@@ -135,6 +135,16 @@ def format_markdown(rows: list[dict[str, str]], notes: list[str]) -> str:
     return "\n".join(out) + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
 
 
+def markdown_notes(document: dict[str, Any]) -> list[str]:
+    """What a reader of the pasted table needs: how ms lost was counted, and when."""
+    spacings = [r["spacing_ms"] for r in document["runs"] if r.get("spacing_ms")]
+    measured = f" (measured spacing {min(spacings):g}-{max(spacings):g} ms)" if spacings else ""
+    head = (f"`ping -i {document['interval_s']:g}`{measured}; ms lost = lost pings x measured spacing. "
+            f"IKEv{document['ike_version']}; generated {document['generated_at']} by `space-vpn-lab bench` "
+            f"in {document['duration_s']:.0f} s.")
+    return [head, *document["notes"]]
+
+
 def report_document(runs: list[dict[str, Any]], *, interval_s: float, started: float, finished: float,
                     notes: list[str]) -> dict[str, Any]:
     """The JSON written next to the table: every raw figure of every run."""
@@ -581,9 +591,7 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
     document = report_document(runs, interval_s=interval, started=started, finished=time.time(), notes=notes)
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     rows = [build_row(r) for r in runs]
-    md_notes = [(f"Ping every {interval * 1000:g} ms, IKEv{IKE_VERSION}; generated {document['generated_at']} "
-                 f"by `space-vpn-lab bench` in {document['duration_s']:.0f} s."), *notes]
-    (out_dir / "bench.md").write_text(format_markdown(rows, md_notes))
+    (out_dir / "bench.md").write_text(format_markdown(rows, markdown_notes(document)))
     print()
     print(format_table(rows), end="")
     for note in notes:

@@ -130,3 +130,13 @@ def test_seed_conn_follows_the_article():
     assert (child["start_action"], child["dpd_action"], child["close_action"]) == ("trap", "restart", "none")
     assert child["life_time"] == "3600s" and child["esp_proposals"] == ["aes256-sha256-modp2048"]
     assert (child["local_ts"], child["remote_ts"]) == (["172.16.0.0/16"], ["10.0.0.0/16"])
+
+
+def test_markdown_notes_say_how_ms_lost_was_counted():
+    runs = [_run(spacing_ms=15.8), _run(spacing_ms=11.8), _run(error="x")]
+    doc = bench.report_document(runs, interval_s=0.01, started=1_700_000_000, finished=1_700_000_579,
+                                notes=["route mode: the VM stopped early"])
+    head, *rest = bench.markdown_notes(doc)
+    assert head.startswith("`ping -i 0.01` (measured spacing 11.8-15.8 ms); ms lost = lost pings x measured spacing.")
+    assert "in 579 s" in head
+    assert rest == ["route mode: the VM stopped early"]
