@@ -187,11 +187,12 @@ class SpaceSide:
     def silent_down(self, number: int) -> None:
         """Blackhole the endpoint, then forget its SA without the peer noticing:
         the customer only finds out through DPD."""
+        if self.route_based and len(self.tunnels) > 1:
+            # AWS answers over a tunnel that is still up (moved first, so no reply
+            # heads into the blackhole below).
+            self.answer_via(1 if number != 1 else 2)
         self.block(number)
         self._terminate(number, force=True)
-        if self.route_based and len(self.tunnels) > 1:
-            # AWS answers over a tunnel that is still up.
-            self.answer_via(1 if number != 1 else 2)
         log.info("space side: tunnel %s silently dropped", number)
 
     def restore(self, number: int) -> None:
