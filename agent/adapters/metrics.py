@@ -1,0 +1,224 @@
+"""Prometheus /metrics on `metrics.listen`: one custom Collector over the loop's Snapshot.
+
+Every scrape reads the published Snapshot once and builds fresh metric families from it,
+so a connection or tunnel that leaves the Snapshot simply stops being exported. Nothing
+registers at import time; the server owns its own registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from agent.core.snapshot import ConnectionView, Snapshot, TunnelView
+
+log = logging.getLogger(__name__)
+
+PREFIX = "space_vpn_"
+CONNECTION_LABELS = ("space", "vpn")
+# The tunnel's public IP, never charon's unique ids, SPIs or reqids: those change on
+# every rekey and would turn each rekey into a new series.
+TUNNEL_LABELS = (*CONNECTION_LABELS, "tunnel", "tunnel_ip")
+# Listed even while absent from the view, so a state's series exists at 0 and
+# alerts like `..._ike_state{state="ESTABLISHED"} == 0` work without `absent()`.
+IKE_STATES = ("ESTABLISHED", "CONNECTING", "REKEYING", "DELETING", "DOWN")
+CHILD_STATES = ("INSTALLED", "REKEYING", "NONE")
+# Failover kinds (agent.daemon.state.failover_kind), exported at 0 before the first
+# failover so rate() sees the first increase.
+FAILOVER_REASONS = ("down", "probe", "silence", "announced", "drain", "failback")
+API_UP = {"UP": 1, "DOWN": 0}  # UNKNOWN: no sample
+
+
+class SnapshotCollector(Collector):
+    """Builds every space_vpn_* family from one Snapshot read per scrape."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]):
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        snapshot = self._snapshot()
+        yield from agent_families(snapshot)
+        yield from connection_families(snapshot.connections)
+        yield from tunnel_families(snapshot.connections)
+
+
+def agent_families(snapshot: Snapshot) -> Iterator[Metric]:
+    yield InfoMetricFamily(PREFIX + "build", "Agent and strongSwan (charon) versions.", value={
+        "version": snapshot.agent_version, "strongswan_version": snapshot.charon_version})
+    yield GaugeMetricFamily(PREFIX + "charon_up", "1 when charon answers on its VICI socket, else 0.",
+                            value=int(snapshot.charon_reachable))
+    yield GaugeMetricFamily(PREFIX + "ready", "1 once the agent's first reconcile pass has completed.",
+                            value=int(snapshot.ready))
+    # A loop that hangs keeps serving its last Snapshot: this timestamp exposes that.
+    yield GaugeMetricFamily(PREFIX + "snapshot_timestamp_seconds",
+                            "Unix time the agent's loop published the state these metrics show.",
+                            value=snapshot.generated_at)
+
+
+def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Metric]:
+    health = GaugeMetricFamily(PREFIX + "connection_health",
+                               "Connection health: 0 ok, 1 degraded (redundancy lost), 2 down.",
+                               labels=CONNECTION_LABELS)
+    last_success = GaugeMetricFamily(PREFIX + "api_last_success_timestamp_seconds",
+                                     "Unix time of the last good Platform API answer for the connection.",
+                                     labels=CONNECTION_LABELS)
+    api_errors = CounterMetricFamily(PREFIX + "api_errors_total",
+                                     "Failed Platform API requests since start, by kind.",
+                                     labels=(*CONNECTION_LABELS, "kind"))
+    failovers = CounterMetricFamily(PREFIX + "failovers_total",
+                                    "Traffic moves from one tunnel to the other since start, by reason.",
+                                    labels=(*CONNECTION_LABELS, "reason"))
+    for conn in connections:
+        labels = [conn.space, conn.vpn]
+        health.add_metric(labels, int(conn.health))
+        if conn.api_last_success is not None:
+            last_success.add_metric(labels, conn.api_last_success)
+        # api_errors is being added to ConnectionView: read it defensively until it lands.
+        for kind, count in sorted(getattr(conn, "api_errors", {}).items()):
+            api_errors.add_metric([*labels, kind], count)
+        counts = {reason: 0 for reason in FAILOVER_REASONS} | conn.failover_counts
+        for reason, count in sorted(counts.items()):
+            failovers.add_metric([*labels, reason], count)
+    yield from (health, last_success, api_errors, failovers)
+
+
+def tunnel_families(connections: tuple[ConnectionView, ...]) -> Iterator[Metric]:
+    families = TunnelFamilies()
+    for conn in connections:
+        for tunnel in conn.tunnels:
+            families.add(conn, tunnel)
+    yield from families.all()
+
+
+class TunnelFamilies:
+    """The per-tunnel families of one scrape, filled tunnel by tunnel."""
+
+    def __init__(self) -> None:
+        self.configured = _gauge("tunnel_configured", "1 for every tunnel of a configured connection, up or not.")
+        self.ike_state = _gauge("tunnel_ike_state", "1 for the tunnel's current IKE SA state, 0 for the others.",
+                                "state")
+        self.child_state = _gauge("tunnel_child_state", "1 for the tunnel's current CHILD_SA state, 0 for the others.",
+                                  "state")
+        self.active = _gauge("tunnel_active", "1 when the agent sends traffic through this tunnel, else 0.")
+        self.api_up = _gauge("tunnel_api_up", "Platform API tunnel status: 1 UP, 0 DOWN (maintenance); absent when "
+                                              "unknown.")
+        self.established = _gauge("tunnel_established_timestamp_seconds",
+                                  "Unix time the tunnel's current IKE SA was established.")
+        self.rx_bytes = _counter("tunnel_receive_bytes_total", "Bytes received through the tunnel since start.")
+        self.tx_bytes = _counter("tunnel_transmit_bytes_total", "Bytes sent through the tunnel since start.")
+        self.rx_packets = _counter("tunnel_receive_packets_total", "Packets received through the tunnel since start.")
+        self.tx_packets = _counter("tunnel_transmit_packets_total", "Packets sent through the tunnel since start.")
+        self.last_inbound = _gauge("tunnel_last_inbound_seconds",
+                                   "Seconds since the tunnel's CHILD_SA last received a packet.")
+        self.probe_rtt = _gauge("tunnel_probe_rtt_seconds", "Round-trip time of the last answered data-path probe.")
+        self.probes = _counter("tunnel_probes_total", "Data-path probes sent through the tunnel since start.")
+        self.probe_failures = _counter("tunnel_probe_failures_total",
+                                       "Data-path probes through the tunnel that got no answer, since start.")
+        self.drained = _gauge("tunnel_drained", "1 while an operator keeps traffic away from the tunnel "
+                                                "(agentctl drain), else 0.")
+        self.initiates = _counter("tunnel_initiates_total", "IKE SA initiations of the tunnel since start, by result.",
+                                  "result")
+
+    def all(self) -> list[Metric]:
+        return list(vars(self).values())
+
+    def add(self, conn: ConnectionView, tunnel: TunnelView) -> None:
+        labels = [conn.space, conn.vpn, str(tunnel.number), tunnel.ip]
+        self.configured.add_metric(labels, 1)
+        _add_states(self.ike_state, labels, IKE_STATES, tunnel.ike_state)
+        _add_states(self.child_state, labels, CHILD_STATES, tunnel.child_state)
+        self.active.add_metric(labels, int(tunnel.role == "active"))
+        if tunnel.api_status in API_UP:
+            self.api_up.add_metric(labels, API_UP[tunnel.api_status])
+        # established_at, *_total and initiates are being added to TunnelView: read them
+        # defensively until they land.
+        established_at = getattr(tunnel, "established_at", None)
+        if established_at is not None:
+            self.established.add_metric(labels, established_at)
+        self.rx_bytes.add_metric(labels, _total(tunnel, "bytes_in"))
+        self.tx_bytes.add_metric(labels, _total(tunnel, "bytes_out"))
+        self.rx_packets.add_metric(labels, _total(tunnel, "packets_in"))
+        self.tx_packets.add_metric(labels, _total(tunnel, "packets_out"))
+        if tunnel.last_inbound_seconds is not None:
+            self.last_inbound.add_metric(labels, tunnel.last_inbound_seconds)
+        if tunnel.probe_rtt_ms is not None:
+            self.probe_rtt.add_metric(labels, tunnel.probe_rtt_ms / 1000)
+        self.probes.add_metric(labels, tunnel.probe_sent)
+        self.probe_failures.add_metric(labels, tunnel.probe_lost)
+        self.drained.add_metric(labels, int(tunnel.drained))
+        for result, count in sorted(getattr(tunnel, "initiates", {}).items()):
+            self.initiates.add_metric([*labels, result], count)
+
+
+def _gauge(name: str, documentation: str, *extra_labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, labels=(*TUNNEL_LABELS, *extra_labels))
+
+
+def _counter(name: str, documentation: str, *extra_labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, documentation, labels=(*TUNNEL_LABELS, *extra_labels))
+
+
+def _add_states(family: GaugeMetricFamily, labels: list[str], known: tuple[str, ...], current: str) -> None:
+    # A state charon reports that the list lacks still shows, rather than every state at 0.
+    states = known if current in known or not current else (*known, current)
+    for state in states:
+        family.add_metric([*labels, state], int(state == current))
+
+
+def _total(tunnel: TunnelView, name: str) -> int:
+    """The loop's running total across CHILD_SAs; before it exists, the current SAs' sum
+    (which drops on a rekey, and Prometheus then counts a counter reset)."""
+    total = getattr(tunnel, f"{name}_total", None)
+    return getattr(tunnel, name) if total is None else total
+
+
+class MetricsServer:
+    """Serves the agent's own registry over HTTP from a daemon thread."""
+
+    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot]):
+        self._host = host
+        self._port = port
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(snapshot))
+        ProcessCollector(registry=self.registry)  # process_* (CPU, memory, fds) of the agent
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (port 0 asks the kernel for a free one)."""
+        return self._server.server_port if self._server is not None else self._port
+
+    def start(self) -> None:
+        try:
+            self._server, self._thread = start_http_server(self._port, addr=self._host, registry=self.registry)
+        except OSError as e:
+            raise OSError(e.errno, f"metrics.listen {self.address}: cannot serve /metrics: "
+                                   f"{e.strerror or e}") from e
+        log.info("metrics on http://%s/metrics", self.address)
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None

@@ -1,0 +1,210 @@
+"""/metrics: the collector against a hand-reviewed golden exposition, the Prometheus
+naming rules (promtool when installed), counters that only grow, and a real HTTP
+scrape of MetricsServer on a loopback port."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+from agent.adapters.metrics import MetricsServer, SnapshotCollector
+from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+ALLOWED_LABELS = {"space", "vpn", "tunnel", "tunnel_ip", "state", "kind", "reason", "result", "version",
+                  "strongswan_version"}
+
+
+def _with_pending(cls, fields: dict):
+    """Fields the loop is adding to the views (established_at, *_total, initiates,
+    api_errors) are set on the instance until the dataclass declares them, so the
+    golden text stays the same before and after they land."""
+    declared = {f.name for f in dataclasses.fields(cls)}
+    built = cls(**{k: v for k, v in fields.items() if k in declared})
+    for name, value in fields.items():
+        if name not in declared:
+            object.__setattr__(built, name, value)
+    return built
+
+
+def tunnel_view(number: int, **fields) -> TunnelView:
+    defaults = {"number": number, "ip": f"203.0.113.1{number}", "api_status": "UP", "ike_state": "ESTABLISHED",
+                "child_state": "NONE", "role": "standby"}
+    return _with_pending(TunnelView, {**defaults, **fields})
+
+
+def connection(vpn: str, health: Health, tunnels: tuple[TunnelView, ...], **fields) -> ConnectionView:
+    defaults = {"space": "acme-space", "vpn": vpn, "mode": "policy", "mode_reason": "configured", "source": "api",
+                "connection_status": "active", "health": health, "summary": "", "tunnels": tunnels}
+    return _with_pending(ConnectionView, {**defaults, **fields})
+
+
+def snapshot(*connections: ConnectionView, **fields) -> Snapshot:
+    defaults = {"agent_version": "1.2.0", "started_at": 1700000000.0, "generated_at": 1700000060.0,
+                "charon_reachable": True, "charon_version": "5.9.13", "ready": True, "connections": connections}
+    return Snapshot(**{**defaults, **fields})
+
+
+OFFICE = connection("office", Health.OK, (
+    tunnel_view(1, child_state="INSTALLED", role="active", established_seconds=3725, established_at=1699996335.0,
+                bytes_in=2048, bytes_out=1024, packets_in=20, packets_out=10,
+                bytes_in_total=1572864, bytes_out_total=524288, packets_in_total=1210, packets_out_total=987,
+                last_inbound_seconds=2, probe_sent=120, probe_lost=1, probe_rtt_ms=12.5,
+                initiates={"success": 3, "timeout": 1}),
+    tunnel_view(2, established_seconds=75, established_at=1699999985.0, drained=True,
+                initiates={"success": 1}),
+), api_last_success=1700000050.0, api_errors={"rate_limited": 2, "unavailable": 5},
+    failover_counts={"announced": 1, "failback": 1})
+
+# Configured but down: API maintenance on tunnel 1, tunnel 2 in a state the list lacks.
+LAB = connection("lab", Health.DOWN, (
+    tunnel_view(1, api_status="DOWN", ike_state="DOWN", role="active"),
+    tunnel_view(2, api_status="UNKNOWN", ike_state="PASSIVE", child_state="NONE"),
+), mode="route", source="cache")
+
+GOLDEN_SNAPSHOT = snapshot(OFFICE, LAB)
+
+
+def exposition(snap: Snapshot) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: snap))
+    return generate_latest(registry).decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_golden_exposition():
+    assert exposition(GOLDEN_SNAPSHOT) == GOLDEN.read_text()
+
+
+def test_one_snapshot_read_per_scrape():
+    calls = []
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: calls.append(1) or GOLDEN_SNAPSHOT))
+    generate_latest(registry)
+    assert len(calls) == 1
+
+
+def test_configured_but_down_tunnel_stays_exported():
+    down = snapshot(connection("lab", Health.DOWN, (
+        tunnel_view(1, api_status="DOWN", ike_state="DOWN", role="active"),
+        tunnel_view(2, ike_state="DOWN"),
+    )), charon_reachable=False)
+    found = samples(exposition(down))
+    for number, ip in (("1", "203.0.113.11"), ("2", "203.0.113.12")):
+        labels = (("space", "acme-space"), ("tunnel", number), ("tunnel_ip", ip), ("vpn", "lab"))
+        assert found["space_vpn_tunnel_configured", labels] == 1
+        assert found["space_vpn_tunnel_ike_state", tuple(sorted((*labels, ("state", "DOWN"))))] == 1
+        assert found["space_vpn_tunnel_receive_bytes_total", labels] == 0
+    assert found["space_vpn_charon_up", ()] == 0
+
+
+def test_optional_values_are_absent_not_zero():
+    text = exposition(GOLDEN_SNAPSHOT)
+    lab_tunnel_2 = 'tunnel="2",tunnel_ip="203.0.113.12",vpn="lab"'
+    for name in ("space_vpn_tunnel_api_up", "space_vpn_tunnel_established_timestamp_seconds",
+                 "space_vpn_tunnel_last_inbound_seconds", "space_vpn_tunnel_probe_rtt_seconds"):
+        assert f"{name}{{space=\"acme-space\",{lab_tunnel_2}}}" not in text
+    assert 'space_vpn_api_last_success_timestamp_seconds{space="acme-space",vpn="lab"}' not in text
+
+
+def test_connections_that_leave_the_snapshot_stop_being_exported():
+    assert 'vpn="lab"' in exposition(GOLDEN_SNAPSHOT)
+    assert 'vpn="lab"' not in exposition(snapshot(OFFICE))
+
+
+def test_counters_end_in_total_and_never_decrease():
+    later = snapshot(connection("office", Health.OK, (
+        # A rekey: the new CHILD_SA starts from zero, the loop's totals keep growing.
+        tunnel_view(1, child_state="INSTALLED", role="active", bytes_in=0, bytes_out=0, packets_in=0, packets_out=0,
+                    bytes_in_total=1600000, bytes_out_total=530000, packets_in_total=1300, packets_out_total=1000,
+                    probe_sent=130, probe_lost=1, initiates={"success": 3, "timeout": 2}),
+        tunnel_view(2, initiates={"success": 1}),
+    ), api_errors={"rate_limited": 2, "unavailable": 6}, failover_counts={"announced": 2, "failback": 1}))
+    before, after = exposition(snapshot(OFFICE)), exposition(later)
+    counters = [f for f in text_string_to_metric_families(before) if f.type == "counter"]
+    assert counters
+    for family in counters:
+        assert family.name.startswith("space_vpn_")
+        assert all(s.name.endswith("_total") for s in family.samples), family.name
+    old, new = samples(before), samples(after)
+    for key, value in old.items():
+        if key[0].endswith("_total"):
+            assert new[key] >= value, key
+
+
+def test_byte_counters_fall_back_to_the_current_sas_until_totals_exist():
+    if "bytes_in_total" in {f.name for f in dataclasses.fields(TunnelView)}:
+        pytest.skip("TunnelView carries the loop's totals")
+    found = samples(exposition(snapshot(connection("office", Health.OK, (tunnel_view(1, bytes_in=77),)))))
+    labels = (("space", "acme-space"), ("tunnel", "1"), ("tunnel_ip", "203.0.113.11"), ("vpn", "office"))
+    assert found["space_vpn_tunnel_receive_bytes_total", labels] == 77
+
+
+def test_labels_never_carry_charon_ids():
+    names = {name for _, labels in samples(exposition(GOLDEN_SNAPSHOT)) for name, _ in labels}
+    assert names <= ALLOWED_LABELS
+    assert not names & {"uniqueid", "unique_id", "spi", "reqid", "ike_id", "child_id"}
+
+
+def test_no_secret_reaches_the_snapshot_or_the_exposition():
+    views = (Snapshot, ConnectionView, TunnelView)
+    fields = {f.name.lower() for cls in views for f in dataclasses.fields(cls)}
+    assert not [f for f in fields if any(word in f for word in ("psk", "token", "secret", "password", "key"))]
+    text = exposition(GOLDEN_SNAPSHOT).lower()
+    assert not any(word in text for word in ("psk", "token", "secret", "password"))
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is not installed (Debian package prometheus)")
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    return path
+
+
+def test_promtool_accepts_the_exposition(promtool):
+    result = subprocess.run([promtool, "check", "metrics"], input=exposition(GOLDEN_SNAPSHOT),
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metrics_server_serves_its_own_registry():
+    default_before = {m.name for m in REGISTRY.collect()}
+    server = MetricsServer("127.0.0.1", 0, lambda: GOLDEN_SNAPSHOT)
+    server.start()
+    try:
+        response = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+    finally:
+        server.stop()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'space_vpn_tunnel_configured{space="acme-space",tunnel="1"' in response.text
+    assert "process_cpu_seconds_total" in response.text
+    assert {m.name for m in REGISTRY.collect()} == default_before
+
+
+def test_port_in_use_names_the_address_and_the_config_key():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = MetricsServer("127.0.0.1", port, lambda: GOLDEN_SNAPSHOT)
+        with pytest.raises(OSError, match=f"metrics.listen 127.0.0.1:{port}"):
+            server.start()
+    server.stop()  # never started: nothing to do
