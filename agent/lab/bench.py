@@ -57,7 +57,7 @@ PREFIX = "svb"
 PROBE = {"target": SPACE_HOST_IP, "interval": "100ms", "failures": 3}
 SYSTEMS = ("agent", "strongswan")
 MODES = ("policy", "route")
-ROUTE_SCENARIOS = ("a", "c")
+ROUTE_SCENARIOS = ("a", "b", "c", "d")
 DEFAULT_JSON = Path("bench-results/bench.json")
 INITIATE_TIMEOUT_MS = 20_000
 #: What "plain strongSwan like the seed" means on each data path (recorded in the JSON).
