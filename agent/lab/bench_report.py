@@ -1,0 +1,93 @@
+"""Pure parts of the failover benchmark: ms-lost arithmetic, the table row of a run, the
+plain-text table, the markdown for the README and the JSON document. No side effects: the
+caller measures, this module only turns figures into text and data.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any
+
+IKE_VERSION = 1
+REDUNDANCY_CAP_S = 60.0
+#: What "plain strongSwan like the seed" means on each data path (recorded in the JSON).
+BASELINE_DATA_PATH = {
+    "policy": "seed conns vpn1+vpn2, both children up, userspace ESP (kernel-libipsec)",
+    "route": "seed conns vpn1+vpn2 (policy-based, as the article), both children up, kernel ESP",
+}
+
+
+def ms_lost(lost: int, spacing_s: float) -> int:
+    """Traffic lost in ms: lost pings x the time between two pings."""
+    return round(lost * spacing_s * 1000)
+
+
+def packet_spacing(elapsed_s: float, sent: int, interval_s: float) -> float:
+    """Seconds between two pings as measured; iputils ping often sends slower than its
+    -i (16 ms for -i 0.01 on the lab hosts), never faster, so the nominal is the floor."""
+    if sent <= 0:
+        return interval_s
+    return max(interval_s, elapsed_s / sent)
+
+
+def ping_count(traffic_s: float, interval_s: float) -> int:
+    return max(1, math.ceil(traffic_s / interval_s))
+
+def restored_cell(run: dict[str, Any]) -> str:
+    if run.get("error"):
+        return "error: " + run["error"].splitlines()[0][:60]
+    if run.get("restore_s") is None:
+        return f"never (> {run.get('restore_cap_s', REDUNDANCY_CAP_S):g} s)"
+    return f"{run['restore_s']:.1f} s"
+
+
+def build_row(run: dict[str, Any]) -> dict[str, str]:
+    """The table cells of one run."""
+    lost = "error" if run.get("ms_lost") is None else str(run["ms_lost"])
+    return {"mode": run["mode"], "scenario": f"{run['scenario']} {run['scenario_name']}",
+            "system": run["system"], "ms_lost": lost, "restored": restored_cell(run)}
+
+
+HEADERS = {"mode": "mode", "scenario": "scenario", "system": "system", "ms_lost": "ms lost",
+           "restored": "redundancy restored"}
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    """Plain text, columns padded; ms lost right-aligned."""
+    keys = list(HEADERS)
+    widths = {k: max([len(HEADERS[k]), *(len(r[k]) for r in rows)]) for k in keys}
+
+    def line(cells: dict[str, str]) -> str:
+        parts = [cells[k].rjust(widths[k]) if k == "ms_lost" else cells[k].ljust(widths[k]) for k in keys]
+        return "  ".join(parts).rstrip()
+    return "\n".join([line(HEADERS), *(line(r) for r in rows)]) + "\n"
+
+
+def format_markdown(rows: list[dict[str, str]], notes: list[str]) -> str:
+    out = ["| " + " | ".join(HEADERS.values()) + " |", "|---|---|---|---:|---|"]
+    out += ["| " + " | ".join(r[k].replace("|", "/") for k in HEADERS) + " |" for r in rows]
+    return "\n".join(out) + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
+
+
+def markdown_notes(document: dict[str, Any]) -> list[str]:
+    """What a reader of the pasted table needs: how ms lost was counted, and when."""
+    spacings = [r["spacing_ms"] for r in document["runs"] if r.get("spacing_ms")]
+    measured = f" (measured spacing {min(spacings):g}-{max(spacings):g} ms)" if spacings else ""
+    head = (f"`ping -i {document['interval_s']:g}`{measured}; ms lost = lost pings x measured spacing. "
+            f"IKEv{document['ike_version']}; generated {document['generated_at']} by `space-vpn-lab bench` "
+            f"in {document['duration_s']:.0f} s.")
+    return [head, *document["notes"]]
+
+
+def report_document(runs: list[dict[str, Any]], *, interval_s: float, started: float, finished: float,
+                    notes: list[str]) -> dict[str, Any]:
+    """The JSON written next to the table: every raw figure of every run."""
+    return {"schema": 1, "generated_at": utc_iso(finished), "started_at": utc_iso(started),
+            "duration_s": round(finished - started, 1), "interval_s": interval_s,
+            "ike_version": IKE_VERSION, "redundancy_cap_s": REDUNDANCY_CAP_S,
+            "baseline": BASELINE_DATA_PATH, "notes": notes, "runs": runs}
+
+
+def utc_iso(unix: float) -> str:
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat(timespec="seconds")
