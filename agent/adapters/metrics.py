@@ -86,7 +86,7 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
         if conn.api_last_success is not None:
             last_success.add_metric(labels, conn.api_last_success)
         # api_errors is being added to ConnectionView: read it defensively until it lands.
-        for kind, count in sorted(getattr(conn, "api_errors", {}).items()):
+        for kind, count in sorted(conn.api_errors.items()):
             api_errors.add_metric([*labels, kind], count)
         counts = {reason: 0 for reason in FAILOVER_REASONS} | conn.failover_counts
         for reason, count in sorted(counts.items()):
@@ -144,7 +144,7 @@ class TunnelFamilies:
             self.api_up.add_metric(labels, API_UP[tunnel.api_status])
         # established_at, *_total and initiates are being added to TunnelView: read them
         # defensively until they land.
-        established_at = getattr(tunnel, "established_at", None)
+        established_at = tunnel.established_at
         if established_at is not None:
             self.established.add_metric(labels, established_at)
         self.rx_bytes.add_metric(labels, _total(tunnel, "bytes_in"))
@@ -158,7 +158,7 @@ class TunnelFamilies:
         self.probes.add_metric(labels, tunnel.probe_sent)
         self.probe_failures.add_metric(labels, tunnel.probe_lost)
         self.drained.add_metric(labels, int(tunnel.drained))
-        for result, count in sorted(getattr(tunnel, "initiates", {}).items()):
+        for result, count in sorted(tunnel.initiates.items()):
             self.initiates.add_metric([*labels, result], count)
 
 
@@ -178,10 +178,8 @@ def _add_states(family: GaugeMetricFamily, labels: list[str], known: tuple[str, 
 
 
 def _total(tunnel: TunnelView, name: str) -> int:
-    """The loop's running total across CHILD_SAs; before it exists, the current SAs' sum
-    (which drops on a rekey, and Prometheus then counts a counter reset)."""
-    total = getattr(tunnel, f"{name}_total", None)
-    return getattr(tunnel, name) if total is None else total
+    """The loop's running total across CHILD_SAs (charon's own restart per CHILD_SA)."""
+    return getattr(tunnel, f"{name}_total")
 
 
 class MetricsServer:

@@ -41,7 +41,7 @@ class StrongswanConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     #: Prometheus endpoint as "host:port" or "[v6addr]:port"; "" turns metrics off.
-    listen: str = "127.0.0.1:9813"
+    listen: str = "127.0.0.1:19813"
 
     @property
     def enabled(self) -> bool:
@@ -154,13 +154,13 @@ def split_listen(listen: str) -> tuple[str, int]:
     """("host", port) from "host:port" or "[v6addr]:port"; ValueError says what is wrong."""
     host, sep, port_text = listen.strip().rpartition(":")
     if not sep:
-        raise ValueError(f"'{listen}' is not host:port (e.g. 127.0.0.1:9813)")
+        raise ValueError(f"'{listen}' is not host:port (e.g. 127.0.0.1:19813)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not _is_ip(host, version=6):
             raise ValueError(f"'{listen}': only an IPv6 address goes in brackets")
     elif ":" in host:
-        raise ValueError(f"'{listen}': put an IPv6 address in brackets, e.g. [::1]:9813")
+        raise ValueError(f"'{listen}': put an IPv6 address in brackets, e.g. [::1]:19813")
     elif not host:
         raise ValueError(f"'{listen}' has no host; use 0.0.0.0:{port_text} for every address")
     elif not (_is_ip(host) or _HOSTNAME.fullmatch(host)):

@@ -116,7 +116,7 @@ def _metrics(raw: object, problems: list[str]) -> MetricsConfig:
     if listen is None or listen == "":
         return MetricsConfig(listen="")
     if not isinstance(listen, str):
-        problems.append(f"metrics.listen: expected host:port (e.g. 127.0.0.1:9813), "
+        problems.append(f"metrics.listen: expected host:port (e.g. 127.0.0.1:19813), "
                         f"got {_describe(listen)}")
         return MetricsConfig()
     try:

@@ -52,3 +52,31 @@ class InboundWatch:
         if self.silent_since is None or self.last_send is None:
             return 0.0
         return self.last_send - self.silent_since
+
+
+@dataclass(frozen=True)
+class TrafficTotals:
+    """Bytes and packets of one tunnel as true counters: charon's restart with every
+    new CHILD_SA (rekey, re-establishment), so children that are gone are kept here.
+    Values are (bytes_in, bytes_out, packets_in, packets_out)."""
+
+    retired: tuple[int, int, int, int] = (0, 0, 0, 0)
+    live: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()  # by CHILD_SA uniqueid
+
+    def update(self, children) -> "TrafficTotals":
+        """`children`: the tunnel's ChildSa objects as observed now."""
+        current = {c.uniqueid: (c.bytes_in, c.bytes_out, c.packets_in, c.packets_out) for c in children}
+        retired = list(self.retired)
+        for child_id, counts in self.live:
+            if child_id in current:  # a live counter never goes back
+                current[child_id] = tuple(max(a, b) for a, b in zip(current[child_id], counts))
+            else:
+                retired = [r + c for r, c in zip(retired, counts)]
+        return TrafficTotals(tuple(retired), tuple(sorted(current.items())))
+
+    @property
+    def totals(self) -> tuple[int, int, int, int]:
+        result = list(self.retired)
+        for _, counts in self.live:
+            result = [r + c for r, c in zip(result, counts)]
+        return tuple(result)

@@ -42,6 +42,13 @@ class TunnelView:
     probe_rtt_ms: float | None = None  # of the last answered probe
     probe_healthy: bool = True  # fewer consecutive losses than probe.failures (or no probe)
     drained: bool = False  # `agentctl drain`: traffic kept away from this tunnel
+    established_at: float | None = None  # unix time the current IKE SA came up
+    # Counters across every CHILD_SA since the agent started (charon's restart per SA).
+    bytes_in_total: int = 0
+    bytes_out_total: int = 0
+    packets_in_total: int = 0
+    packets_out_total: int = 0
+    initiates: dict[str, int] = field(default_factory=dict)  # initiate requests by result
     problem: str = ""  # why the tunnel cannot carry traffic now, if it cannot
 
 
@@ -68,6 +75,7 @@ class ConnectionView:
     api_error: str | None = None
     api_last_success: float | None = None  # unix time of the last good API answer
     tunnels: tuple[TunnelView, ...] = ()
+    api_errors: dict[str, int] = field(default_factory=dict)  # Platform API failures by kind
     failovers: tuple[FailoverView, ...] = ()  # most recent last
     failover_counts: dict[str, int] = field(default_factory=dict)  # by kind, since start
 

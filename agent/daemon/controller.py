@@ -140,7 +140,8 @@ class Controller:
             if previous is not None and previous.config.static is None and conn.static is None:
                 # Same Heroku connection: keep what we know of the far end.
                 for attr in ("vpn", "source", "connection_status", "api_last_success", "active", "timing", "probes",
-                             "failover", "inbound", "drained", "failovers", "failover_counts"):
+                             "failover", "inbound", "drained", "failovers", "failover_counts",
+                             "traffic", "initiates", "api_errors"):
                     setattr(runtime, attr, getattr(previous, attr))
             elif conn.static is not None:
                 runtime.vpn, runtime.source, runtime.connection_status = static_vpn_connection(conn), "static", "active"
@@ -251,6 +252,7 @@ class Controller:
         if failure.message != runtime.api_error:
             log.error("%s: Platform API: %s (tunnels are left as they are)", runtime.config.label, failure.message)
         runtime.api_error, runtime.api_error_kind = failure.message, failure.kind
+        runtime.api_errors[failure.kind] = runtime.api_errors.get(failure.kind, 0) + 1
 
     # -- reconcile -------------------------------------------------------------------
     def reconcile_pass(self) -> None:
@@ -274,7 +276,7 @@ class Controller:
             charon_reachable=charon.reachable,
             charon_version=charon.version,
             ready=self._ready,
-            connections=tuple(connection_view(r, charon) for r in self._runtimes.values()),
+            connections=tuple(connection_view(r, charon, self._wall()) for r in self._runtimes.values()),
             errors=self._errors,
         )
 

@@ -20,6 +20,7 @@ from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import PlatformApi
 from agent.adapters.links import LinkManager, xfrm_interface_support
+from agent.adapters.metrics import MetricsServer
 from agent.adapters.mss_clamp import MssClamp
 from agent.adapters.netinfo import source_address_towards
 from agent.adapters.probe import Prober
@@ -113,6 +114,9 @@ class Daemon:
         )
         self._prober = Prober(self._controller.post)
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._controller.post)
+        self._metrics = None
+        if config.metrics.enabled:
+            self._metrics = MetricsServer(config.metrics.host, config.metrics.port, lambda: self._controller.snapshot)
         self._control = ControlServer(
             config.control_socket, lambda: self._controller.snapshot, self._controller.post, Reload, ControlRequest
         )
@@ -123,6 +127,9 @@ class Daemon:
                  __version__, len(config.connections), config.strongswan.vici_socket)
         if self._route_unsupported:
             log.info("route mode unavailable: %s", self._route_unsupported)
+        if self._metrics is not None:
+            self._metrics.start()  # first: a taken port ends the start-up before anything else runs
+            log.info("metrics on http://%s:%d/metrics", config.metrics.host, self._metrics.port)
         self._start_poller(config)
         self._listener.start()
         self._control.start()
@@ -139,6 +146,8 @@ class Daemon:
             self._listener.stop()
             self._control.stop()
             self._prober.stop()
+            if self._metrics is not None:
+                self._metrics.stop()
             self._charon.close()
             self._links.close()
 

@@ -15,6 +15,7 @@ from agent.adapters.links import LinkError, LinkManager
 from agent.adapters.mss_clamp import MssClamp, MssClampError
 from agent.core import connection_plan, planner, route_planner
 from agent.core.desired import DesiredConnection, desired_connection
+from agent.core.health import TrafficTotals
 from agent.core.model import Mode
 from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
@@ -130,6 +131,9 @@ class Reconciler:
         decision = connection_plan.decide(conn, self.charon_state, self.net_state, runtime.inputs(self._connect_timeout),
                                           now, self._wall())
         runtime.apply_decision(decision, self._wall())
+        for tunnel in conn.tunnels:
+            totals = runtime.traffic.get(tunnel.number, TrafficTotals())
+            runtime.traffic[tunnel.number] = totals.update(self.charon_state.tunnel(tunnel.conn_name).children)
         if decision.switch_reason:
             log.warning("%s: failover from tunnel %d to tunnel %d: %s", conn.label, decision.previous_active,
                         decision.failover.active, decision.switch_reason)
@@ -141,13 +145,16 @@ class Reconciler:
     def _apply(self, actions: list[planner.Action], now: float, runtime: ConnectionRuntime | None) -> bool:
         changed = False
         for action in actions:
+            result = "accepted"
             try:
                 self._apply_charon(action)
                 changed = changed or not isinstance(action, planner.INITIATES)
             except CharonError as e:
                 log.warning("%s failed: %s", type(action).__name__, e)
+                result = "refused"
             if runtime is not None and isinstance(action, planner.INITIATES):
                 self._record_attempt(runtime, action.conn_name, now)
+                runtime.count_initiate(action.conn_name, result)
         return changed
 
     def _apply_charon(self, action: planner.Action) -> None:

@@ -14,7 +14,7 @@ from agent.config import ConnectionConfig
 from agent.core.connection_plan import ConnectionDecision, ConnectionInputs, current_probes
 from agent.core.desired import DesiredConnection
 from agent.core.failover import FailoverPolicy, FailoverState, TunnelHealth
-from agent.core.health import InboundWatch, ProbeStats, probe_healthy
+from agent.core.health import InboundWatch, ProbeStats, TrafficTotals, probe_healthy
 from agent.core.model import Mode, VpnConnection
 from agent.core.observation import CharonState
 from agent.core.planner import TunnelTiming
@@ -45,6 +45,9 @@ class ConnectionRuntime:
     health: dict[int, TunnelHealth] = field(default_factory=dict)
     failovers: deque[FailoverView] = field(default_factory=lambda: deque(maxlen=FAILOVERS_KEPT))
     failover_counts: dict[str, int] = field(default_factory=dict)  # by reason, since start
+    traffic: dict[int, TrafficTotals] = field(default_factory=dict)  # by tunnel number
+    initiates: dict[int, dict[str, int]] = field(default_factory=dict)  # tunnel -> result -> count
+    api_errors: dict[str, int] = field(default_factory=dict)  # by kind, since start
 
     @property
     def key(self) -> str:
@@ -57,6 +60,14 @@ class ConnectionRuntime:
             drained=frozenset(self.drained), policy=policy, probe_failures=self.config.probe.failures,
             connect_timeout=connect_timeout,
         )
+
+    def count_initiate(self, conn_name: str, result: str) -> None:
+        """`result`: accepted (charon took the request) or refused."""
+        if self.desired is None:
+            return
+        number = next(t.number for t in self.desired.tunnels if t.conn_name == conn_name)
+        counts = self.initiates.setdefault(number, {"accepted": 0, "refused": 0})
+        counts[result] = counts.get(result, 0) + 1
 
     def apply_decision(self, decision: ConnectionDecision, wall_now: float) -> None:
         self.failover = decision.failover
@@ -99,11 +110,11 @@ def probe_targets(runtimes: list[ConnectionRuntime]) -> list[ProbeTarget]:
     return targets
 
 
-def connection_view(runtime: ConnectionRuntime, charon: CharonState) -> ConnectionView:
+def connection_view(runtime: ConnectionRuntime, charon: CharonState, wall_now: float) -> ConnectionView:
     """Status of one connection from the loop's state and the last observation."""
     tunnels: tuple[TunnelView, ...] = ()
     if runtime.desired is not None:
-        tunnels = tuple(_tunnel_view(runtime, t.number, charon) for t in runtime.desired.tunnels)
+        tunnels = tuple(_tunnel_view(runtime, t.number, charon, wall_now) for t in runtime.desired.tunnels)
     health, summary = connection_health(tunnels, charon.reachable, runtime.mode.value)
     if runtime.desired is None and runtime.api_error:
         summary = f"waiting for the Platform API: {runtime.api_error}"
@@ -120,13 +131,14 @@ def connection_view(runtime: ConnectionRuntime, charon: CharonState) -> Connecti
         summary=summary,
         api_error=runtime.api_error,
         api_last_success=runtime.api_last_success,
+        api_errors=dict(runtime.api_errors),
         tunnels=tunnels,
         failovers=tuple(runtime.failovers),
         failover_counts=dict(runtime.failover_counts),
     )
 
 
-def _tunnel_view(runtime: ConnectionRuntime, number: int, charon: CharonState) -> TunnelView:
+def _tunnel_view(runtime: ConnectionRuntime, number: int, charon: CharonState, wall_now: float) -> TunnelView:
     assert runtime.desired is not None
     desired = runtime.desired.tunnel(number)
     sas = charon.tunnel(desired.conn_name)
@@ -142,6 +154,7 @@ def _tunnel_view(runtime: ConnectionRuntime, number: int, charon: CharonState) -
         child_state=sas.child_state,
         role="active" if runtime.active == number else "standby",
         established_seconds=ike.established if ike else None,
+        established_at=wall_now - ike.established if ike and ike.established is not None else None,
         bytes_in=sum(c.bytes_in for c in sas.children),
         bytes_out=sum(c.bytes_out for c in sas.children),
         packets_in=sum(c.packets_in for c in sas.children),
@@ -149,9 +162,18 @@ def _tunnel_view(runtime: ConnectionRuntime, number: int, charon: CharonState) -
         last_inbound_seconds=child.use_in if child else None,
         interface=desired.interface,
         drained=number in runtime.drained,
+        initiates=dict(runtime.initiates.get(number, {})),
+        **_traffic_fields(runtime.traffic.get(number)),
         problem=runtime.health[number].problem if number in runtime.health else "",
         **_probe_fields(current_probes(runtime.probes.get(number), sas), runtime.config.probe.failures),
     )
+
+
+def _traffic_fields(traffic: TrafficTotals | None) -> dict:
+    if traffic is None:
+        return {}
+    names = ("bytes_in_total", "bytes_out_total", "packets_in_total", "packets_out_total")
+    return dict(zip(names, traffic.totals))
 
 
 def _probe_fields(stats: ProbeStats | None, failures: int) -> dict:

@@ -84,7 +84,7 @@ def test_defaults():
     assert config.strongswan.connect_timeout == 5.0
     assert config.state_dir == "/var/lib/space-vpn-agent"
     assert config.control_socket == "/run/space-vpn-agent/control.sock"
-    assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9813)
+    assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 19813)
     assert config.log_level == "info"
     conn = config.connections[0]
     assert (conn.local_address, conn.local_id, conn.mode) == (None, None, Mode.AUTO)
@@ -130,7 +130,7 @@ def test_metrics_disabled(listen):
 
 
 @pytest.mark.parametrize("listen, expected", [
-    ("0.0.0.0:9813", ("0.0.0.0", 9813)),
+    ("0.0.0.0:19813", ("0.0.0.0", 19813)),
     ("localhost:1", ("localhost", 1)),
     ("[::]:65535", ("::", 65535)),
     ("metrics.example.internal:9100", ("metrics.example.internal", 9100)),
@@ -182,14 +182,14 @@ def test_empty_sections_mean_defaults():
     (minimal(state_dir=5), "state_dir: expected a non-empty string, got a number"),
     (minimal(log_level="verbose"),
      "log_level: 'verbose' is not a log level (use debug, info, warning or error)"),
-    (minimal(metrics={"listen": "9813"}),
-     "metrics.listen: '9813' is not host:port (e.g. 127.0.0.1:9813)"),
-    (minimal(metrics={"listen": 9813}),
-     "metrics.listen: expected host:port (e.g. 127.0.0.1:9813), got a number"),
-    (minimal(metrics={"listen": "::1:9813"}),
-     "metrics.listen: '::1:9813': put an IPv6 address in brackets, e.g. [::1]:9813"),
-    (minimal(metrics={"listen": ":9813"}),
-     "metrics.listen: ':9813' has no host; use 0.0.0.0:9813 for every address"),
+    (minimal(metrics={"listen": "19813"}),
+     "metrics.listen: '19813' is not host:port (e.g. 127.0.0.1:19813)"),
+    (minimal(metrics={"listen": 19813}),
+     "metrics.listen: expected host:port (e.g. 127.0.0.1:19813), got a number"),
+    (minimal(metrics={"listen": "::1:19813"}),
+     "metrics.listen: '::1:19813': put an IPv6 address in brackets, e.g. [::1]:19813"),
+    (minimal(metrics={"listen": ":19813"}),
+     "metrics.listen: ':19813' has no host; use 0.0.0.0:19813 for every address"),
     (minimal(metrics={"listen": "[10.0.0.1]:80"}),
      "metrics.listen: '[10.0.0.1]:80': only an IPv6 address goes in brackets"),
     (minimal(metrics={"listen": "bad_host!:80"}),
@@ -198,7 +198,7 @@ def test_empty_sections_mean_defaults():
      "metrics.listen: '127.0.0.1:0': the port must be a number from 1 to 65535"),
     (minimal(metrics={"listen": "127.0.0.1:65536"}),
      "metrics.listen: '127.0.0.1:65536': the port must be a number from 1 to 65535"),
-    (minimal(metrics={"port": 9813}), "metrics.port: unknown key (known: listen)"),
+    (minimal(metrics={"port": 19813}), "metrics.port: unknown key (known: listen)"),
     (minimal(logging="debug"),
      "logging: unknown key (known: api, strongswan, state_dir, control_socket, metrics, "
      "log_level, connections)"),
@@ -346,7 +346,7 @@ def test_several_problems_are_collected_in_order():
         "log_level: 'loud' is not a log level (use debug, info, warning or error)",
         "api.url: plain http is only allowed for loopback hosts, got 'http://example.com'",
         "api.poll_interval: 'soon' is not a duration (use e.g. 10s, 500ms, 5m)",
-        "metrics.listen: 'localhost' is not host:port (e.g. 127.0.0.1:9813)",
+        "metrics.listen: 'localhost' is not host:port (e.g. 127.0.0.1:19813)",
         f"connections[0].modee: unknown key (known: {CONNECTION_KEYS})",
         "connections[0].local_address: 'abc' is not an IP address",
         "connections[1]: needs either space and vpn (Heroku) or static (plain AWS-style VPN)",
