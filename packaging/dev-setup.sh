@@ -12,6 +12,7 @@ APT_PACKAGES=(
   nftables iproute2 iputils-ping procps
   python3 python3-venv
   linux-image-amd64 qemu-system-x86 busybox-static
+  prometheus
 )
 
 missing=()
@@ -24,9 +25,10 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Debian enables the strongSwan services on install; the lab runs its own charons.
+# Debian enables the strongSwan and Prometheus services on install; the tests run
+# their own charons and Prometheus servers.
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl disable --now strongswan.service strongswan-starter.service >/dev/null 2>&1 || true
+  systemctl disable --now strongswan.service strongswan-starter.service prometheus.service >/dev/null 2>&1 || true
 fi
 
 PYTHON=/usr/bin/python3

@@ -2,6 +2,7 @@
 
     agentctl [--socket PATH] status [--json]    exit 0 OK, 1 degraded, 2 down, 3 unknown
     agentctl [--socket PATH] reload
+    agentctl [--socket PATH] show-config
     agentctl [--socket PATH] drain N [--connection SPACE/VPN]     move traffic off tunnel N
     agentctl [--socket PATH] undrain N [--connection SPACE/VPN]   let it carry traffic again
 Commands other than status exit 0 when done, 1 when the agent refused, 3 when unreachable.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import yaml
 
 from agent import __version__
 from agent.cli.render import render_status
@@ -30,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="tunnels and health; exit 0 OK, 1 degraded, 2 down, 3 unknown")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
     sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
+    sub.add_parser("show-config", help="print the running config (secrets shown as file paths only)")
     for name, text in (("drain", "move traffic off tunnel N before you take it down"),
                        ("undrain", "let tunnel N carry traffic again")):
         command = sub.add_parser(name, help=text)
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                                       {"tunnel": args.tunnel, "connection": args.connection})
             drained = ", ".join(str(n) for n in result["drained"]) or "none"
             print(f"{result['connection']}: tunnel {result['tunnel']} {args.command}ed (drained now: {drained})")
+            return 0
+        if args.command == "show-config":
+            print(yaml.safe_dump(protocol.request(args.socket, "show-config"), sort_keys=False), end="")
             return 0
         protocol.request(args.socket, args.command)
         print("reload requested")

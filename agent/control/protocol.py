@@ -1,7 +1,7 @@
 """The control-socket protocol, shared by the daemon's server and agentctl.
 
 One JSON object per line, each way, at most MAX_MESSAGE bytes:
-  request  {"id": <int>, "command": "status" | "reload" | "ping" | "drain" | "undrain",
+  request  {"id": <int>, "command": "status" | "reload" | "ping" | "drain" | "undrain" | "show-config",
             "args": {...}}   drain/undrain args: {"tunnel": 1|2, "connection": "SPACE/VPN"?}
   response {"id": <same>, "ok": true, "result": {...}}
          | {"id": <same>, "ok": false, "error": "<message for people>"}
@@ -15,7 +15,7 @@ import socket
 from typing import Any
 
 MAX_MESSAGE = 1 << 20  # bytes; a status of many connections stays far below
-COMMANDS = ("status", "reload", "ping", "drain", "undrain")
+COMMANDS = ("status", "reload", "ping", "drain", "undrain", "show-config")
 
 
 class ProtocolError(Exception):

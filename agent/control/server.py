@@ -66,7 +66,7 @@ class ControlServer:
         if command == "reload":
             self._post(self._make_reload())
             return {"accepted": True}
-        if command in ("drain", "undrain"):
+        if command in ("drain", "undrain", "show-config"):
             return self._ask_loop(command, message.get("args") or {})
         raise ValueError(f"unknown command {command!r} (known: {', '.join(protocol.COMMANDS)})")
 

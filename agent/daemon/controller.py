@@ -14,7 +14,7 @@ from agent import __version__
 from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEvent
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.probe import ProbeResult, ProbeTarget
-from agent.config import AgentConfig, static_vpn_connection
+from agent.config import AgentConfig, redacted, static_vpn_connection
 from agent.core.health import ProbeStats
 from agent.core.model import ConnectionStatus, Mode
 from agent.core.snapshot import Snapshot
@@ -212,7 +212,10 @@ class Controller:
         runtime.probes[result.tunnel] = stats
 
     def _on_control(self, command: str, args: dict) -> tuple[bool, object]:
-        """drain N / undrain N: traffic leaves (or may return to) tunnel N."""
+        """drain N / undrain N: traffic leaves (or may return to) tunnel N.
+        show-config: the running config, secrets left out (file paths only)."""
+        if command == "show-config":
+            return True, redacted(self._config)
         try:
             runtime = self._control_target(args.get("connection"))
             tunnel = args.get("tunnel")

@@ -3,7 +3,11 @@ cold start, the seed's parameters in charon, adoption after SIGKILL, API outages
 
 from __future__ import annotations
 
+import json
 import time
+from importlib import resources
+
+import jsonschema
 
 import pytest
 
@@ -29,6 +33,8 @@ def test_cold_start_brings_tunnel_1_active_and_tunnel_2_hot_standby(lab, make_ag
     assert result.received == result.transmitted == 5
 
     assert status["health"] == "ok"
+    schema = json.loads(resources.files("agent.control").joinpath("status.schema.json").read_text())
+    jsonschema.validate(status, schema)
     assert status["connections"][0]["source"] == "api"
     assert status["connections"][0]["mode"] == "policy"
     assert "auto" in status["connections"][0]["mode_reason"]

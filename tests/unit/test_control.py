@@ -115,7 +115,7 @@ def test_ping_answers_pong_with_the_request_id(server):
 def test_unknown_command_is_an_error_answer(server):
     answer = exchange(server.path, b'{"id":5,"command":"restart"}\n')
     assert answer == {"id": 5, "ok": False,
-                      "error": "unknown command 'restart' (known: status, reload, ping, drain, undrain)"}
+                      "error": "unknown command 'restart' (known: status, reload, ping, drain, undrain, show-config)"}
     with pytest.raises(protocol.ProtocolError, match="unknown command 'restart'"):
         protocol.request(server.path, "restart")
     assert server.inbox == []

@@ -302,3 +302,10 @@ def test_peer_delete_of_the_active_tunnel_fails_over_at_once(config_file):
     clock.now += 2
     controller.reconcile_pass()
     assert ("initiate-ike", T1) in charon.calls  # and tunnel 1 comes back as the standby
+
+
+def test_show_config_hides_secrets(config_file):
+    controller, _ = make_controller(config_file, FakeCharon())
+    ok, shown = drain(controller, "show-config", 0)
+    assert ok and shown["connections"][0]["space"] == "acme-space"
+    assert "token" not in repr(shown).replace("token_file", "")

@@ -1,0 +1,312 @@
+"""The checks of `space-vpn-agent doctor`. Each is a small function over facts passed in
+(plugin names, sysctl text, the nft ruleset, API answers) that returns Check(s) with a
+fix for anything not OK. Nothing here prints or talks to charon or the API itself:
+doctor.py gathers the facts and renders the results.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from agent.config import ConnectionConfig
+from agent.core.model import ConnectionStatus, Mode, VpnConnection
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+START_CHARON = "start charon-systemd: systemctl start strongswan"
+NEW_TOKEN = "heroku authorizations:create -d 'vpn gateway agent'"
+_CRYPTO_SET = ("aes", "sha2", "hmac", "gmp")  # aes256-sha256-modp2048 without openssl
+_RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+# The article: a space also uses these, whatever its space_cidr_block says.
+_SPACE_RESERVED = {"172.17.0.0/16": "a Private Space's default dyno CIDR",
+                   "10.1.0.0/16": "reserved when the space has data services"}
+_IKE_ITEMS = ("UDP 500", "UDP 4500", "ESP")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report; `fix` says what to do (advice on an OK)."""
+
+    name: str
+    status: str  # OK | WARN | FAIL
+    detail: str
+    fix: str = ""
+
+
+def check_charon(socket_path: str, version: str | None, error: str | None) -> Check:
+    if version is None:
+        return Check("charon", FAIL, f"VICI socket {socket_path} unreachable: {error}", START_CHARON)
+    return Check("charon", OK, f"strongSwan {version}, VICI at {socket_path}")
+
+
+def check_plugins(plugins: Iterable[str] | None, error: str | None = None) -> Check:
+    if plugins is None:
+        return Check("plugins", WARN, f"not checked: {error or 'charon unreachable'}")
+    loaded = frozenset(plugins)
+    fails, warns = [], []
+    for name in ("vici", "socket-default"):
+        if name not in loaded:
+            fails.append(f"{name} missing")
+    if "kernel-libipsec" in loaded:
+        warns.append("kernel-libipsec loaded: ESP runs in userspace (slower; fine for a lab)")
+    elif "kernel-netlink" not in loaded:
+        fails.append("kernel-netlink missing: charon cannot install SAs in the kernel")
+    if "openssl" not in loaded and not loaded.issuperset(_CRYPTO_SET):
+        absent = ", ".join(p for p in _CRYPTO_SET if p not in loaded)
+        warns.append(f"cannot confirm aes256-sha256-modp2048: no openssl plugin, and {absent} missing")
+    if not fails and not warns:
+        return Check("plugins", OK, "vici, kernel-netlink, socket-default and crypto for aes256-sha256-modp2048")
+    fix = "load the plugins in /etc/strongswan.d/charon/<plugin>.conf (load = yes), then restart strongswan"
+    if warns and not fails and "kernel-libipsec" in loaded:
+        fix = "set load = no in /etc/strongswan.d/charon/kernel-libipsec.conf unless the kernel lacks ESP"
+    return Check("plugins", FAIL if fails else WARN, "; ".join(fails + warns), fix)
+
+
+def resolved_mode(wanted: Mode, route_unsupported: str | None) -> Mode | None:
+    """The mode a connection runs in here (as the daemon resolves it); None: impossible."""
+    if wanted is Mode.ROUTE:
+        return None if route_unsupported else Mode.ROUTE
+    if wanted is Mode.AUTO:
+        return Mode.POLICY if route_unsupported else Mode.ROUTE
+    return Mode.POLICY
+
+
+def check_route_mode(connections: Iterable[ConnectionConfig], route_unsupported: str | None) -> Check:
+    if route_unsupported is None:
+        return Check("route mode", OK, "XFRM interfaces: route mode available")
+    forced = [c.label for c in connections if c.mode is Mode.ROUTE]
+    if forced:
+        return Check("route mode", FAIL, f"{', '.join(forced)}: mode: route, but {route_unsupported}",
+                     "set mode: auto or policy, or run a kernel with CONFIG_XFRM_INTERFACE (as root)")
+    return Check("route mode", WARN, f"{route_unsupported}; mode: auto uses policy mode",
+                 "policy mode keeps one tunnel up at a time; route mode needs CONFIG_XFRM_INTERFACE")
+
+
+def tunnel_ips(vpns: Iterable[VpnConnection]) -> list[str]:
+    return sorted({t.ip for vpn in vpns for t in vpn.tunnels})
+
+
+def check_firewall(nft_result: tuple[int, str, str] | None, error: str | None, ips: list[str]) -> Check:
+    """`nft_result` is (returncode, stdout, stderr) of `nft -j list ruleset`."""
+    where = ", ".join(ips) if ips else "both tunnel IPs"
+    fix = f"allow UDP 500, UDP 4500 and ESP (protocol 50) to and from {where}"
+    if nft_result is None:
+        return Check("firewall", WARN, f"cannot inspect: {error}", "install nftables, or check by hand: " + fix)
+    code, out, err = nft_result
+    if code != 0:
+        reason = (err.strip().splitlines() or ["nft failed"])[0]
+        return Check("firewall", WARN, f"cannot inspect: nft: {reason}", "run doctor as root, or check by hand: " + fix)
+    try:
+        blocked = blocked_ike(parse_ruleset(out))
+    except ValueError as e:
+        return Check("firewall", WARN, f"cannot inspect: {e}", "check by hand: " + fix)
+    if not blocked:
+        return Check("firewall", OK, "no input/output chain drops UDP 500/4500 or ESP (nftables)")
+    return Check("firewall", WARN, "; ".join(blocked), fix)
+
+
+@dataclass(frozen=True)
+class _Chain:
+    label: str  # "inet filter input"
+    hook: str
+    policy: str
+    rules: tuple[list, ...]  # the "expr" list of each rule, in order
+
+
+def parse_ruleset(text: str) -> list[_Chain]:
+    """The base chains of an `nft -j list ruleset` document; ValueError if it is not one."""
+    try:
+        items = json.loads(text or '{"nftables": []}')["nftables"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"unexpected nft output ({type(e).__name__})") from e
+    chains, rules = {}, {}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "chain" in item and item["chain"].get("hook"):
+            c = item["chain"]
+            chains[(c.get("family"), c.get("table"), c.get("name"))] = c
+        elif "rule" in item:
+            r = item["rule"]
+            rules.setdefault((r.get("family"), r.get("table"), r.get("chain")), []).append(r.get("expr") or [])
+    return [_Chain(" ".join(str(k) for k in key), c["hook"], c.get("policy", "accept"), tuple(rules.get(key, ())))
+            for key, c in chains.items() if key[0] in ("ip", "inet")]
+
+
+def blocked_ike(chains: list[_Chain]) -> list[str]:
+    """Conservative: an item counts as allowed only after an accept that names it (or an
+    unconditional accept); `ct state established` accepts do not count."""
+    found = []
+    for chain in chains:
+        if chain.hook not in ("input", "output"):
+            continue
+        allowed, dropped = set(), set()
+        for expr in chain.rules:
+            verdict, items = _rule_effect(expr)
+            if verdict == "accept":
+                allowed |= items
+            elif verdict in ("drop", "reject"):
+                dropped |= items - allowed
+        if chain.policy == "drop":
+            dropped |= set(_IKE_ITEMS) - allowed
+        if dropped:
+            what = ", ".join(i for i in _IKE_ITEMS if i in dropped)
+            cause = "policy drop without an accept for" if chain.policy == "drop" else "a rule drops"
+            found.append(f"{chain.label}: {cause} {what}")
+    return found
+
+
+def _rule_effect(expr: list) -> tuple[str | None, set[str]]:
+    """(verdict, which of _IKE_ITEMS the rule's matches cover)."""
+    verdict, items, matched = None, set(_IKE_ITEMS), False
+    for statement in expr:
+        if not isinstance(statement, dict):
+            continue
+        for key in ("accept", "drop", "reject"):
+            if key in statement:
+                verdict = key
+        if "match" in statement:
+            matched = True
+            items &= _match_items(statement["match"])
+    return verdict, (items if matched else set(_IKE_ITEMS))
+
+
+def _match_items(match: dict) -> set[str]:
+    left, right = match.get("left") or {}, match.get("right")
+    if match.get("op", "==") not in ("==", "in"):
+        return set()  # negations and ranges: not understood, so not counted
+    values = right.get("set", []) if isinstance(right, dict) else right if isinstance(right, list) else [right]
+    values = {str(v).lower() for v in values if not isinstance(v, dict)}
+    payload, meta = left.get("payload") or {}, left.get("meta") or {}
+    if payload.get("field") == "dport" and payload.get("protocol") in ("udp", "th"):
+        return {f"UDP {p}" for p in ("500", "4500") if p in values}
+    if payload.get("field") == "protocol" or meta.get("key") == "l4proto":
+        return ({"ESP"} if values & {"esp", "50"} else set()) | (
+            {"UDP 500", "UDP 4500"} if values & {"udp", "17"} else set())
+    return set()
+
+
+def check_rp_filter(read_file: Callable[[str], str], route_used: bool) -> Check:
+    values = {}
+    for scope in ("all", "default"):
+        path = f"/proc/sys/net/ipv4/conf/{scope}/rp_filter"
+        try:
+            values[scope] = read_file(path).strip()
+        except OSError as e:
+            return Check("rp_filter", WARN, f"cannot read {path}: {e.strerror or e}")
+    shown = f"all={values['all']} default={values['default']}"
+    strict = [scope for scope, value in values.items() if value == "1"]
+    if not strict:
+        return Check("rp_filter", OK, f"{shown} (0 or 2: return traffic may use either tunnel)")
+    if not route_used:
+        return Check("rp_filter", OK, f"{shown}: strict is fine in policy mode; route mode needs 0 or 2")
+    fix = "; ".join(f"sysctl -w net.ipv4.conf.{scope}.rp_filter=2" for scope in strict)
+    return Check("rp_filter", WARN, f"{shown}: strict; route mode gets return traffic on either tunnel interface",
+                 fix + " (and persist it in /etc/sysctl.d/)")
+
+
+def check_mss(conn: ConnectionConfig, mode: Mode | None, space_cidr: str | None) -> Check:
+    name = "mss"
+    if conn.tcp_mss == 0:
+        return Check(name, WARN, f"{conn.label}: tcp_mss: 0, no clamping; AWS tunnels do no path MTU discovery",
+                     "set tcp_mss: 1379 (AWS's value)")
+    if mode is Mode.ROUTE:
+        return Check(name, OK, f"{conn.label}: the agent clamps TCP MSS to {conn.tcp_mss} on its tunnel interfaces")
+    space = space_cidr or "<space CIDR>"
+    rule = f"tcp flags syn tcp option maxseg size set {conn.tcp_mss}"
+    return Check(name, OK, f"{conn.label}: policy mode: the agent does not clamp; clamp to {conn.tcp_mss} yourself",
+                 "nft add table inet mss; nft add chain inet mss fwd '{ type filter hook forward priority mangle; }'; "
+                 f"nft add rule inet mss fwd ip daddr {space} {rule}; nft add rule inet mss fwd ip saddr {space} {rule}")
+
+
+def check_api_answer(label: str, vpn: VpnConnection) -> Check:
+    tunnels = ", ".join(f"tunnel {t.number} {t.status.value}" for t in vpn.tunnels)
+    detail = f"{label}: token accepted; status {vpn.status.value}, {len(vpn.tunnels)} tunnels ({tunnels})"
+    if vpn.status is ConnectionStatus.ACTIVE and len(vpn.tunnels) == 2:
+        return Check("token", OK, detail)
+    return Check("token", WARN, detail, f"wait for it: heroku spaces:vpn:wait {vpn.name} -s <space>")
+
+
+def check_api_error(label: str, kind: str, message: str, cache_state: str) -> Check:
+    """`kind` is the PlatformApiError kind; `message` never holds the token (adapter rule)."""
+    if kind == "auth":
+        return Check("token", FAIL, f"{label}: token refused: {message}", NEW_TOKEN + ", then put it in api.token_file")
+    if kind == "not_found":
+        return Check("token", FAIL, f"{label}: {message}", "check space and vpn: heroku spaces:vpn:info VPN -s SPACE")
+    if kind == "payload":
+        return Check("token", FAIL, f"{label}: unusable answer: {message}", "fix the VPN's settings in Heroku")
+    return Check("token", WARN, f"{label}: API unreachable: {message}; {cache_state}",
+                 "check the network/proxy path to the Platform API (api.url)")
+
+
+def check_cidrs(conn: ConnectionConfig, vpn: VpnConnection | None, source: str,
+                detect: Callable[[str], str | None]) -> Check:
+    name = "cidrs"
+    if vpn is None:
+        return Check(name, WARN, f"{conn.label}: not checked: no API answer and no cache",
+                     "run doctor again once the Platform API answers")
+    problems, warns = _cidr_problems(vpn, heroku=conn.static is None)
+    local, local_warn = _local_address(conn, vpn, detect)
+    if local is None:
+        problems.append(local_warn)
+    elif local_warn:
+        warns.append(local_warn)
+    cidrs = ", ".join(vpn.routable_cidrs) or "none"
+    if problems:
+        return Check(name, FAIL, f"{conn.label} ({source}): " + "; ".join(problems + warns),
+                     "routable CIDRs must be RFC 1918 and apart from the space's CIDRs; set local_address if needed")
+    if warns:
+        return Check(name, WARN, f"{conn.label} ({source}): " + "; ".join(warns),
+                     "pick routable CIDRs apart from the space's reserved ranges, or set local_id")
+    return Check(name, OK, f"{conn.label} ({source}): {cidrs} <-> {vpn.space_cidr_block}; local address {local}")
+
+
+def _cidr_problems(vpn: VpnConnection, *, heroku: bool) -> tuple[list[str], list[str]]:
+    problems, warns = [], []
+    space = ipaddress.ip_network(vpn.space_cidr_block) if vpn.space_cidr_block else None
+    if not vpn.routable_cidrs:
+        problems.append("no routable CIDRs")
+    for raw in vpn.routable_cidrs:
+        net = ipaddress.ip_network(raw, strict=False)
+        if not (net.version == 4 and any(net.subnet_of(r) for r in _RFC1918)):
+            problems.append(f"{raw} is not RFC 1918")
+        elif space is not None and net.overlaps(space):
+            problems.append(f"{raw} overlaps the space CIDR {space}")
+        elif heroku:
+            warns += [f"{raw} overlaps {r} ({why})" for r, why in _SPACE_RESERVED.items()
+                      if net.overlaps(ipaddress.ip_network(r))]
+    return problems, warns
+
+
+def _local_address(conn: ConnectionConfig, vpn: VpnConnection,
+                   detect: Callable[[str], str | None]) -> tuple[str | None, str]:
+    """(our address or None, a problem or warning text or "")."""
+    if conn.local_address:
+        local = conn.local_address
+    elif not vpn.tunnels:
+        return None, "no tunnels to detect local_address towards; set local_address"
+    else:
+        local = detect(vpn.tunnel(1).ip)
+        if local is None:
+            return None, f"no route to tunnel 1 ({vpn.tunnel(1).ip}) to detect local_address; set local_address"
+    if conn.static is None and vpn.public_ip and local != vpn.public_ip and conn.local_id != vpn.public_ip:
+        return local, (f"local address {local} is not the VPN's public_ip {vpn.public_ip} "
+                       f"(behind NAT? set local_id: {vpn.public_ip})")
+    return local, ""
+
+
+def worst(checks: Iterable[Check]) -> str:
+    statuses = {c.status for c in checks}
+    return FAIL if FAIL in statuses else WARN if WARN in statuses else OK
+
+
+def cache_state(path: str, exists: bool | None) -> str:
+    """What the agent falls back on while the API is unreachable; None: unknown."""
+    if exists is None:
+        return f"cannot tell whether cache {path} exists (run as root)"
+    if exists:
+        return f"the agent would use its cache {path}"
+    return f"no cache {path}: tunnels cannot start until the API answers"
