@@ -56,6 +56,7 @@ class CharonClient:
         self.socket_path = socket_path
         self._timeout = timeout
         self._session: vici.Session | None = None
+        self._version: str | None = None  # asked once per connection: it cannot change
 
     def _call(self, what: str, fn: Callable[[vici.Session], Any]) -> Any:
         if self._session is None:
@@ -75,6 +76,7 @@ class CharonClient:
             except OSError:
                 pass
             self._session = None
+        self._version = None
 
     def version(self) -> str:
         answer = self._call("version", lambda s: s.version())
@@ -82,7 +84,9 @@ class CharonClient:
 
     def observe(self) -> CharonState:
         """One consistent-enough picture: version, loaded conns and keys, all SAs."""
-        version = self.version()
+        if self._version is None or self._session is None:
+            self._version = self.version()
+        version = self._version
         conns = self._call("get-conns", lambda s: s.get_conns())
         shared = self._call("get-shared", lambda s: s.get_shared())
         sas = self._call("list-sas", lambda s: messages.parse_list_sas(list(s.list_sas())))

@@ -5,14 +5,17 @@
     agentctl [--socket PATH] show-config
     agentctl [--socket PATH] drain N [--connection SPACE/VPN]     move traffic off tunnel N
     agentctl [--socket PATH] undrain N [--connection SPACE/VPN]   let it carry traffic again
+    agentctl doctor [--config PATH] [--json]    checks this host: exit 0 OK, 1 WARN, 2 FAIL
 Commands other than status exit 0 when done, 1 when the agent refused, 3 when unreachable.
-Never imports the daemon side: only the shared protocol and the pure renderer.
+Never imports the daemon side: only the shared protocol and the pure renderer (doctor runs
+`space-vpn-agent doctor` as a child process instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 
 import yaml
@@ -23,6 +26,7 @@ from agent.control import protocol
 from agent.core.snapshot import Health
 
 DEFAULT_SOCKET = "/run/space-vpn-agent/control.sock"
+DEFAULT_CONFIG = "/etc/space-vpn-agent/agent.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,11 +43,17 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("tunnel", type=int, choices=(1, 2), help="tunnel number, as in `status`")
         command.add_argument("--connection", metavar="SPACE/VPN", help="needed when several are configured")
+    doctor = sub.add_parser("doctor", help="check charon, kernel, firewall, sysctls, token and CIDRs; "
+                                           "exit 0 OK, 1 WARN, 2 FAIL")
+    doctor.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "doctor":
+        return _doctor(args.config, as_json=args.json)
     try:
         if args.command == "status":
             return _status(args.socket, as_json=args.json)
@@ -74,6 +84,13 @@ def _status(socket_path: str, *, as_json: bool) -> int:
     else:
         print(render_status(status), end="")
     return Health[status["health"].upper()].value
+
+
+def _doctor(config_path: str, *, as_json: bool, run=subprocess.run) -> int:
+    """The checks run daemon-side, in a child of this same Python; its output and exit
+    code pass through unchanged."""
+    argv = [sys.executable, "-m", "agent.daemon.main", "doctor", "--config", config_path]
+    return run(argv + (["--json"] if as_json else []), check=False).returncode
 
 
 if __name__ == "__main__":

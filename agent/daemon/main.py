@@ -2,6 +2,7 @@
 
     space-vpn-agent --config /etc/space-vpn-agent/agent.yaml    (foreground daemon)
     space-vpn-agent check-config --config PATH                  (validate and exit)
+    space-vpn-agent doctor --config PATH [--json]               (check the host; exit 0/1/2)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from agent.adapters.sdnotify import SystemdNotifier
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.server import ControlServer
 from agent.core.snapshot import Snapshot
+from agent.daemon import doctor
 from agent.daemon.api_poller import ApiPoller, PollTarget
 from agent.daemon.controller import Controller, resolve_mode
 from agent.daemon.messages import ControlRequest, Reload, Stop
@@ -49,11 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check-config", help="validate the config file and exit (0 valid, 2 invalid)")
     check.add_argument("--config", default=argparse.SUPPRESS, help="YAML config file")
+    diagnose = sub.add_parser("doctor", help="check charon, kernel, firewall, sysctls, token and CIDRs "
+                                             "(exit 0 OK, 1 WARN, 2 FAIL)")
+    diagnose.add_argument("--config", default=argparse.SUPPRESS, help="YAML config file")
+    diagnose.add_argument("--json", action="store_true", help="print the checks as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "doctor":  # reports a bad config as one of its checks
+        return doctor.run_doctor(args.config, as_json=args.json)
     try:
         config = load_config(args.config)
     except (ConfigError, OSError, ValueError) as e:

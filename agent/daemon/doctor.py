@@ -1,0 +1,210 @@
+"""`space-vpn-agent doctor`: gathers what the checks of doctor_checks.py look at (charon
+over VICI, the kernel, nftables, sysctls, the Platform API, the cache) and reports each as
+OK, WARN or FAIL with a fix. Exit 0 all OK, 1 some WARN, 2 some FAIL. The API token is
+only handed to the adapter: no check text ever holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agent.adapters.charon import CharonClient, CharonError
+from agent.adapters.charon_messages import decode_text
+from agent.adapters.connection_cache import ConnectionCache
+from agent.adapters.credentials import CredentialError, load_token
+from agent.adapters.heroku import PlatformApi, PlatformApiError
+from agent.adapters.links import xfrm_interface_support
+from agent.adapters.netinfo import source_address_towards
+from agent.config import AgentConfig, ConfigError, load_config, static_vpn_connection
+from agent.core.model import Mode, VpnConnection
+from agent.daemon import doctor_checks as checks
+from agent.daemon.doctor_checks import FAIL, NEW_TOKEN, OK, WARN, Check
+
+__all__ = ["Check", "CharonFacts", "EXIT_CODES", "render", "run_checks", "run_doctor", "to_json"]
+
+EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
+_TIMEOUT = 5.0  # seconds for each VICI, API and nft request: a doctor must not hang
+
+
+@dataclass(frozen=True)
+class CharonFacts:
+    version: str | None
+    plugins: tuple[str, ...] | None
+    error: str | None = None
+
+
+class _DoctorCharon:
+    """CharonClient plus `stats`, the one VICI command only the doctor needs."""
+
+    def __init__(self, socket_path: str) -> None:
+        self._client = CharonClient(socket_path, timeout=_TIMEOUT)
+
+    def version(self) -> str:
+        return self._client.version()
+
+    def plugins(self) -> tuple[str, ...]:
+        # Through the client's own error translation; CharonClient has no public stats().
+        stats = self._client._call("stats", lambda s: s.stats())
+        return tuple(decode_text(p) for p in stats.get("plugins", []))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def read_charon(socket_path: str, connect: Callable[[str], object] = _DoctorCharon) -> CharonFacts:
+    client = connect(socket_path)
+    try:
+        version = client.version()
+        try:
+            return CharonFacts(version, client.plugins())
+        except CharonError as e:
+            return CharonFacts(version, None, f"stats failed: {e}")
+    except CharonError as e:
+        return CharonFacts(None, None, str(e))
+    finally:
+        client.close()
+
+
+def run_command(argv: list[str]) -> tuple[int, str, str]:
+    """(returncode, stdout, stderr); OSError when the program is missing."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        raise OSError(f"{argv[0]} timed out") from e
+    return done.returncode, done.stdout, done.stderr
+
+
+def _read_text(path: str) -> str:
+    return Path(path).read_text(encoding="ascii")
+
+
+def _api_client(url: str, token) -> PlatformApi:
+    return PlatformApi(url, token, timeout=_TIMEOUT, attempts=1)
+
+
+def run_checks(
+    config: AgentConfig,
+    *,
+    charon: Callable[[str], CharonFacts] = read_charon,
+    route_support: Callable[[], str | None] = xfrm_interface_support,
+    run: Callable[[list[str]], tuple[int, str, str]] = run_command,
+    read_file: Callable[[str], str] = _read_text,
+    environ: Mapping[str, str] = os.environ,
+    token_loader=load_token,
+    api_factory=_api_client,
+    cache: ConnectionCache | None = None,
+    detect: Callable[[str], str | None] = source_address_towards,
+) -> list[Check]:
+    """Every check, in report order. The callables are the outside world (tests fake them)."""
+    facts = charon(config.strongswan.vici_socket)
+    route_unsupported = route_support()
+    modes = {c.key: checks.resolved_mode(c.mode, route_unsupported) for c in config.connections}
+    cache = cache or ConnectionCache(Path(config.state_dir))
+    api_checks, vpns, sources = _check_api(config, environ, token_loader, api_factory, cache)
+    try:
+        nft, nft_error = run(["nft", "-j", "list", "ruleset"]), None
+    except OSError as e:
+        nft, nft_error = None, f"nft not usable ({e.strerror or e})"
+    result = [
+        checks.check_charon(config.strongswan.vici_socket, facts.version, facts.error),
+        checks.check_plugins(facts.plugins, facts.error),
+        checks.check_route_mode(config.connections, route_unsupported),
+        checks.check_firewall(nft, nft_error, checks.tunnel_ips(vpns.values())),
+        checks.check_rp_filter(read_file, any(m is Mode.ROUTE for m in modes.values())),
+    ]
+    for conn in config.connections:
+        vpn = vpns.get(conn.key)
+        result.append(checks.check_mss(conn, modes[conn.key], vpn.space_cidr_block if vpn else None))
+    result += api_checks
+    for conn in config.connections:
+        result.append(checks.check_cidrs(conn, vpns.get(conn.key), sources.get(conn.key, ""), detect))
+    return result
+
+
+def _check_api(config: AgentConfig, environ: Mapping[str, str], token_loader, api_factory,
+               cache: ConnectionCache) -> tuple[list[Check], dict[str, VpnConnection], dict[str, str]]:
+    """Token and API checks, plus the VpnConnection of every connection known (API answer,
+    else cache, else static config) and where each came from."""
+    vpns, sources = {}, {}
+    for conn in config.connections:
+        if conn.static is not None:
+            vpns[conn.key], sources[conn.key] = static_vpn_connection(conn), "static config"
+    heroku = [c for c in config.connections if c.static is None]
+    if not heroku:
+        return [Check("token", OK, "no Heroku connections: no token needed")], vpns, sources
+    try:
+        token = token_loader(config.api.token_file, environ, environ.get("CREDENTIALS_DIRECTORY"))
+    except CredentialError as e:
+        result = [Check("token", FAIL, str(e), NEW_TOKEN + ", then set api.token_file or HEROKU_API_KEY")]
+        _from_cache(heroku, cache, vpns, sources)
+        return result, vpns, sources
+    result = []
+    api = api_factory(config.api.url, token)
+    try:
+        for conn in heroku:
+            try:
+                answer = api.get_vpn_connection(conn.space, conn.vpn)
+            except PlatformApiError as e:
+                exists = _cache_exists(cache, conn)
+                state = checks.cache_state(str(cache.path(conn.space, conn.vpn)), exists)
+                result.append(checks.check_api_error(conn.label, e.kind, str(e), state))
+                _from_cache([conn], cache, vpns, sources)
+                continue
+            vpns[conn.key], sources[conn.key] = answer.connection, "API"
+            result.append(checks.check_api_answer(conn.label, answer.connection))
+    finally:
+        api.close()
+    return result, vpns, sources
+
+
+def _cache_exists(cache: ConnectionCache, conn) -> bool | None:
+    try:
+        return cache.path(conn.space, conn.vpn).exists()
+    except OSError:
+        return None  # the state directory is 0700 root: unknown to other users
+
+
+def _from_cache(conns, cache: ConnectionCache, vpns: dict, sources: dict) -> None:
+    for conn in conns:
+        if _cache_exists(cache, conn):
+            vpn = cache.load(conn.space, conn.vpn)
+            if vpn is not None:
+                vpns[conn.key], sources[conn.key] = vpn, "cache"
+
+
+def render(checks_: list[Check]) -> str:
+    """An aligned table: status, check, detail, with "fix:" lines under the detail."""
+    name_width = max((len(c.name) for c in checks_), default=5)
+    indent = " " * (6 + name_width + 2)
+    lines = []
+    for c in checks_:
+        lines.append(f"{c.status:<6}{c.name:<{name_width}}  {c.detail}")
+        if c.fix:
+            lines.append(f"{indent}fix: {c.fix}")
+    counts = ", ".join(f"{sum(c.status == s for c in checks_)} {s}" for s in (OK, WARN, FAIL))
+    lines.append(f"doctor: {checks.worst(checks_)} ({counts})")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(checks_: list[Check]) -> str:
+    return json.dumps({"status": checks.worst(checks_), "checks": [asdict(c) for c in checks_]},
+                      indent=2) + "\n"
+
+
+def run_doctor(config_path: str, *, as_json: bool = False, print_=print, **probes) -> int:
+    """Load the config, run every check, print the report; the exit code of the worst."""
+    try:
+        config = load_config(config_path)
+    except (ConfigError, OSError, ValueError) as e:
+        found = [Check("config", FAIL, f"{config_path}: {e}".replace("\n", "; "),
+                       f"space-vpn-agent check-config --config {config_path}")]
+    else:
+        found = [Check("config", OK, f"{config_path}: {len(config.connections)} connection(s)")]
+        found += run_checks(config, **probes)
+    print_(to_json(found) if as_json else render(found), end="")
+    return EXIT_CODES[checks.worst(found)]
