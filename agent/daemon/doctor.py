@@ -201,7 +201,8 @@ def run_doctor(config_path: str, *, as_json: bool = False, print_=print, **probe
     try:
         config = load_config(config_path)
     except (ConfigError, OSError, ValueError) as e:
-        found = [Check("config", FAIL, f"{config_path}: {e}".replace("\n", "; "),
+        text = str(e) if str(e).startswith(str(config_path)) else f"{config_path}: {e}"
+        found = [Check("config", FAIL, text.replace("\n", "; "),
                        f"space-vpn-agent check-config --config {config_path}")]
     else:
         found = [Check("config", OK, f"{config_path}: {len(config.connections)} connection(s)")]

@@ -1,0 +1,527 @@
+"""`space-vpn-agent doctor` and `agentctl doctor`: every check's OK, WARN and FAIL paths
+over fakes (no charon, kernel, nft or network), the report as text and JSON, exit codes,
+and that the API token never reaches the output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.adapters.charon import CharonCommandFailed, CharonUnavailable
+from agent.adapters.connection_cache import ConnectionCache
+from agent.adapters.credentials import CredentialError, load_token
+from agent.adapters.heroku import ApiAuthError, ApiNotFound, ApiUnavailable, FetchResult, PlatformApi
+from agent.cli import agentctl
+from agent.config import AgentConfig, ApiConfig, ConnectionConfig, StaticConfig, StaticTunnelConfig
+from agent.core.model import ConnectionStatus, Mode, Secret, Tunnel, VpnConnection
+from agent.core.payload import parse_vpn_connection
+from agent.daemon import doctor, main as daemon_main
+from agent.daemon import doctor_checks as dc
+from agent.daemon.doctor import Check, CharonFacts
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "HRKU-doctor-test-token-0123456789"
+PLUGINS = ("charon", "aes", "sha2", "hmac", "gmp", "openssl", "kernel-netlink", "socket-default", "vici")
+TUNNEL_IPS = ("52.44.146.197", "52.44.146.198")
+
+
+def raw_vpn(**fields) -> dict:
+    body = {
+        "id": "123456789012", "name": "office", "public_ip": "35.161.69.30",
+        "routable_cidrs": ["172.16.0.0/16"], "space_cidr_block": "10.0.0.0/16", "ike_version": 1,
+        "status": "active", "status_message": "",
+        "tunnels": [{"ip": ip, "customer_ip": "35.161.69.30", "pre_shared_key": "psk-not-shown",
+                     "status": "UP", "status_message": "", "last_status_change": "2016-10-25T22:09:05Z"}
+                    for ip in TUNNEL_IPS],
+    }
+    return {**body, **fields}
+
+
+def vpn(**fields) -> VpnConnection:
+    return parse_vpn_connection(raw_vpn(**fields))
+
+
+def raw_vpn_connection(routable: tuple[str, ...], space: str = "10.0.0.0/16") -> VpnConnection:
+    """A VpnConnection that parse_vpn_connection would refuse (as a stale cache might hold)."""
+    return VpnConnection(id="1", name="office", public_ip="35.161.69.30", routable_cidrs=routable,
+                         space_cidr_block=space, ike_version=1, status=ConnectionStatus.ACTIVE,
+                         tunnels=(Tunnel(1, TUNNEL_IPS[0], Secret("x")), Tunnel(2, TUNNEL_IPS[1], Secret("y"))))
+
+
+HEROKU = ConnectionConfig(space="acme-space", vpn="office", local_address="35.161.69.30")
+STATIC = ConnectionConfig(
+    space="static", vpn="datacenter", local_address="198.51.100.7", mode=Mode.POLICY,
+    static=StaticConfig(ike_version=2, routable_cidrs=("192.168.10.0/24",), space_cidr_block="10.20.0.0/16",
+                        tunnels=(StaticTunnelConfig("198.51.100.1", Secret("k1")),
+                                 StaticTunnelConfig("198.51.100.2", Secret("k2")))))
+
+
+class FakeApi:
+    def __init__(self, answers: dict):
+        self.answers = answers
+        self.closed = False
+
+    def get_vpn_connection(self, space, vpn_name, etag=None):
+        answer = self.answers[(space, vpn_name)]
+        if isinstance(answer, Exception):
+            raise answer
+        return FetchResult(parse_vpn_connection(answer), answer, None, None)
+
+    def close(self):
+        self.closed = True
+
+
+def nft_doc(*items) -> str:
+    return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *items]})
+
+
+def chain(name="input", policy="drop", family="inet", table="filter"):
+    return {"chain": {"family": family, "table": table, "name": name, "handle": 1,
+                      "type": "filter", "hook": name, "prio": 0, "policy": policy}}
+
+
+def rule(*expr, chain_name="input", family="inet", table="filter"):
+    return {"rule": {"family": family, "table": table, "chain": chain_name, "handle": 2, "expr": list(expr)}}
+
+
+def match(left, right, op="=="):
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+UDP_DPORT = {"payload": {"protocol": "udp", "field": "dport"}}
+L4PROTO = {"meta": {"key": "l4proto"}}
+CT_STATE = {"ct": {"key": "state"}}
+ACCEPT, DROP = {"accept": None}, {"drop": None}
+
+
+def fakes(**overrides) -> dict:
+    """Probes of a healthy route-mode host whose API answers."""
+    probes = dict(
+        charon=lambda path: CharonFacts("5.9.8", PLUGINS),
+        route_support=lambda: None,
+        run=lambda argv: (0, nft_doc(chain(policy="accept")), ""),
+        read_file=lambda path: "2\n",
+        environ={"HEROKU_API_KEY": TOKEN},
+        api_factory=lambda url, token: FakeApi({("acme-space", "office"): raw_vpn()}),
+        detect=lambda ip: "35.161.69.30",
+    )
+    return probes | overrides
+
+
+# -- 1. charon ---------------------------------------------------------------------------
+
+def test_charon_ok_and_fail():
+    assert dc.check_charon("/run/c.vici", "5.9.8", None) == Check("charon", "OK", "strongSwan 5.9.8, VICI at /run/c.vici")
+    down = dc.check_charon("/run/c.vici", None, "cannot reach charon at /run/c.vici: No such file or directory")
+    assert down.status == "FAIL"
+    assert down.fix == "start charon-systemd: systemctl start strongswan"
+
+
+class FakeCharon:
+    def __init__(self, version=None, plugins=None, error=None, plugins_error=None):
+        self._version, self._plugins, self._error, self._plugins_error = version, plugins, error, plugins_error
+        self.closed = False
+
+    def version(self):
+        if self._error:
+            raise self._error
+        return self._version
+
+    def plugins(self):
+        if self._plugins_error:
+            raise self._plugins_error
+        return self._plugins
+
+    def close(self):
+        self.closed = True
+
+
+def test_read_charon_gathers_version_and_plugins_and_closes():
+    client = FakeCharon("5.9.8", PLUGINS)
+    assert doctor.read_charon("/s", lambda path: client) == CharonFacts("5.9.8", PLUGINS)
+    assert client.closed
+
+
+def test_read_charon_unreachable_and_stats_refused():
+    down = doctor.read_charon("/s", lambda p: FakeCharon(error=CharonUnavailable("cannot reach charon at /s")))
+    assert down == CharonFacts(None, None, "cannot reach charon at /s")
+    refused = doctor.read_charon("/s", lambda p: FakeCharon("5.9.8", plugins_error=CharonCommandFailed("stats: no")))
+    assert refused.version == "5.9.8" and refused.plugins is None and "stats" in refused.error
+
+
+def test_real_charon_client_reports_a_missing_socket(tmp_path):
+    facts = doctor.read_charon(str(tmp_path / "absent.vici"))
+    assert facts.version is None and "absent.vici" in facts.error
+
+
+# -- 2. plugins --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("plugins, status, words", [
+    (PLUGINS, "OK", "vici, kernel-netlink"),
+    (tuple(p for p in PLUGINS if p != "openssl"), "OK", "aes256-sha256-modp2048"),
+    (PLUGINS + ("kernel-libipsec",), "WARN", "userspace"),
+    (tuple(p for p in PLUGINS if p not in ("openssl", "gmp")), "WARN", "gmp missing"),
+    (tuple(p for p in PLUGINS if p != "kernel-netlink"), "FAIL", "kernel-netlink missing"),
+    (tuple(p for p in PLUGINS if p != "socket-default"), "FAIL", "socket-default missing"),
+])
+def test_plugins(plugins, status, words):
+    result = dc.check_plugins(plugins)
+    assert (result.status, result.name) == (status, "plugins")
+    assert words in result.detail
+    assert bool(result.fix) == (status != "OK")
+
+
+def test_plugins_not_checked_without_charon():
+    assert dc.check_plugins(None, "cannot reach charon") == Check("plugins", "WARN", "not checked: cannot reach charon")
+
+
+# -- 3. route mode -----------------------------------------------------------------------
+
+def test_route_mode():
+    assert dc.check_route_mode([HEROKU], None).detail == "XFRM interfaces: route mode available"
+    auto = dc.check_route_mode([HEROKU], "no XFRM")
+    assert auto.status == "WARN" and auto.detail == "no XFRM; mode: auto uses policy mode"
+    forced = dc.check_route_mode([ConnectionConfig("s", "v", mode=Mode.ROUTE), STATIC], "no XFRM")
+    assert forced.status == "FAIL" and forced.detail.startswith("s/v: mode: route")
+
+
+def test_resolved_mode_matches_the_daemon():
+    assert dc.resolved_mode(Mode.AUTO, None) is Mode.ROUTE
+    assert dc.resolved_mode(Mode.AUTO, "no") is Mode.POLICY
+    assert dc.resolved_mode(Mode.ROUTE, "no") is None
+    assert dc.resolved_mode(Mode.POLICY, None) is Mode.POLICY
+
+
+# -- 4. firewall -------------------------------------------------------------------------
+
+FIX = "allow UDP 500, UDP 4500 and ESP (protocol 50) to and from 52.44.146.197, 52.44.146.198"
+
+
+def firewall(*items) -> Check:
+    return dc.check_firewall((0, nft_doc(*items), ""), None, list(TUNNEL_IPS))
+
+
+def test_firewall_open_when_no_chain_drops():
+    assert firewall().status == "OK"
+    assert firewall(chain(policy="accept"), chain("output", policy="accept")).status == "OK"
+
+
+def test_firewall_policy_drop_without_accepts_warns_with_the_fix():
+    result = firewall(chain(), rule(match(CT_STATE, ["established", "related"]), ACCEPT),
+                      rule(match({"payload": {"protocol": "tcp", "field": "dport"}}, 22), ACCEPT))
+    assert result == Check("firewall", "WARN",
+                           "inet filter input: policy drop without an accept for UDP 500, UDP 4500, ESP", FIX)
+
+
+def test_firewall_policy_drop_with_explicit_accepts_is_ok():
+    result = firewall(chain(), rule(match(UDP_DPORT, {"set": [500, 4500]}), ACCEPT),
+                      rule(match(L4PROTO, "esp"), ACCEPT))
+    assert result.status == "OK"
+
+
+def test_firewall_partial_accept_names_what_is_missing():
+    result = firewall(chain(), rule(match(UDP_DPORT, 500), ACCEPT))
+    assert result.detail == "inet filter input: policy drop without an accept for UDP 4500, ESP"
+
+
+def test_firewall_explicit_drop_before_accept():
+    result = firewall(chain("output", policy="accept"),
+                      rule(match(L4PROTO, "esp"), DROP, chain_name="output"),
+                      rule(ACCEPT, chain_name="output"))
+    assert result.detail == "inet filter output: a rule drops ESP"
+
+
+def test_firewall_ignores_forward_and_ip6_chains():
+    assert firewall(chain("forward"), chain(family="ip6", table="f6")).status == "OK"
+
+
+@pytest.mark.parametrize("nft, error, words", [
+    (None, "nft not usable (No such file or directory)", "cannot inspect: nft not usable"),
+    ((1, "", "Error: Operation not permitted\nmore"), None, "cannot inspect: nft: Error: Operation not permitted"),
+    ((0, "not json", ""), None, "cannot inspect: unexpected nft output"),
+])
+def test_firewall_cannot_inspect(nft, error, words):
+    result = dc.check_firewall(nft, error, [])
+    assert result.status == "WARN" and result.detail.startswith(words)
+    assert result.fix.endswith("to and from both tunnel IPs")
+
+
+# -- 5. rp_filter ------------------------------------------------------------------------
+
+def sysctls(all_value, default_value):
+    values = {"/proc/sys/net/ipv4/conf/all/rp_filter": all_value,
+              "/proc/sys/net/ipv4/conf/default/rp_filter": default_value}
+    return lambda path: values[path] + "\n"
+
+
+def test_rp_filter_loose_or_off_is_ok():
+    assert dc.check_rp_filter(sysctls("2", "0"), route_used=True).status == "OK"
+
+
+def test_rp_filter_strict_warns_in_route_mode():
+    result = dc.check_rp_filter(sysctls("0", "1"), route_used=True)
+    assert result.status == "WARN" and "all=0 default=1" in result.detail
+    assert result.fix.startswith("sysctl -w net.ipv4.conf.default.rp_filter=2")
+    assert "all.rp_filter" not in result.fix
+
+
+def test_rp_filter_strict_is_fine_in_policy_mode():
+    assert dc.check_rp_filter(sysctls("1", "1"), route_used=False).status == "OK"
+
+
+def test_rp_filter_unreadable():
+    def missing(path):
+        raise FileNotFoundError(2, "No such file or directory")
+    result = dc.check_rp_filter(missing, route_used=True)
+    assert result.status == "WARN" and result.detail.startswith("cannot read /proc/sys/net/ipv4/conf/all/rp_filter")
+
+
+# -- 6. MSS ------------------------------------------------------------------------------
+
+def test_mss_route_mode_is_clamped_by_the_agent():
+    result = dc.check_mss(HEROKU, Mode.ROUTE, "10.0.0.0/16")
+    assert result == Check("mss", "OK", "acme-space/office: the agent clamps TCP MSS to 1379 on its tunnel interfaces")
+
+
+def test_mss_policy_mode_advises_an_nft_rule():
+    result = dc.check_mss(STATIC, Mode.POLICY, "10.20.0.0/16")
+    assert result.status == "OK" and "does not clamp" in result.detail
+    assert "ip daddr 10.20.0.0/16 tcp flags syn tcp option maxseg size set 1379" in result.fix
+
+
+def test_mss_off_warns():
+    result = dc.check_mss(ConnectionConfig("s", "v", tcp_mss=0), Mode.ROUTE, None)
+    assert result.status == "WARN" and result.fix == "set tcp_mss: 1379 (AWS's value)"
+
+
+# -- 7. token ----------------------------------------------------------------------------
+
+def api_checks(tmp_path, answer, environ=None, loader=load_token, cached=None):
+    cache = ConnectionCache(tmp_path)
+    if cached is not None:
+        cache.save("acme-space", "office", cached)
+    config = AgentConfig(connections=(HEROKU,), state_dir=str(tmp_path))
+    return doctor._check_api(config, environ if environ is not None else {"HEROKU_API_KEY": TOKEN}, loader,
+                             lambda url, token: FakeApi({("acme-space", "office"): answer}), cache)
+
+
+def test_token_ok(tmp_path):
+    found, vpns, sources = api_checks(tmp_path, raw_vpn())
+    assert found == [Check("token", "OK", "acme-space/office: token accepted; status active, "
+                                          "2 tunnels (tunnel 1 UP, tunnel 2 UP)")]
+    assert sources == {"acme-space-office": "API"} and vpns["acme-space-office"].space_cidr_block == "10.0.0.0/16"
+
+
+def test_token_ok_but_connection_not_active(tmp_path):
+    [result], _, _ = api_checks(tmp_path, raw_vpn(status="provisioning"))
+    assert result.status == "WARN" and "status provisioning" in result.detail
+
+
+def test_token_refused(tmp_path):
+    [result], _, _ = api_checks(tmp_path, ApiAuthError("space acme-space vpn office: HTTP 401 (unauthorized: x)", status=401))
+    assert result.status == "FAIL"
+    assert result.fix.startswith("heroku authorizations:create -d 'vpn gateway agent'")
+
+
+def test_vpn_not_found(tmp_path):
+    [result], _, _ = api_checks(tmp_path, ApiNotFound("space acme-space vpn office: HTTP 404 (not_found: x)"))
+    assert result.status == "FAIL" and "spaces:vpn:info" in result.fix
+
+
+def test_api_unreachable_with_and_without_cache(tmp_path):
+    error = ApiUnavailable("space acme-space vpn office: cannot reach the API (ConnectError)")
+    [without], vpns, _ = api_checks(tmp_path / "a", error)
+    assert without.status == "WARN" and "no cache" in without.detail and vpns == {}
+    [with_cache], vpns, sources = api_checks(tmp_path / "b", error, cached=raw_vpn())
+    assert "the agent would use its cache" in with_cache.detail
+    assert sources == {"acme-space-office": "cache"}
+
+
+def test_no_token_at_all(tmp_path):
+    [result], _, _ = api_checks(tmp_path, raw_vpn(), environ={})
+    assert result.status == "FAIL" and result.detail.startswith("no Platform API token found")
+
+
+def test_static_only_needs_no_token(tmp_path):
+    config = AgentConfig(connections=(STATIC,), state_dir=str(tmp_path))
+
+    def no_loader(*args):
+        raise CredentialError("must not be asked")
+    found, vpns, sources = doctor._check_api(config, {}, no_loader, None, ConnectionCache(tmp_path))
+    assert found == [Check("token", "OK", "no Heroku connections: no token needed")]
+    assert sources == {"static-datacenter": "static config"}
+
+
+# -- 8. CIDR rules -----------------------------------------------------------------------
+
+def test_cidrs_ok():
+    result = dc.check_cidrs(HEROKU, vpn(), "API", lambda ip: None)
+    assert result == Check("cidrs", "OK", "acme-space/office (API): 172.16.0.0/16 <-> 10.0.0.0/16; "
+                                          "local address 35.161.69.30")
+
+
+@pytest.mark.parametrize("routable, words", [
+    (("100.64.0.0/16",), "100.64.0.0/16 is not RFC 1918"),
+    (("10.0.128.0/17",), "10.0.128.0/17 overlaps the space CIDR 10.0.0.0/16"),
+])
+def test_cidrs_break_the_article(routable, words):
+    result = dc.check_cidrs(HEROKU, raw_vpn_connection(routable), "cache", lambda ip: None)
+    assert result.status == "FAIL" and words in result.detail
+
+
+def test_cidrs_reserved_space_ranges_warn_for_heroku_only():
+    reserved = raw_vpn_connection(("172.17.0.0/16",))
+    assert "default dyno CIDR" in dc.check_cidrs(HEROKU, reserved, "API", lambda ip: None).detail
+    static = StaticConfig(1, ("172.17.0.0/16",), "10.0.0.0/16", STATIC.static.tunnels)
+    assert dc.check_cidrs(ConnectionConfig("s", "v", local_address="1.2.3.4", static=static), reserved,
+                          "static config", lambda ip: None).status == "OK"
+
+
+def test_local_address_detected_or_missing():
+    auto = ConnectionConfig("acme-space", "office")
+    assert "local address 35.161.69.30" in dc.check_cidrs(auto, vpn(), "API", lambda ip: "35.161.69.30").detail
+    missing = dc.check_cidrs(auto, vpn(), "API", lambda ip: None)
+    assert missing.status == "FAIL" and "no route to tunnel 1 (52.44.146.197)" in missing.detail
+
+
+def test_local_address_behind_nat_warns():
+    result = dc.check_cidrs(ConnectionConfig("acme-space", "office"), vpn(), "API", lambda ip: "192.168.1.5")
+    assert result.status == "WARN" and "set local_id: 35.161.69.30" in result.detail
+
+
+def test_cidrs_without_any_answer():
+    assert dc.check_cidrs(HEROKU, None, "", lambda ip: None).status == "WARN"
+
+
+# -- run_checks, render, JSON, exit codes ------------------------------------------------
+
+def test_run_checks_on_a_healthy_host(tmp_path):
+    config = AgentConfig(connections=(HEROKU, STATIC), state_dir=str(tmp_path))
+    found = doctor.run_checks(config, cache=ConnectionCache(tmp_path), **fakes())
+    assert [c.name for c in found] == ["charon", "plugins", "route mode", "firewall", "rp_filter",
+                                       "mss", "mss", "token", "cidrs", "cidrs"]
+    assert {c.status for c in found} == {"OK"}, [c for c in found if c.status != "OK"]
+
+
+def test_run_checks_firewall_fix_names_every_tunnel_ip(tmp_path):
+    config = AgentConfig(connections=(HEROKU, STATIC), state_dir=str(tmp_path))
+    found = doctor.run_checks(config, cache=ConnectionCache(tmp_path),
+                              **fakes(run=lambda argv: (0, nft_doc(chain()), "")))
+    [fw] = [c for c in found if c.name == "firewall"]
+    assert fw.fix.endswith("198.51.100.1, 198.51.100.2, 52.44.146.197, 52.44.146.198")
+
+
+def test_run_checks_when_nft_is_missing(tmp_path):
+    def no_nft(argv):
+        raise FileNotFoundError(2, "No such file or directory")
+    found = doctor.run_checks(AgentConfig(connections=(STATIC,)), **fakes(run=no_nft))
+    [fw] = [c for c in found if c.name == "firewall"]
+    assert fw.status == "WARN" and fw.detail == "cannot inspect: nft not usable (No such file or directory)"
+
+
+def test_render_is_an_aligned_table_with_fixes():
+    text = doctor.render([
+        Check("charon", "OK", "strongSwan 5.9.8, VICI at /var/run/charon.vici"),
+        Check("rp_filter", "WARN", "all=1 default=1: strict", "sysctl -w net.ipv4.conf.all.rp_filter=2"),
+        Check("token", "FAIL", "acme-space/office: token refused", "heroku authorizations:create -d 'vpn gateway agent'"),
+    ])
+    assert text == (
+        "OK    charon     strongSwan 5.9.8, VICI at /var/run/charon.vici\n"
+        "WARN  rp_filter  all=1 default=1: strict\n"
+        "                 fix: sysctl -w net.ipv4.conf.all.rp_filter=2\n"
+        "FAIL  token      acme-space/office: token refused\n"
+        "                 fix: heroku authorizations:create -d 'vpn gateway agent'\n"
+        "doctor: FAIL (1 OK, 1 WARN, 1 FAIL)\n"
+    )
+
+
+def test_to_json():
+    document = json.loads(doctor.to_json([Check("charon", "OK", "fine"), Check("mss", "WARN", "off", "set it")]))
+    assert document == {"status": "WARN", "checks": [
+        {"name": "charon", "status": "OK", "detail": "fine", "fix": ""},
+        {"name": "mss", "status": "WARN", "detail": "off", "fix": "set it"}]}
+
+
+def write_config(tmp_path, body: str) -> str:
+    path = tmp_path / "agent.yaml"
+    path.write_text(body)
+    return str(path)
+
+
+@pytest.mark.parametrize("overrides, code", [
+    ({}, 0),
+    ({"read_file": lambda path: "1"}, 1),
+    ({"charon": lambda path: CharonFacts(None, None, "cannot reach charon")}, 2),
+])
+def test_run_doctor_exit_codes(tmp_path, overrides, code):
+    config = write_config(tmp_path, f"state_dir: {tmp_path}\nconnections:\n"
+                                    "  - {space: acme-space, vpn: office, local_address: 35.161.69.30}\n")
+    out = []
+    assert doctor.run_doctor(config, print_=lambda text, end: out.append(text), **fakes(**overrides)) == code
+    assert out[0].startswith(f"OK    config")
+
+
+def test_run_doctor_reports_a_bad_config_as_fail(tmp_path):
+    out = []
+    code = doctor.run_doctor(write_config(tmp_path, "connections: 3\n"), as_json=True,
+                             print_=lambda text, end: out.append(text))
+    [check] = json.loads(out[0])["checks"]
+    assert code == 2 and check["name"] == "config" and check["status"] == "FAIL"
+    assert check["fix"].startswith("space-vpn-agent check-config --config ")
+
+
+def test_the_token_never_reaches_the_output(tmp_path, monkeypatch):
+    """A 401 whose body echoes the request, through the real adapter and token loader."""
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"id": "unauthorized", "message": request.headers["Authorization"]})
+
+    def api(url, token):
+        return PlatformApi(url, token, timeout=5.0, attempts=1, transport=httpx.MockTransport(echo))
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
+    config = write_config(tmp_path, f"state_dir: {tmp_path}\napi: {{token_file: {tmp_path / 'token'}}}\n"
+                                    "connections:\n  - {space: acme-space, vpn: office}\n")
+    for as_json in (False, True):
+        out = []
+        code = doctor.run_doctor(config, as_json=as_json, print_=lambda text, end: out.append(text),
+                                 **fakes(api_factory=api, environ={}))
+        assert code == 2
+        assert "token refused" in out[0] and "<redacted>" in out[0]
+        assert TOKEN not in out[0] and "doctor-test-token" not in out[0]
+
+
+# -- the command lines -------------------------------------------------------------------
+
+def test_space_vpn_agent_doctor_subcommand(tmp_path, capsys):
+    assert daemon_main.main(["doctor", "--config", str(tmp_path / "absent.yaml"), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["checks"][0]["name"] == "config"
+
+
+def test_agentctl_doctor_runs_the_daemon_side_and_passes_the_exit_code():
+    calls = []
+
+    def run(argv, check):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 1)
+    assert agentctl._doctor("/etc/space-vpn-agent/agent.yaml", as_json=True, run=run) == 1
+    assert calls == [[sys.executable, "-m", "agent.daemon.main", "doctor", "--config",
+                      "/etc/space-vpn-agent/agent.yaml", "--json"]]
+
+
+def test_agentctl_doctor_defaults(monkeypatch):
+    seen = []
+    monkeypatch.setattr(agentctl, "_doctor", lambda path, as_json: seen.append((path, as_json)) or 2)
+    assert agentctl.main(["doctor"]) == 2
+    assert seen == [("/etc/space-vpn-agent/agent.yaml", False)]
+
+
+def test_agentctl_doctor_end_to_end_with_a_missing_config(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "doctor", "--config", str(tmp_path / "no.yaml")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout.startswith("FAIL  config  ") and "fix: space-vpn-agent check-config" in done.stdout
