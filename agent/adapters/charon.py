@@ -98,6 +98,10 @@ class CharonClient:
             sas=sas,
         )
 
+    def stats(self) -> dict[str, Any]:
+        """charon's `stats`: uptime, workers, loaded plugins (for `doctor`)."""
+        return self._call("stats", lambda s: s.stats())
+
     def list_conns(self) -> list[dict[str, Any]]:
         return self._call("list-conns", lambda s: list(s.list_conns()))
 

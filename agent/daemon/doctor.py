@@ -49,7 +49,7 @@ class _DoctorCharon:
 
     def plugins(self) -> tuple[str, ...]:
         # Through the client's own error translation; CharonClient has no public stats().
-        stats = self._client._call("stats", lambda s: s.stats())
+        stats = self._client.stats()
         return tuple(decode_text(p) for p in stats.get("plugins", []))
 
     def close(self) -> None:
