@@ -136,7 +136,14 @@ class CharonEvent:
     """An SA came up, went down or rekeyed; the loop re-observes and re-plans."""
 
     kind: str
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # IKE SA (connection) names the event is about
+    up: bool = False  # ike-updown/child-updown: came up (else went down)
+
+
+def event_from(kind: str, payload: dict[str, Any]) -> CharonEvent:
+    """updown events carry `up = yes` next to the SA sections when something came up."""
+    up = messages.decode_text(payload.get("up")) == "yes"
+    return CharonEvent(kind, tuple(name for name in payload if name != "up"), up)
 
 
 @dataclass(frozen=True)
@@ -179,8 +186,7 @@ class CharonEventListener:
                     if self._stop.is_set():
                         break
                     if event_type is not None:
-                        names = tuple(payload.keys()) if payload else ()
-                        self._post(CharonEvent(messages.decode_text(event_type), names))
+                        self._post(event_from(messages.decode_text(event_type), payload or {}))
                 listener.close()
                 session.transport.close()
             except (CharonUnavailable, OSError, SessionException) as e:

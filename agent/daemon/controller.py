@@ -105,8 +105,11 @@ class Controller:
         match message:
             case Stop():
                 return False
-            case CharonEvent(kind=kind, names=names):
-                log.debug("charon event %s %s", kind, ",".join(names))
+            case CharonEvent(kind=kind, names=names, up=up):
+                log.debug("charon event %s %s %s", kind, ",".join(names), "up" if up else "down")
+                if kind == "child-updown" and not up:
+                    for runtime in self._runtimes.values():
+                        self._reconciler.route_around(runtime, names)
             case CharonConnected():
                 log.info("VICI event session connected; (re)loading all tunnels")
                 self._reconciler.forget_loaded()

@@ -17,7 +17,7 @@ from agent.core import connection_plan, planner, route_planner
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.health import TrafficTotals
 from agent.core.model import Mode
-from agent.core.netstate import NetState, source_inside
+from agent.core.netstate import ACTIVE_METRIC, NetState, source_inside
 from agent.core.observation import CharonState
 from agent.daemon.state import ConnectionRuntime
 
@@ -123,6 +123,25 @@ class Reconciler:
             local_id=config.local_id, mode=runtime.mode, connection=runtime.vpn, source_address=source,
             tunnel_mtu=config.tunnel_mtu, tcp_mss=config.tcp_mss,
         )
+
+    def route_around(self, runtime: ConnectionRuntime, gone: tuple[str, ...]) -> None:
+        """Route mode, a CHILD_SA of the active tunnel just went down (peer DELETE): move
+        the route to the other tunnel now, if its CHILD_SA was installed at the last
+        look, rather than after a full pass. The pass that follows re-derives everything
+        (and records the failover); in route mode both tunnels carry traffic, so even a
+        needless move loses nothing."""
+        conn, active = runtime.desired, runtime.active
+        if self._links is None or conn is None or active is None or conn.mode is not Mode.ROUTE:
+            return
+        if conn.tunnel(active).conn_name not in gone:
+            return
+        other = conn.tunnel(3 - active)
+        if self.charon_state.tunnel(other.conn_name).installed_child is None:
+            return
+        actions = [route_planner.SetRoute(dst, other.interface, ACTIVE_METRIC, conn.source_address)
+                   for dst in conn.remote_ts]
+        log.info("%s: tunnel %d's CHILD_SA went down: routing via tunnel %d at once", conn.label, active, other.number)
+        self._apply_net(actions)
 
     # -- one connection ------------------------------------------------------------------
     def _reconcile_connection(self, runtime: ConnectionRuntime, now: float) -> None:

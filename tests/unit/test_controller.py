@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.adapters.charon import CharonUnavailable
+from agent.adapters.charon import CharonEvent, CharonUnavailable
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.heroku import FetchResult
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
@@ -309,3 +309,47 @@ def test_show_config_hides_secrets(config_file):
     ok, shown = drain(controller, "show-config", 0)
     assert ok and shown["connections"][0]["space"] == "acme-space"
     assert "token" not in repr(shown).replace("token_file", "")
+
+
+def test_updown_events_say_up_or_down_and_name_the_sas():
+    from agent.adapters.charon import event_from
+
+    assert event_from("child-updown", {"up": b"yes", T1: {}}) == CharonEvent("child-updown", (T1,), True)
+    assert event_from("child-updown", {T2: {}}) == CharonEvent("child-updown", (T2,), False)
+
+
+class FakeLinks:
+    def __init__(self) -> None:
+        self.routes: list[tuple] = []
+
+    def observe(self):
+        from agent.core.netstate import NetState
+
+        return NetState(addresses=("172.16.0.2",))
+
+    def ensure_interface(self, name, if_id, mtu) -> None:
+        pass
+
+    def remove_interface(self, name) -> None:
+        pass
+
+    def set_route(self, dst, ifname, metric, src) -> None:
+        self.routes.append((dst, ifname, metric))
+
+    def delete_route(self, dst, ifname, metric) -> None:
+        pass
+
+
+def test_route_mode_moves_the_route_as_soon_as_the_active_child_goes(config_file):
+    config_file.write_text(config_file.read_text().replace("local_address: 203.0.113.10", "local_address: "
+                                                          "203.0.113.10, mode: route"))
+    charon, links = FakeCharon(), FakeLinks()
+    controller, _ = make_controller(config_file, charon, links=links)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    controller.reconcile_pass()
+    links.routes.clear()
+    controller.handle(CharonEvent("child-updown", (T2,), False))  # the standby's child: nothing moves
+    assert links.routes == []
+    controller.handle(CharonEvent("child-updown", (T1,), False))  # the active one: move at once
+    assert [(dst, ifname.endswith("-2"), metric) for dst, ifname, metric in links.routes] == [("10.0.0.0/16", True, 100)]
