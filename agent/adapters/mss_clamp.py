@@ -14,6 +14,8 @@ import subprocess
 log = logging.getLogger(__name__)
 
 TABLE = "space_vpn_agent"
+# Children get a bare environment: HEROKU_API_KEY (if the token came that way) stays ours.
+CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
 class MssClampError(Exception):
@@ -58,7 +60,7 @@ class MssClamp:
         self._applied = dict(rules)
         try:
             result = subprocess.run([self._nft, "-f", "-"], input=ruleset(rules), text=True,
-                                    capture_output=True, timeout=10)
+                                    capture_output=True, timeout=10, env=CHILD_ENV)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise MssClampError(f"cannot run {self._nft} (install nftables for MSS clamping): {e}") from e
         if result.returncode != 0:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.adapters.mss_clamp import CHILD_ENV
 from agent.adapters.charon import CharonClient, CharonError
 from agent.adapters.charon_messages import decode_text
 from agent.adapters.connection_cache import ConnectionCache
@@ -73,7 +74,7 @@ def read_charon(socket_path: str, connect: Callable[[str], object] = _DoctorChar
 def run_command(argv: list[str]) -> tuple[int, str, str]:
     """(returncode, stdout, stderr); OSError when the program is missing."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, env=CHILD_ENV)
     except subprocess.TimeoutExpired as e:
         raise OSError(f"{argv[0]} timed out") from e
     return done.returncode, done.stdout, done.stderr

@@ -177,8 +177,14 @@ class SpaceSide:
 
     def graceful_down(self, number: int) -> None:
         """Terminate tunnel `number`'s IKE SA; the customer receives a DELETE."""
+        self._answer_over_the_other(number)
         self._terminate(number, force=False)
         log.info("space side: tunnel %s terminated gracefully", number)
+
+    def _answer_over_the_other(self, number: int) -> None:
+        """AWS answers over a tunnel that is still up (route-based space side only)."""
+        if self.route_based and len(self.tunnels) > 1 and self.answering_tunnel == number:
+            self.answer_via(3 - number)
 
     def block(self, number: int) -> None:
         """Blackhole the endpoint (an endpoint under maintenance answers nothing)."""
@@ -187,10 +193,7 @@ class SpaceSide:
     def silent_down(self, number: int) -> None:
         """Blackhole the endpoint, then forget its SA without the peer noticing:
         the customer only finds out through DPD."""
-        if self.route_based and len(self.tunnels) > 1:
-            # AWS answers over a tunnel that is still up (moved first, so no reply
-            # heads into the blackhole below).
-            self.answer_via(1 if number != 1 else 2)
+        self._answer_over_the_other(number)  # first: no reply heads into the blackhole
         self.block(number)
         self._terminate(number, force=True)
         log.info("space side: tunnel %s silently dropped", number)
