@@ -13,6 +13,7 @@ APT_PACKAGES=(
   python3 python3-venv
   linux-image-amd64 qemu-system-x86 busybox-static
   prometheus
+  dh-virtualenv debhelper dpkg-dev build-essential python3-dev
 )
 
 missing=()

@@ -231,3 +231,16 @@ def test_route_mode_on_a_kernel_without_xfrm_interfaces_is_refused(lab, make_age
     log_text = agent.log_text()
     assert "mode: route is not possible here" in log_text and "XFRM interfaces" in log_text
     assert customer_sas(lab) == {}
+
+
+def test_refuses_to_start_with_a_token_file_others_can_read(lab, make_agent, secrets_of):
+    agent = make_agent()
+    os.chmod(agent.workdir / "heroku-token", 0o644)
+    agent.start()
+    deadline = time.monotonic() + 30
+    while agent.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert agent.stop() == 2
+    assert "chmod 600" in agent.log_text()
+    assert_no_secret(agent.log_text(), secrets_of)
+    assert customer_sas(lab) == {}
