@@ -55,6 +55,12 @@ def make_agent(tmp_path: Path, lab: Lab, fake_api: FakePlatformApi, token: str) 
     yield make
     for agent in agents:
         agent.stop()
+    # Every lab scenario's agent log, whatever the test asserted: no PSK, no token.
+    secrets = (*lab.psks, token)
+    for agent in agents:
+        text = agent.log_text()
+        leaked = [i for i, secret in enumerate(secrets) if secret in text]
+        assert not leaked, f"secret #{leaked} in {agent.log_path} (value not shown)"
 
 
 @pytest.fixture
