@@ -7,7 +7,6 @@ are translated into the small PlatformApiError tree; the token never appears in 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import httpx
 import tenacity
 
 from agent import __version__
+from agent.core.hosts import is_loopback_host
 from agent.core.model import Secret, VpnConnection
 from agent.core.payload import PayloadError, parse_vpn_connection
 
@@ -91,18 +91,9 @@ def _check_url(url: str) -> httpx.URL:
         raise ValueError(f"invalid Platform API url {url}: {e}") from e
     if parsed.scheme == "https" and parsed.host:
         return parsed
-    if parsed.scheme == "http" and _is_loopback(parsed.host):
+    if parsed.scheme == "http" and is_loopback_host(parsed.host):
         return parsed
     raise ValueError(f"refusing Platform API url {url}: use https (plain http only to loopback)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _segment(name: str) -> str:
@@ -198,7 +189,7 @@ class PlatformApi:
             follow_redirects=False,
             # Proxy settings from the environment serve gateways behind a corporate proxy;
             # a loopback fake must never be sent through one.
-            trust_env=not _is_loopback(parsed.host),
+            trust_env=not is_loopback_host(parsed.host),
         )
 
     def __repr__(self) -> str:

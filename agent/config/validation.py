@@ -23,6 +23,7 @@ from agent.config.schema import (
     split_listen,
 )
 from agent.config.static import _static
+from agent.core.hosts import is_loopback_host
 from agent.core.model import Mode, object_name
 
 _TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level",
@@ -87,17 +88,8 @@ def _check_api_url(url: str, problems: list[str]) -> None:
         problems.append("api.url: must not contain credentials; use api.token_file")
     elif parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append(f"api.url: '{url}' is not an https:// URL (e.g. https://api.heroku.com)")
-    elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+    elif parts.scheme == "http" and not is_loopback_host(parts.hostname):
         problems.append(f"api.url: plain http is only allowed for loopback hosts, got '{url}'")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _strongswan(raw: object, problems: list[str], base_dir: Path) -> StrongswanConfig:

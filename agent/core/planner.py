@@ -77,6 +77,10 @@ class TunnelTiming:
     ever_established: bool = False  # since this agent started
     connecting_since: float | None = None  # monotonic s an IKE SA was first seen CONNECTING
 
+    def may_initiate(self, now: float) -> bool:
+        """The backoff gate: no initiate before next_attempt_at."""
+        return now >= self.next_attempt_at
+
 
 def observe_timing(timing: TunnelTiming, sas: TunnelSas, now: float) -> TunnelTiming:
     """Advance a tunnel's timing by one observation."""
@@ -178,7 +182,7 @@ def plan_policy_mode(
     actions: list[Action] = []
 
     def may_attempt(conn_name: str) -> bool:
-        return now >= timing.get(conn_name, TunnelTiming()).next_attempt_at
+        return timing.get(conn_name, TunnelTiming()).may_initiate(now)
 
     # Active: needs an IKE SA with a live child. CONNECTING means charon is on it.
     has_live_child = any(c.state in LIVE_CHILD_STATES for c in active_sas.children)

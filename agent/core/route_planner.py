@@ -73,8 +73,7 @@ def plan_route_tunnels(
         sas = charon.tunnel(tunnel.conn_name)
         if any(c.state in LIVE_CHILD_STATES for c in sas.children):
             continue
-        ready = now >= timing.get(tunnel.conn_name, TunnelTiming()).next_attempt_at
-        if sas.ike_state in (ESTABLISHED, "DOWN") and ready:
+        if sas.ike_state in (ESTABLISHED, "DOWN") and timing.get(tunnel.conn_name, TunnelTiming()).may_initiate(now):
             actions.append(InitiateChild(tunnel.conn_name))
     return actions
 

@@ -142,7 +142,7 @@ class Controller:
             previous = old.get(conn.key)
             if previous is not None and previous.config.static is None and conn.static is None:
                 # Same Heroku connection: keep what we know of the far end.
-                for attr in ("vpn", "source", "connection_status", "api_last_success", "active", "timing", "probes",
+                for attr in ("vpn", "source", "connection_status", "api_last_success", "timing", "probes",
                              "failover", "inbound", "drained", "failovers", "failover_counts",
                              "traffic", "initiates", "api_errors"):
                     setattr(runtime, attr, getattr(previous, attr))

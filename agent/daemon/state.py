@@ -35,7 +35,6 @@ class ConnectionRuntime:
     api_error_kind: str | None = None
     api_last_success: float | None = None
     local_address: str | None = None  # config value, else detected
-    active: int | None = None  # the tunnel that carries traffic (failover state's copy)
     desired: DesiredConnection | None = None
     timing: dict[str, TunnelTiming] = field(default_factory=dict)
     probes: dict[int, ProbeStats] = field(default_factory=dict)  # by tunnel number
@@ -52,6 +51,11 @@ class ConnectionRuntime:
     @property
     def key(self) -> str:
         return self.config.key
+
+    @property
+    def active(self) -> int | None:
+        """The tunnel that carries traffic (None until the first pass decided)."""
+        return self.failover.active if self.failover is not None else None
 
     def inputs(self, connect_timeout: float) -> ConnectionInputs:
         policy = FailoverPolicy(preferred=self.config.preferred_tunnel, hold_down=self.config.failback_hold_down)
@@ -71,7 +75,6 @@ class ConnectionRuntime:
 
     def apply_decision(self, decision: ConnectionDecision, wall_now: float) -> None:
         self.failover = decision.failover
-        self.active = decision.failover.active
         self.timing = dict(decision.timing)
         self.inbound = decision.inbound
         self.health = dict(decision.health)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, interface_name
 from agent.lab import kernel_scenarios as ks

@@ -14,6 +14,7 @@ from agent.lab.agent_process import AgentProcess, heroku_agent_config, write_sec
 from agent.lab.cli import SPACE, VPN, start_fake_api
 from agent.lab.fake_api import FakePlatformApi
 from agent.lab.lab import Lab
+from tests.lab.helpers import assert_no_secret
 
 
 @pytest.fixture
@@ -56,11 +57,8 @@ def make_agent(tmp_path: Path, lab: Lab, fake_api: FakePlatformApi, token: str) 
     for agent in agents:
         agent.stop()
     # Every lab scenario's agent log, whatever the test asserted: no PSK, no token.
-    secrets = (*lab.psks, token)
     for agent in agents:
-        text = agent.log_text()
-        leaked = [i for i, secret in enumerate(secrets) if secret in text]
-        assert not leaked, f"secret #{leaked} in {agent.log_path} (value not shown)"
+        assert_no_secret(agent.log_text(), (*lab.psks, token))
 
 
 @pytest.fixture
