@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.desired import DesiredConnection
+from agent.core.model import Mode
 from agent.core.netstate import ACTIVE_METRIC, INTERFACE_PREFIX, STANDBY_METRIC, NetState, Route, interface_name
 from agent.core.observation import ESTABLISHED, LIVE_CHILD_STATES, CharonState
 from agent.core.planner import InitiateChild, TunnelTiming
@@ -112,6 +113,31 @@ def plan_routes(conn: DesiredConnection, charon: CharonState, net: NetState, act
             if route.ifname in ours and route.metric not in wanted_metrics
         ]
     return actions
+
+
+@dataclass(frozen=True)
+class Reroute:
+    """Armed for one route-mode connection: when `trigger` (the active tunnel's CHILD_SA)
+    goes down, `routes` move the traffic to the other tunnel at once."""
+
+    trigger: str
+    label: str
+    from_tunnel: int
+    to_tunnel: int
+    routes: tuple[SetRoute, ...]
+
+
+def plan_reroute(conn: DesiredConnection, charon: CharonState, active: int | None) -> Reroute | None:
+    """The move to arm, or None: only in route mode, and only towards a tunnel whose
+    CHILD_SA is installed (elsewhere the traffic would be lost all the same)."""
+    if conn.mode is not Mode.ROUTE or active is None:
+        return None
+    other = conn.tunnel(3 - active)
+    if charon.tunnel(other.conn_name).installed_child is None:
+        return None
+    assert other.interface is not None  # route mode names every tunnel's interface
+    routes = tuple(SetRoute(dst, other.interface, ACTIVE_METRIC, conn.source_address) for dst in conn.remote_ts)
+    return Reroute(conn.tunnel(active).conn_name, conn.label, active, other.number, routes)
 
 
 def plan_stale_interfaces(configured: list[tuple[str, str]], net: NetState) -> list[RouteAction]:

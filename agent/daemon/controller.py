@@ -15,10 +15,10 @@ from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEve
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.probe import ProbeResult, ProbeTarget
 from agent.config import AgentConfig, redacted, static_vpn_connection
+from agent.core.connection_plan import current_probes
 from agent.core.health import ProbeStats
 from agent.core.model import ConnectionStatus, Mode
 from agent.core.snapshot import Snapshot
-from agent.core.connection_plan import current_probes
 from agent.daemon.messages import ApiAnswer, ApiFailure, ControlRequest, Reload, Stop, ThreadCrashed
 from agent.daemon.reconciler import Reconciler
 from agent.daemon.state import ConnectionRuntime, connection_view, probe_targets
@@ -106,10 +106,9 @@ class Controller:
             case Stop():
                 return False
             case CharonEvent(kind=kind, names=names, up=up):
+                # Nothing to store: the pass that follows looks at charon afresh (in route
+                # mode the event thread may already have moved a route: FastReroute).
                 log.debug("charon event %s %s %s", kind, ",".join(names), "up" if up else "down")
-                if kind == "child-updown" and not up:
-                    for runtime in self._runtimes.values():
-                        self._reconciler.route_around(runtime, names)
             case CharonConnected():
                 log.info("VICI event session connected; (re)loading all tunnels")
                 self._reconciler.forget_loaded()

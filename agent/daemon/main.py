@@ -25,6 +25,7 @@ from agent.adapters.metrics import MetricsServer
 from agent.adapters.mss_clamp import MssClamp
 from agent.adapters.netinfo import source_address_towards
 from agent.adapters.probe import Prober
+from agent.adapters.route_socket import RouteSocket
 from agent.adapters.sdnotify import SystemdNotifier
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.server import ControlServer
@@ -32,6 +33,7 @@ from agent.core.snapshot import Snapshot
 from agent.daemon import doctor
 from agent.daemon.api_poller import ApiPoller, PollTarget
 from agent.daemon.controller import Controller, resolve_mode
+from agent.daemon.fast_reroute import FastReroute
 from agent.daemon.messages import ControlRequest, Reload, Stop
 from agent.daemon.reconciler import Reconciler
 
@@ -107,9 +109,12 @@ class Daemon:
         self._poller: ApiPoller | None = None
         self._charon = CharonClient(config.strongswan.vici_socket)
         self._links = LinkManager()  # also finds our address inside the routable CIDRs
+        # Its own netlink socket: it writes from the VICI event thread.
+        self._route_socket = RouteSocket() if route_unsupported is None else None
+        self._reroute = FastReroute(self._route_socket) if self._route_socket is not None else None
         reconciler = Reconciler(self._charon, self._links, MssClamp() if route_unsupported is None else None,
                                 detect_local_address=source_address_towards, rand=random.random,
-                                connect_timeout=config.strongswan.connect_timeout)
+                                connect_timeout=config.strongswan.connect_timeout, reroute=self._reroute)
         self._controller = Controller(
             config,
             reconciler,
@@ -121,7 +126,7 @@ class Daemon:
             on_probe_targets=self._set_probe_targets,
         )
         self._prober = Prober(self._controller.post)
-        self._listener = CharonEventListener(config.strongswan.vici_socket, self._controller.post)
+        self._listener = CharonEventListener(config.strongswan.vici_socket, self._on_charon_message)
         self._metrics = None
         if config.metrics.enabled:
             self._metrics = MetricsServer(config.metrics.host, config.metrics.port, lambda: self._controller.snapshot)
@@ -130,6 +135,10 @@ class Daemon:
         )
 
     def run(self) -> int:
+        # A thread waiting for the GIL gets it after at most this long: the VICI event
+        # thread (fast reroute) must not wait the default 5 ms after each system call
+        # while the loop is busy with a pass.
+        sys.setswitchinterval(0.001)
         config = self._controller.config
         log.info("space-vpn-agent %s starting: %d connection(s), charon at %s",
                  __version__, len(config.connections), config.strongswan.vici_socket)
@@ -158,6 +167,14 @@ class Daemon:
                 self._metrics.stop()
             self._charon.close()
             self._links.close()
+            if self._route_socket is not None:
+                self._route_socket.close()
+
+    def _on_charon_message(self, message: object) -> None:
+        """VICI event thread: a fast reroute first (route mode), then the loop hears of it."""
+        if self._reroute is not None:
+            self._reroute.on_event(message)
+        self._controller.post(message)
 
     def _start_poller(self, config: AgentConfig) -> None:
         """(Re)start API polling for the Heroku connections of `config`. At start a

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 from agent.adapters.charon import CharonClient, CharonError
@@ -17,8 +18,9 @@ from agent.core import connection_plan, planner, route_planner
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.health import TrafficTotals
 from agent.core.model import Mode
-from agent.core.netstate import ACTIVE_METRIC, NetState, source_inside
+from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
+from agent.daemon.fast_reroute import FastReroute
 from agent.daemon.state import ConnectionRuntime
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,11 @@ class Reconciler:
         rand: Callable[[], float],
         wall: Callable[[], float] = time.time,
         connect_timeout: float = 5.0,
+        reroute: FastReroute | None = None,
     ) -> None:
         self._wall = wall
+        self._reroute = reroute
+        self._pass_since = 0  # reroutes fired before this pass looked at anything
         self._connect_timeout = connect_timeout
         self._charon = charon
         self._links = links
@@ -58,6 +63,7 @@ class Reconciler:
         self._loaded.clear()
 
     def run(self, runtimes: list[ConnectionRuntime], now: float) -> None:
+        self._pass_since = self._reroute.fired if self._reroute is not None else 0
         self.charon_state = self._observe_charon()
         routed = [r for r in runtimes if r.mode is Mode.ROUTE]
         if self._links is not None:  # routes and interfaces, and our addresses (probe source)
@@ -84,6 +90,11 @@ class Reconciler:
         for runtime in runtimes:
             if runtime.desired is not None:
                 self._reconcile_connection(runtime, now)
+        if self._reroute is not None:
+            plans = (route_planner.plan_reroute(r.desired, self.charon_state, r.active)
+                     for r in routed if r.desired is not None)
+            ifindex = {link.name: link.index for link in self.net_state.links.values()}
+            self._reroute.arm([plan for plan in plans if plan is not None], ifindex, self._pass_since)
 
     # -- observing ---------------------------------------------------------------------
     def _observe_charon(self) -> CharonState:
@@ -123,25 +134,6 @@ class Reconciler:
             local_id=config.local_id, mode=runtime.mode, connection=runtime.vpn, source_address=source,
             tunnel_mtu=config.tunnel_mtu, tcp_mss=config.tcp_mss,
         )
-
-    def route_around(self, runtime: ConnectionRuntime, gone: tuple[str, ...]) -> None:
-        """Route mode, a CHILD_SA of the active tunnel just went down (peer DELETE): move
-        the route to the other tunnel now, if its CHILD_SA was installed at the last
-        look, rather than after a full pass. The pass that follows re-derives everything
-        (and records the failover); in route mode both tunnels carry traffic, so even a
-        needless move loses nothing."""
-        conn, active = runtime.desired, runtime.active
-        if self._links is None or conn is None or active is None or conn.mode is not Mode.ROUTE:
-            return
-        if conn.tunnel(active).conn_name not in gone:
-            return
-        other = conn.tunnel(3 - active)
-        if self.charon_state.tunnel(other.conn_name).installed_child is None:
-            return
-        actions = [route_planner.SetRoute(dst, other.interface, ACTIVE_METRIC, conn.source_address)
-                   for dst in conn.remote_ts]
-        log.info("%s: tunnel %d's CHILD_SA went down: routing via tunnel %d at once", conn.label, active, other.number)
-        self._apply_net(actions)
 
     # -- one connection ------------------------------------------------------------------
     def _reconcile_connection(self, runtime: ConnectionRuntime, now: float) -> None:
@@ -204,12 +196,21 @@ class Reconciler:
 
     def _apply_net(self, actions: list[route_planner.RouteAction]) -> bool:
         assert self._links is not None or not actions
-        for action in actions:
-            try:
-                self._apply_link(action)
-            except LinkError as e:
-                log.warning("%s failed: %s", type(action).__name__, e)
-        return bool(actions)
+        if not actions:
+            return False
+        with self._net_guard() as current:
+            if not current:
+                log.debug("a fast reroute fired during this pass: its route changes wait for the next pass")
+                return False
+            for action in actions:
+                try:
+                    self._apply_link(action)
+                except LinkError as e:
+                    log.warning("%s failed: %s", type(action).__name__, e)
+        return True
+
+    def _net_guard(self) -> AbstractContextManager[bool]:
+        return self._reroute.guard(self._pass_since) if self._reroute is not None else nullcontext(True)
 
     def _apply_link(self, action: route_planner.RouteAction) -> None:
         links = self._links

@@ -60,6 +60,7 @@ from agent.lab.bench_systems import (
     seed_name,
     space_redundant,
 )
+from agent.lab.bench_timeline import describe, read_after_delete
 from agent.lab.lab import Lab
 from agent.lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
 from agent.lab.traffic import Pinger
@@ -127,7 +128,7 @@ def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float) -> dic
                 run.mark("redundancy restored")
             time.sleep(POLL_S)
     spacing = packet_spacing(ping_s, result.transmitted, interval_s)
-    return {"active_tunnel": active, "events": run.events, "sent": result.transmitted,
+    return {"active_tunnel": active, "events": run.events, "t0_unix": run.t0_unix, "sent": result.transmitted,
             "received": result.received, "lost": result.lost, "ping_s": round(ping_s, 2),
             "spacing_ms": round(spacing * 1000, 2), "ms_lost": ms_lost(result.lost, spacing),
             "ms_lost_nominal": ms_lost(result.lost, interval_s), "restore_s": restore_s}
@@ -151,6 +152,8 @@ def run_one(mode: str, spec: ScenarioSpec, system_name: str, interval_s: float, 
                 record.update(measure(lab, system, spec, interval_s))
             finally:
                 record.update(system.details())
+        if spec.key == "b":  # the DELETE's path through both charons and the agent
+            record["after_delete"] = read_after_delete(workdir, record["t0_unix"] + LEAD_S - 0.5)
     except Exception as e:  # noqa: BLE001 - recorded; the next run goes on
         log.warning("bench %s/%s/%s failed: %s", mode, spec.name, system_name, e)
         record["error"] = f"{type(e).__name__}: {e}"[-600:]
@@ -248,6 +251,7 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
         vm_runs, vm_notes = route_runs(route_set, interval, out_dir / "vm")
         runs += vm_runs
         notes += vm_notes
+    notes += [text for run in runs if (text := describe(run))]
     document = report_document(runs, interval_s=interval, started=started, finished=time.time(), notes=notes)
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     rows = [build_row(r) for r in runs]

@@ -26,6 +26,7 @@ class Timeline:
     def __init__(self, lab: Lab, system: Any, active: int) -> None:
         self.lab, self.system, self.active = lab, system, active
         self.t0 = time.monotonic()
+        self.t0_unix = time.time()  # to find the run's lines in the logs
         self.events: list[dict[str, Any]] = []
         self.restore_at: float | None = None
 

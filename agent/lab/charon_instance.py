@@ -53,6 +53,7 @@ charon {{
     lab {{
       path = {log}
       time_format = %H:%M:%S
+      time_add_ms = yes
       ike_name = yes
       append = yes
       flush_line = yes

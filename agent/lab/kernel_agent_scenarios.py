@@ -214,6 +214,9 @@ def _graceful(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
     """The space side deletes the active tunnel (2) gracefully and stays a responder:
     the route moves to tunnel 1 and tunnel 2 comes back with a CHILD_SA."""
     _moves(ctx, lab, agent, "graceful", 1, lambda: lab.space.graceful_down(2))
+    # The event thread moved the route (FastReroute), not a pass that came later.
+    rerouted = [line for line in agent.log_path.read_text().splitlines() if "routed via tunnel 1 in" in line]
+    ctx.check("graceful_fast_reroute", bool(rerouted), rerouted[-1] if rerouted else "no fast reroute in the log")
     ok, detail = wait(agent, both_children, 30)
     ctx.check("graceful_tunnel_returns", ok, detail)
 

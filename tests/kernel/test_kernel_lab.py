@@ -42,7 +42,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "failover_traffic_resumes", "endpoint_returns_as_standby",
         "announced_moves_to_tunnel1", "announced_traffic_continues",
         "drain_moves_to_tunnel2", "drain_traffic_continues", "undrain",
-        "graceful_moves_to_tunnel1", "graceful_traffic_continues", "graceful_tunnel_returns",
+        "graceful_moves_to_tunnel1", "graceful_traffic_continues", "graceful_fast_reroute",
+        "graceful_tunnel_returns",
     ),
     "agent_policy_mode_kernel": (
         "one_child_and_hot_standby", "ping_through_policy_mode", "no_XfrmInTmplMismatch", "single_child",

@@ -11,12 +11,14 @@ import pytest
 from agent.adapters.charon import CharonEvent, CharonUnavailable
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.heroku import FetchResult
+from agent.adapters.mss_clamp import MssClamp
+from agent.adapters.route_socket import PreparedRoute
+from agent.core.netstate import Link, NetState
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.payload import parse_vpn_connection
 from agent.core.snapshot import Health
-from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop
-from agent.adapters.mss_clamp import MssClamp
 from agent.daemon.controller import Controller
+from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop
 from agent.daemon.reconciler import Reconciler
 
 T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
@@ -111,13 +113,13 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-def make_controller(config_file: Path, charon: FakeCharon, clock: Clock | None = None, links=None):
+def make_controller(config_file: Path, charon: FakeCharon, clock: Clock | None = None, links=None, reroute=None):
     from agent.config import load_config
 
     config = load_config(config_file)
     cache = ConnectionCache(Path(config.state_dir))
     reconciler = Reconciler(charon, links, MssClamp(nft="/bin/true") if links else None,
-                            detect_local_address=lambda ip: "203.0.113.10", rand=lambda: 0.5)
+                            detect_local_address=lambda ip: "203.0.113.10", rand=lambda: 0.5, reroute=reroute)
     controller = Controller(
         config, reconciler, cache,
         route_unsupported=None if links else "the test kernel has no XFRM interfaces",
@@ -319,19 +321,21 @@ def test_updown_events_say_up_or_down_and_name_the_sas():
 
 
 class FakeLinks:
+    """Interfaces appear when ensured; routes are recorded, never shown (so every pass
+    wants to write them: the fast reroute guard must hold such writes back)."""
+
     def __init__(self) -> None:
         self.routes: list[tuple] = []
+        self.links: dict[str, Link] = {}
 
     def observe(self):
-        from agent.core.netstate import NetState
-
-        return NetState(addresses=("172.16.0.2",))
+        return NetState(links=dict(self.links), addresses=("172.16.0.2",))
 
     def ensure_interface(self, name, if_id, mtu) -> None:
-        pass
+        self.links[name] = Link(name, 10 + len(self.links), "xfrm", if_id, mtu, True)
 
     def remove_interface(self, name) -> None:
-        pass
+        self.links.pop(name, None)
 
     def set_route(self, dst, ifname, metric, src) -> None:
         self.routes.append((dst, ifname, metric))
@@ -340,16 +344,66 @@ class FakeLinks:
         pass
 
 
-def test_route_mode_moves_the_route_as_soon_as_the_active_child_goes(config_file):
+class FakeRouteSocket:
+    """Records what the fast reroute sends, as (dst, ifname, metric)."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple] = []
+        self._prepared: dict[int, tuple] = {}
+
+    def prepare(self, dst, ifname, ifindex, metric, src):
+        sequence = len(self._prepared) + 1
+        self._prepared[sequence] = (dst, ifname, metric)
+        return PreparedRoute(f"route {dst} dev {ifname} metric {metric}", sequence, b"")
+
+    def send(self, routes) -> list[str]:
+        self.routes += [self._prepared[route.sequence] for route in routes]
+        return []
+
+
+def route_mode_controller(config_file):
+    from agent.daemon.fast_reroute import FastReroute
+
     config_file.write_text(config_file.read_text().replace("local_address: 203.0.113.10", "local_address: "
                                                           "203.0.113.10, mode: route"))
-    charon, links = FakeCharon(), FakeLinks()
-    controller, _ = make_controller(config_file, charon, links=links)
+    charon, links, reroute_links = FakeCharon(), FakeLinks(), FakeRouteSocket()
+    reroute = FastReroute(reroute_links)
+    controller, _ = make_controller(config_file, charon, links=links, reroute=reroute)
     controller.handle(answer(vpn_json()))
     controller.reconcile_pass()
     controller.reconcile_pass()
+    return controller, charon, links, reroute, reroute_links
+
+
+def test_route_mode_fast_reroute_moves_the_route_as_soon_as_the_active_child_goes(config_file):
+    _, _, _, reroute, reroute_links = route_mode_controller(config_file)
+    reroute.on_event(CharonEvent("child-updown", (T2,), False))  # the standby's child: nothing moves
+    assert reroute_links.routes == []
+    reroute.on_event(CharonEvent("child-updown", (T1,), False))  # the active one: move at once
+    assert [(dst, ifname.endswith("-2"), metric) for dst, ifname, metric in reroute_links.routes] == [
+        ("10.0.0.0/16", True, 100)]
+    reroute.on_event(CharonEvent("child-updown", (T1,), False))  # fired once, until the loop arms again
+    assert len(reroute_links.routes) == 1
+
+
+def test_a_pass_planned_before_a_fast_reroute_does_not_undo_it(config_file):
+    controller, charon, links, reroute, reroute_links = route_mode_controller(config_file)
     links.routes.clear()
-    controller.handle(CharonEvent("child-updown", (T2,), False))  # the standby's child: nothing moves
-    assert links.routes == []
-    controller.handle(CharonEvent("child-updown", (T1,), False))  # the active one: move at once
-    assert [(dst, ifname.endswith("-2"), metric) for dst, ifname, metric in links.routes] == [("10.0.0.0/16", True, 100)]
+    # The reroute fires while a pass runs on facts from before it: the pass writes no route.
+    original_observe = charon.observe
+
+    def observe_then_reroute():
+        state = original_observe()
+        reroute.on_event(CharonEvent("child-updown", (T1,), False))
+        charon.sas.pop(T1)  # what charon says from now on
+        return state
+
+    charon.observe = observe_then_reroute
+    controller.reconcile_pass()  # FakeLinks shows no routes, so this pass wants to write them all
+    assert len(reroute_links.routes) == 1 and links.routes == []
+    charon.observe = original_observe
+    controller.reconcile_pass()  # the next pass sees tunnel 1 gone and records the failover
+    view = controller.snapshot.connections[0]
+    assert [t.role for t in view.tunnels][1] == "active"
+    assert [(f.from_tunnel, f.to_tunnel) for f in view.failovers] == [(1, 2)]
+    assert [(ifname[-2:], metric) for _, ifname, metric in links.routes] == [("-2", 100)]

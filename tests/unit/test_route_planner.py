@@ -13,10 +13,12 @@ from agent.core.route_planner import (
     DeleteRoute,
     EnsureInterface,
     RemoveInterface,
+    Reroute,
     SetRoute,
     adopt_active_route,
     mss_rules,
     plan_interfaces,
+    plan_reroute,
     plan_route_tunnels,
     plan_routes,
     plan_stale_interfaces,
@@ -136,6 +138,21 @@ def test_both_tunnels_get_a_child_in_route_mode():
     assert plan_route_tunnels(CONN, sas((T1, True), (T2, False)), {}, 100.0) == [InitiateChild(T2)]
     gated = {T2: TunnelTiming(attempts=1, next_attempt_at=101.0)}
     assert plan_route_tunnels(CONN, sas((T1, True), (T2, False)), gated, 100.0) == []
+
+
+@pytest.mark.parametrize("charon, active, expected", [
+    (BOTH_UP, 1, Reroute(T1, CONN.label, 1, 2, (SetRoute(DST, IF2, ACTIVE_METRIC, SRC),))),
+    (BOTH_UP, 2, Reroute(T2, CONN.label, 2, 1, (SetRoute(DST, IF1, ACTIVE_METRIC, SRC),))),
+    (sas((T1, True), (T2, False)), 1, None),  # the standby has no CHILD_SA: nowhere to go
+    (sas((T1, True)), 1, None),
+    (BOTH_UP, None, None),  # no active tunnel yet
+])
+def test_plan_reroute(charon, active, expected):
+    assert plan_reroute(CONN, charon, active) == expected
+
+
+def test_no_reroute_in_policy_mode():
+    assert plan_reroute(conn(Mode.POLICY), BOTH_UP, 1) is None
 
 
 def test_mss_rules_cover_every_route_mode_interface():

@@ -1,0 +1,41 @@
+"""The DELETE timeline of bench scenario b, from log lines as charon and the agent write them."""
+
+from __future__ import annotations
+
+from agent.lab.bench_timeline import after_delete, describe, line_time
+
+SPACE = """\
+22:33:58.101 12[IKE] <space-t1|2> closing CHILD_SA space-t1{0} with SPIs 1_i 2_o (a rekey long before)
+22:33:59.485 16[CFG] vici terminate IKE_SA 'space-t1'
+22:33:59.493 12[IKE] <space-t1|2> closing CHILD_SA space-t1{1} with SPIs c60d1c23_i (16168 bytes) ca1ec855_o
+22:33:59.507 12[NET] <space-t1|2> sending packet: from 198.51.100.1[500] to 203.0.113.10[500] (92 bytes)
+"""
+CUSTOMER = """\
+22:33:59.510 09[NET] <svpn-acme-space-office-t1|1> received packet: from 198.51.100.1[500] (92 bytes)
+22:33:59.511 09[IKE] <svpn-acme-space-office-t1|1> received DELETE for ESP CHILD_SA with SPI c60d1c23
+"""
+AGENT = """\
+2026-11-28 22:33:58,002 INFO agent.daemon.reconciler: route 10.0.0.0/16 dev sv-1 metric 100 src 172.16.0.2
+2026-11-28 22:33:59,526 INFO agent.daemon.fast_reroute: acme-space/office: tunnel 1's CHILD_SA went down: \
+routed via tunnel 2 in 0.9 ms
+"""
+AFTER = line_time("22:33:59.000 ") or 0.0
+
+
+def test_line_times_of_both_formats():
+    assert line_time("22:33:59.493 12[IKE] x") == 22 * 3600 + 33 * 60 + 59.493
+    assert line_time("2026-11-28 22:33:59,526 INFO x") == 22 * 3600 + 33 * 60 + 59.526
+    assert line_time("no time here") is None
+
+
+def test_timeline_counts_from_the_far_end_closing_its_child():
+    assert after_delete(SPACE, CUSTOMER, AGENT, AFTER) == {"delete_received_ms": 18, "rerouted_ms": 33}
+    assert after_delete(SPACE, CUSTOMER, None, AFTER) == {"delete_received_ms": 18}
+    assert after_delete(SPACE, "", AGENT, AFTER) is None  # no DELETE seen: no figures
+
+
+def test_description_names_both_stretches():
+    run = {"mode": "route", "system": "agent", "after_delete": {"delete_received_ms": 18, "rerouted_ms": 33}}
+    assert describe(run) == ("route b agent: our charon received the DELETE 18 ms after the far end closed its "
+                             "CHILD_SA; the route had moved 15 ms later.")
+    assert describe({"mode": "route", "system": "agent"}) is None
