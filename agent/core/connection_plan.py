@@ -65,8 +65,8 @@ def decide(conn: DesiredConnection, charon: CharonState, net: NetState, inputs: 
     health = {
         t.number: assess(
             sas=sas[t.number], route_mode=route, is_active=t.number == previous,
-            ever_established=timing[t.conn_name].ever_established,
-            unestablished_since=timing[t.conn_name].unestablished_since,
+            ever_usable=timing[t.conn_name].ever_installed if route else timing[t.conn_name].ever_established,
+            unusable_since=timing[t.conn_name].uninstalled_since if route else timing[t.conn_name].unestablished_since,
             probes=current_probes(inputs.probes.get(t.number), sas[t.number]),
             probe_failures=inputs.probe_failures,
             inbound=inbound if t.number == previous else None,

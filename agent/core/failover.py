@@ -118,8 +118,8 @@ def assess(
     sas: TunnelSas,
     route_mode: bool,
     is_active: bool,
-    ever_established: bool,
-    unestablished_since: float | None,
+    ever_usable: bool,
+    unusable_since: float | None,
     probes: ProbeStats | None,
     probe_failures: int,
     inbound: InboundWatch | None,
@@ -130,10 +130,12 @@ def assess(
     now: float,
 ) -> TunnelHealth:
     """Fold what is known of one tunnel into TunnelHealth. Times: `now` and
-    `unestablished_since` monotonic; `api_down_since` and `sa_established_at` unix.
+    `unusable_since` monotonic; `api_down_since` and `sa_established_at` unix.
 
     usable: route mode needs an installed CHILD_SA; policy mode an established IKE SA
-    (the active tunnel's child is re-initiated on it in one Quick Mode).
+    (the active tunnel's child is re-initiated on it in one Quick Mode). A tunnel never
+    usable since the agent started counts as usable for STARTUP_GRACE: still coming up
+    (IKEv1 has its IKE SA a Quick Mode before its CHILD_SA).
     announced_down: the API turned DOWN after our SA came up. A DOWN older than our SA
     is stale telemetry (e.g. at start), and in policy mode a standby without CHILD_SA
     is DOWN for AWS by nature: neither announces anything."""
@@ -141,8 +143,8 @@ def assess(
         usable, problem = sas.installed_child is not None, "no CHILD_SA"
     else:
         usable, problem = sas.ike_state == ESTABLISHED, "IKE SA down"
-    if not usable and not ever_established and unestablished_since is not None:
-        usable = now - unestablished_since < STARTUP_GRACE  # still coming up at start
+    if not usable and not ever_usable and unusable_since is not None:
+        usable = now - unusable_since < STARTUP_GRACE
     healthy = True
     if not probe_healthy(probes, probe_failures):
         healthy, problem = False, f"{probes.consecutive_failures} probes lost" if probes else "probes lost"

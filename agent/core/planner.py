@@ -75,6 +75,8 @@ class TunnelTiming:
     next_attempt_at: float = 0.0  # monotonic s; initiates wait until then (backoff)
     unestablished_since: float | None = None  # monotonic s the IKE SA stopped being up
     ever_established: bool = False  # since this agent started
+    uninstalled_since: float | None = None  # monotonic s the tunnel stopped having an installed CHILD_SA
+    ever_installed: bool = False  # since this agent started
     connecting_since: float | None = None  # monotonic s an IKE SA was first seen CONNECTING
 
     def may_initiate(self, now: float) -> bool:
@@ -85,11 +87,14 @@ class TunnelTiming:
 def observe_timing(timing: TunnelTiming, sas: TunnelSas, now: float) -> TunnelTiming:
     """Advance a tunnel's timing by one observation."""
     up = sas.ike_state == ESTABLISHED
+    installed = sas.installed_child is not None
     connecting = any(sa.state == CONNECTING for sa in sas.ike_sas) and not up
     return replace(
         timing,
         unestablished_since=None if up else (timing.unestablished_since or now),
         ever_established=timing.ever_established or up,
+        uninstalled_since=None if installed else (timing.uninstalled_since or now),
+        ever_installed=timing.ever_installed or installed,
         connecting_since=(timing.connecting_since or now) if connecting else None,
     )
 

@@ -82,6 +82,9 @@ class FakeCharon:
         else:
             self.sas[name] = TunnelSas((IkeSa(name, str(next(self._ids)), "ESTABLISHED", children=children),))
 
+    def tunnel_has_child(self, name) -> bool:
+        return name in self.sas and self.sas[name].installed_child is not None
+
     def terminate_child(self, child_id, *, timeout_ms) -> None:
         self.calls.append(("terminate-child", child_id))
         for name, sas in self.sas.items():
@@ -407,3 +410,29 @@ def test_a_pass_planned_before_a_fast_reroute_does_not_undo_it(config_file):
     assert [t.role for t in view.tunnels][1] == "active"
     assert [(f.from_tunnel, f.to_tunnel) for f in view.failovers] == [(1, 2)]
     assert [(ifname[-2:], metric) for _, ifname, metric in links.routes] == [("-2", 100)]
+
+
+def test_route_mode_start_waits_for_the_first_child_of_the_active_tunnel(config_file):
+    """IKEv1: tunnel 1's IKE SA is up a Quick Mode before its CHILD_SA, and tunnel 2 may
+    finish first: that is no reason to fail over at start, only after STARTUP_GRACE."""
+    from agent.core.failover import STARTUP_GRACE
+
+    config_file.write_text(config_file.read_text().replace("local_address: 203.0.113.10", "local_address: "
+                                                          "203.0.113.10, mode: route"))
+    charon, clock = FakeCharon(), Clock()
+    quick_mode_pending = charon.initiate
+
+    def initiate(name, *, child, timeout_ms):
+        quick_mode_pending(name, child=child and name != T1, timeout_ms=timeout_ms)
+
+    charon.initiate = initiate
+    controller, _ = make_controller(config_file, charon, clock=clock, links=FakeLinks())
+    controller.handle(answer(vpn_json()))
+    for _ in range(3):
+        controller.reconcile_pass()
+        clock.now += 1
+    assert charon.tunnel_has_child(T2) and not charon.tunnel_has_child(T1)
+    assert [t.role for t in controller.snapshot.connections[0].tunnels] == ["active", "standby"]
+    clock.now += STARTUP_GRACE
+    controller.reconcile_pass()
+    assert [t.role for t in controller.snapshot.connections[0].tunnels] == ["standby", "active"]

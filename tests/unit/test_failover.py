@@ -119,7 +119,7 @@ def sas(state: str | None = "ESTABLISHED", child: bool = False, established: int
 
 
 def health(**overrides) -> TunnelHealth:
-    args = dict(sas=sas(), route_mode=False, is_active=True, ever_established=True, unestablished_since=None,
+    args = dict(sas=sas(), route_mode=False, is_active=True, ever_usable=True, unusable_since=None,
                 probes=None, probe_failures=3, inbound=None, api_status=TunnelApiStatus.UP, api_down_since=None,
                 sa_established_at=NOW - 100, drained=False, now=NOW)
     return assess(**{**args, **overrides})
@@ -130,11 +130,13 @@ def health(**overrides) -> TunnelHealth:
     [
         ({}, TunnelHealth(usable=True)),
         ({"sas": sas(None)}, TunnelHealth(usable=False, problem="IKE SA down")),
-        ({"sas": sas(None), "ever_established": False, "unestablished_since": NOW - STARTUP_GRACE + 1},
+        ({"sas": sas(None), "ever_usable": False, "unusable_since": NOW - STARTUP_GRACE + 1},
          TunnelHealth(usable=True)),  # still coming up at start
-        ({"sas": sas(None), "ever_established": False, "unestablished_since": NOW - STARTUP_GRACE},
+        ({"sas": sas(None), "ever_usable": False, "unusable_since": NOW - STARTUP_GRACE},
          TunnelHealth(usable=False, problem="IKE SA down")),
         ({"route_mode": True}, TunnelHealth(usable=False, problem="no CHILD_SA")),
+        ({"route_mode": True, "ever_usable": False, "unusable_since": NOW - 1},
+         TunnelHealth(usable=True)),  # IKE SA up, its first CHILD_SA a Quick Mode away
         ({"route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True)),
         ({"probes": ProbeStats(sa_id="3", sent=9, lost=3, consecutive_failures=3)},
          TunnelHealth(usable=True, healthy=False, problem="3 probes lost")),
@@ -152,7 +154,7 @@ def health(**overrides) -> TunnelHealth:
           "route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True, announced_down=True)),
         ({"drained": True}, TunnelHealth(usable=True, drained=True)),
     ],
-    ids=["fine", "no-ike", "startup-grace", "grace-over", "route-no-child", "route-child", "probes-lost",
+    ids=["fine", "no-ike", "startup-grace", "grace-over", "route-no-child", "route-child-coming", "route-child", "probes-lost",
          "probes-almost", "silence", "idle-not-silence", "announced", "stale-down", "policy-standby-down",
          "route-standby-announced", "drained"],
 )
