@@ -33,6 +33,7 @@ from agent.lab.bench_report import (
     ping_count,
     report_document,
     restored_cell,
+    summarize_repeats,
     utc_iso,
 )
 from agent.lab.bench_scenarios import (
@@ -135,10 +136,11 @@ def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float) -> dic
 
 
 def run_one(mode: str, spec: ScenarioSpec, system_name: str, interval_s: float, workroot: Path,
-            lab_options: dict[str, Any], up_timeout: float, log_dir: Path | None) -> dict[str, Any]:
+            lab_options: dict[str, Any], up_timeout: float, log_dir: Path | None, attempt: int = 1) -> dict[str, Any]:
     """One run in a fresh lab; any failure becomes record["error"], never an exception."""
     record = new_record(mode, spec, system_name, interval_s)
-    workdir = workroot / f"{mode}-{spec.key}-{system_name}"
+    record["attempt"] = attempt
+    workdir = workroot / (f"{mode}-{spec.key}-{system_name}" + (f"-{attempt}" if attempt > 1 else ""))
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     began = time.monotonic()
@@ -186,11 +188,14 @@ def keep_logs(workdir: Path, dest: Path) -> None:
 
 
 def iter_runs(mode: str, scenarios: list[str], systems: list[str], interval_s: float, workroot: Path, *,
-              lab_options: dict[str, Any], up_timeout: float, log_dir: Path | None) -> Iterator[dict[str, Any]]:
+              lab_options: dict[str, Any], up_timeout: float, log_dir: Path | None,
+              repeat: int = 1) -> Iterator[dict[str, Any]]:
     for key in scenarios:
-        for system_name in systems:
-            print(f"bench: {mode} {key} {SCENARIOS[key].name} {system_name} ...", flush=True)
-            yield run_one(mode, SCENARIOS[key], system_name, interval_s, workroot, lab_options, up_timeout, log_dir)
+        for attempt in range(1, repeat + 1):
+            for system_name in systems:
+                print(f"bench: {mode} {key} {SCENARIOS[key].name} {system_name} ...", flush=True)
+                yield run_one(mode, SCENARIOS[key], system_name, interval_s, workroot, lab_options, up_timeout,
+                              log_dir, attempt)
 
 
 # --- host entry point ------------------------------------------------------------------------------
@@ -199,13 +204,14 @@ VM_BOOT_S = 120.0
 VM_PER_RUN_S = 240.0
 
 
-def route_runs(scenarios: list[str], interval_s: float, results_dir: Path) -> tuple[list[dict], list[str]]:
+def route_runs(scenarios: list[str], interval_s: float, results_dir: Path,
+               repeat: int = 1) -> tuple[list[dict], list[str]]:
     """Route mode in the kernel VM (bench_kernel); a VM failure becomes notes, not a crash."""
     reason = kernel_vm.vng_available()
     if reason:
         return [], [f"route mode skipped: {reason}"]
-    args = ["--scenarios", ",".join(scenarios), "--interval", repr(interval_s)]
-    timeout = VM_BOOT_S + VM_PER_RUN_S * len(scenarios) * len(SYSTEMS)
+    args = ["--scenarios", ",".join(scenarios), "--interval", repr(interval_s), "--repeat", str(repeat)]
+    timeout = VM_BOOT_S + VM_PER_RUN_S * len(scenarios) * len(SYSTEMS) * repeat
     try:
         results = kernel_vm.run_in_vm("agent.lab.bench_kernel", args, results_dir, timeout)
         notes = []
@@ -219,10 +225,13 @@ def route_runs(scenarios: list[str], interval_s: float, results_dir: Path) -> tu
 
 
 def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_path: Path | None,
-              interval: float) -> int:
+              interval: float, repeat: int = 1) -> int:
     """The `space-vpn-lab bench` command: runs, prints the table, writes JSON and markdown."""
     if interval < MIN_INTERVAL_S:
         print(f"bench: --interval must be at least {MIN_INTERVAL_S} s", file=sys.stderr)
+        return 2
+    if repeat < 1:
+        print(f"bench: --repeat must be at least 1, got {repeat}", file=sys.stderr)
         return 2
     notes: list[str] = []
     if modes is None:
@@ -244,14 +253,14 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
     runs: list[dict[str, Any]] = []
     if "policy" in chosen_modes:
         runs += list(iter_runs("policy", chosen, list(SYSTEMS), interval, workroot, lab_options={},
-                               up_timeout=60.0, log_dir=out_dir / "logs"))
+                               up_timeout=60.0, log_dir=out_dir / "logs", repeat=repeat))
     if "route" in chosen_modes:
         route_set = [k for k in chosen if k in ROUTE_SCENARIOS] if scenarios is None else chosen
         print(f"bench: route mode in the kernel VM ({','.join(route_set)}), this takes minutes ...", flush=True)
-        vm_runs, vm_notes = route_runs(route_set, interval, out_dir / "vm")
+        vm_runs, vm_notes = route_runs(route_set, interval, out_dir / "vm", repeat)
         runs += vm_runs
         notes += vm_notes
-    notes += [text for run in runs if (text := describe(run))]
+    notes += summarize_repeats(runs) + [text for run in runs if (text := describe(run))]
     document = report_document(runs, interval_s=interval, started=started, finished=time.time(), notes=notes)
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     rows = [build_row(r) for r in runs]

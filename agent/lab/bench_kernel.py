@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(bench.ROUTE_SCENARIOS))
     parser.add_argument("--systems", default=",".join(bench.SYSTEMS))
     parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # Unix sockets cannot live on the 9p share: work dirs go to a guest-local tmpfs.
     workroot = ks.make_local_root() / "bench"
     for record in bench.iter_runs("route", scenarios, systems, interval, workroot, lab_options=LAB_OPTIONS,
-                                  up_timeout=UP_TIMEOUT_S, log_dir=args.results / "logs"):
+                                  up_timeout=UP_TIMEOUT_S, log_dir=args.results / "logs", repeat=max(1, args.repeat)):
         data["runs"].append(record)
         _write(path, data)
     data["complete"] = True

@@ -1,7 +1,7 @@
 """`space-vpn-lab`: the simulated Private Space, for a demo on one machine (root).
 
     space-vpn-lab demo [--ike-version 1|2] [--hold]
-    space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d] [--json PATH] [--interval 0.01]
+    space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d] [--json PATH] [--interval 0.01] [--repeat 1]
 
 Builds two network namespaces with real charon daemons (the space side plays both
 Heroku tunnel endpoints), a local fake Platform API, runs the agent against them,
@@ -44,9 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     failover.add_argument("--modes", default=None,
                           help="policy,route (default: both where the kernel VM can run, else policy)")
     failover.add_argument("--scenarios", default=None,
-                          help="a silent, b graceful, c announced, d drain (default: all; route mode: a,c)")
+                          help="a silent, b graceful, c announced, d drain (default: all)")
     failover.add_argument("--json", type=Path, default=None, help="results file (default bench-results/bench.json)")
     failover.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
+    failover.add_argument("--repeat", type=int, default=1,
+                          help="runs of each scenario and system (the notes give median and range)")
     return parser
 
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             # Imported here: bench imports this module (SPACE, VPN, start_fake_api).
             from agent.lab import bench
             return bench.run_bench(Path(tmp), modes=args.modes, scenarios=args.scenarios,
-                                   json_path=args.json, interval=args.interval)
+                                   json_path=args.json, interval=args.interval, repeat=args.repeat)
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout)

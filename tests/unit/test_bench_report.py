@@ -140,3 +140,17 @@ def test_markdown_notes_say_how_ms_lost_was_counted():
     assert head.startswith("`ping -i 0.01` (measured spacing 11.8-15.8 ms); ms lost = lost pings x measured spacing.")
     assert "in 579 s" in head
     assert rest == ["route mode: the VM stopped early"]
+
+
+def test_repeated_runs_get_a_median_and_range_and_numbered_rows():
+    from agent.lab.bench_report import summarize_repeats
+
+    def run(system: str, lost: int | None, attempt: int) -> dict:
+        return {"mode": "route", "scenario": "b", "scenario_name": "graceful", "system": system,
+                "ms_lost": lost, "attempt": attempt, "restore_s": 1.0}
+
+    runs = [run("agent", 22, 1), run("agent", 13, 2), run("agent", 11, 3), run("agent", None, 4),
+            run("strongswan", 24, 1)]
+    assert summarize_repeats(runs) == ["route b graceful agent: ms lost median 13 (11-22) over 3 runs"]
+    assert bench.build_row(runs[1])["scenario"] == "b graceful #2"
+    assert bench.build_row(runs[0])["scenario"] == "b graceful"
