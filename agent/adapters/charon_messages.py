@@ -130,6 +130,7 @@ def parse_ike(name: str, section: Mapping[str, Any]) -> IkeSa:
         remote_host=decode_text(section.get("remote-host")),
         established=decode_int(section.get("established")),
         children=tuple(parse_child(c) for c in children.values()),
+        tasks_active=tuple(decode_text(t) for t in section.get("tasks-active") or ()),
     )
 
 

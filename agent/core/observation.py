@@ -14,6 +14,8 @@ CONNECTING = "CONNECTING"
 INSTALLED = "INSTALLED"
 # Children in these states still carry (or are about to carry) traffic.
 LIVE_CHILD_STATES = frozenset({INSTALLED, "REKEYING", "REKEYED", "INSTALLING", "CREATED"})
+# charon's task that negotiates a CHILD_SA: IKEv1 Quick Mode, IKEv2 CREATE_CHILD_SA.
+CHILD_NEGOTIATION_TASKS = frozenset({"QUICK_MODE", "CHILD_CREATE"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class IkeSa:
     remote_host: str = ""
     established: int | None = None  # seconds since established
     children: tuple[ChildSa, ...] = ()
+    tasks_active: tuple[str, ...] = ()  # exchanges in flight, e.g. QUICK_MODE
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ class TunnelSas:
         if self.installed_child is not None:
             return INSTALLED
         return self.children[0].state if self.children else "NONE"
+
+    @property
+    def negotiating_child(self) -> bool:
+        """An established IKE SA is negotiating a CHILD_SA (and none is installed yet)."""
+        return self.installed_child is None and any(
+            sa.state == ESTABLISHED and CHILD_NEGOTIATION_TASKS.intersection(sa.tasks_active) for sa in self.ike_sas)
 
     def ike_owning(self, child: ChildSa) -> IkeSa | None:
         return next((sa for sa in self.ike_sas if child in sa.children), None)

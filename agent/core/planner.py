@@ -11,7 +11,14 @@ from dataclasses import dataclass, replace
 
 from agent.core.desired import DesiredConnection
 from agent.core.model import OBJECT_PREFIX, object_name
-from agent.core.observation import CONNECTING, ESTABLISHED, LIVE_CHILD_STATES, CharonState, TunnelSas
+from agent.core.observation import (
+    CHILD_NEGOTIATION_TASKS,
+    CONNECTING,
+    ESTABLISHED,
+    LIVE_CHILD_STATES,
+    CharonState,
+    TunnelSas,
+)
 
 # IKEv2 standby is a childless IKE SA (RFC 6023). A peer that refuses childless
 # initiation gets a regular one after this many failed tries; its child is then closed.
@@ -78,6 +85,7 @@ class TunnelTiming:
     uninstalled_since: float | None = None  # monotonic s the tunnel stopped having an installed CHILD_SA
     ever_installed: bool = False  # since this agent started
     connecting_since: float | None = None  # monotonic s an IKE SA was first seen CONNECTING
+    child_negotiating_since: float | None = None  # monotonic s a CHILD_SA was first seen in negotiation
 
     def may_initiate(self, now: float) -> bool:
         """The backoff gate: no initiate before next_attempt_at."""
@@ -96,20 +104,30 @@ def observe_timing(timing: TunnelTiming, sas: TunnelSas, now: float) -> TunnelTi
         uninstalled_since=None if installed else (timing.uninstalled_since or now),
         ever_installed=timing.ever_installed or installed,
         connecting_since=(timing.connecting_since or now) if connecting else None,
+        child_negotiating_since=(timing.child_negotiating_since or now) if sas.negotiating_child else None,
     )
 
 
 def plan_stuck(conn: DesiredConnection, charon: CharonState, timing: dict[str, TunnelTiming],
                now: float, connect_timeout: float) -> list[Action]:
-    """An IKE SA still CONNECTING after connect_timeout is dropped, so the next initiate
-    (backoff permitting) starts afresh: charon's own retransmits grow to 40 s and more,
-    far too slow to notice an endpoint that came back from maintenance."""
+    """Drop what has been negotiating for connect_timeout, so the next initiate (backoff
+    permitting) starts afresh; charon's own retransmits grow to 40 s and more, far too
+    slow to notice an endpoint that came back from maintenance:
+    - an IKE SA still CONNECTING;
+    - an established IKE SA whose first CHILD_SA never comes (the far end forgot that
+      IKE SA, e.g. its endpoint was replaced right after Main Mode): every initiate
+      would queue behind the Quick Mode it keeps retransmitting."""
     actions: list[Action] = []
     for tunnel in conn.tunnels:
-        since = timing.get(tunnel.conn_name, TunnelTiming()).connecting_since
+        tunnel_timing = timing.get(tunnel.conn_name, TunnelTiming())
+        sas = charon.tunnel(tunnel.conn_name)
+        since = tunnel_timing.connecting_since
         if since is not None and now - since >= connect_timeout:
-            sas = charon.tunnel(tunnel.conn_name)
             actions += [TerminateIke(tunnel.conn_name, sa.uniqueid) for sa in sas.ike_sas if sa.state == CONNECTING]
+        since = tunnel_timing.child_negotiating_since
+        if since is not None and now - since >= connect_timeout:
+            actions += [TerminateIke(tunnel.conn_name, sa.uniqueid) for sa in sas.ike_sas
+                        if sa.state == ESTABLISHED and CHILD_NEGOTIATION_TASKS.intersection(sa.tasks_active)]
     return actions
 
 

@@ -69,7 +69,10 @@ def format_table(rows: list[dict[str, str]]) -> str:
 def format_markdown(rows: list[dict[str, str]], notes: list[str]) -> str:
     out = ["| " + " | ".join(HEADERS.values()) + " |", "|---|---|---|---:|---|"]
     out += ["| " + " | ".join(r[k].replace("|", "/") for k in HEADERS) + " |" for r in rows]
-    return "\n".join(out) + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
+    # The first note is a paragraph (how it was counted), the others a list.
+    head, *rest = notes or [""]
+    text = "\n".join(out) + "\n" + (f"\n{head}\n" if head else "")
+    return text + ("\n" + "".join(f"- {n}\n" for n in rest) if rest else "")
 
 
 def markdown_notes(document: dict[str, Any]) -> list[str]:

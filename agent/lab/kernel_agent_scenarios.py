@@ -127,6 +127,7 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
         _announced(ctx, lab, agent, api)
         _drain(ctx, lab, agent)
         _graceful(ctx, lab, agent)
+        _forgotten_before_quick_mode(ctx, lab, agent)
 
 
 def _restart_adopts(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
@@ -219,6 +220,24 @@ def _graceful(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
     ctx.check("graceful_fast_reroute", bool(rerouted), rerouted[-1] if rerouted else "no fast reroute in the log")
     ok, detail = wait(agent, both_children, 30)
     ctx.check("graceful_tunnel_returns", ok, detail)
+
+
+def _forgotten_before_quick_mode(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    """Tunnel 2 (the standby) goes gracefully; the endpoint answers the agent's Main Mode,
+    ignores its Quick Mode and forgets that IKE SA. Without a CHILD_SA the tunnel is no
+    use in route mode, and every initiate queues behind a Quick Mode retransmitted into
+    the void for minutes: the agent must drop that IKE SA and start afresh."""
+    lab.space.ignore_quick_mode(2)
+    try:
+        lab.space.graceful_down(2)
+        deadline = time.monotonic() + 30
+        while lab.space.sas()[2].ike_state != "ESTABLISHED" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lab.space.forget(2)
+    finally:
+        lab.space.ignore_quick_mode(2, False)
+    ok, detail = wait(agent, both_children, 40)  # charon alone: about 165 s of retransmits
+    ctx.check("forgotten_ike_sa_replaced", ok, detail)
 
 
 @ks.scenario("agent_policy_mode_kernel")

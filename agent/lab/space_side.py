@@ -26,6 +26,7 @@ PROPOSAL = "aes256-sha256-modp2048"
 #: nftables table (family inet) owned by the lab in the space namespace.
 NFT_TABLE = "svpn_lab"
 NFT_SET = "blocked"
+NFT_NO_QUICK_MODE = "no_quick_mode"
 TERMINATE_TIMEOUT_MS = 5000
 #: Route-based space side: XFRM interface name and if_id per tunnel number.
 SPACE_XFRM_IFACES = {1: ("sx1", 101), 2: ("sx2", 102)}
@@ -198,6 +199,21 @@ class SpaceSide:
         self._terminate(number, force=True)
         log.info("space side: tunnel %s silently dropped", number)
 
+    def ignore_quick_mode(self, number: int, ignore: bool = True) -> None:
+        """Main Mode is answered, Quick Mode is not (ignore=False: answered again)."""
+        verb = "add" if ignore else "delete"
+        self._nft(verb, "element", "inet", NFT_TABLE, NFT_NO_QUICK_MODE, "{ %s }" % self._ip(number), check=ignore)
+
+    def forget(self, number: int) -> None:
+        """Drop tunnel `number`'s SAs without the peer hearing of it (the DELETE is
+        blackholed); the endpoint answers again right after."""
+        self.block(number)
+        try:
+            self._terminate(number, force=True)
+        finally:
+            self.restore(number)
+        log.info("space side: tunnel %s forgot its SAs", number)
+
     def restore(self, number: int) -> None:
         """Lift the blackhole. Still a responder: the customer must re-initiate."""
         result = self._nft("delete", "element", "inet", NFT_TABLE, NFT_SET,
@@ -280,10 +296,17 @@ table inet {NFT_TABLE} {{
   set {NFT_SET} {{
     type ipv4_addr
   }}
+  set {NFT_NO_QUICK_MODE} {{
+    type ipv4_addr
+  }}
   chain input {{
     type filter hook input priority -10; policy accept;
     ip daddr @{NFT_SET} drop
     ip saddr @{NFT_SET} drop
+    # ISAKMP exchange type 32, Quick Mode: byte 18 of the ISAKMP header, which follows the
+    # UDP header (8 bytes) on port 500 and the non-ESP marker (4 more) on port 4500.
+    ip daddr @{NFT_NO_QUICK_MODE} udp dport 500 @th,208,8 32 drop
+    ip daddr @{NFT_NO_QUICK_MODE} udp dport 4500 @th,240,8 32 drop
   }}
   chain output {{
     type filter hook output priority -10; policy accept;

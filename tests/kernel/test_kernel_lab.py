@@ -43,7 +43,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "announced_moves_to_tunnel1", "announced_traffic_continues",
         "drain_moves_to_tunnel2", "drain_traffic_continues", "undrain",
         "graceful_moves_to_tunnel1", "graceful_traffic_continues", "graceful_fast_reroute",
-        "graceful_tunnel_returns",
+        "graceful_tunnel_returns", "forgotten_ike_sa_replaced",
     ),
     "agent_policy_mode_kernel": (
         "one_child_and_hot_standby", "ping_through_policy_mode", "no_XfrmInTmplMismatch", "single_child",

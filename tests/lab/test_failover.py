@@ -115,3 +115,33 @@ def test_operator_drain_and_failback_to_the_preferred_tunnel(lab, make_agent):
     status = agent.wait_for(redundant_on(1), 20)  # failback after the hold-down
     assert last_failover(status)["reason"] == "failback to preferred tunnel 1"
     assert lab.customer_ping(count=5, interval=0.1).received == 5
+
+
+def test_an_ike_sa_the_far_end_forgot_before_quick_mode_is_replaced(lab, make_agent):
+    """Tunnel 1's endpoint answers Main Mode, ignores Quick Mode, then forgets the IKE SA
+    (as when it is replaced right after our re-initiation): the Quick Mode would be
+    retransmitted into the void for minutes, and every initiate queue behind it. The
+    agent drops that IKE SA after connect_timeout and starts afresh."""
+    lab.space.ignore_quick_mode(1)
+    agent = make_agent()
+    config = yaml.safe_load(agent.config_path.read_text())
+    config["connections"][0].update({"probe": PROBE, "mode": "policy"})
+    agent.write_config(config)
+    agent.start()
+    deadline = time.monotonic() + BRINGUP_TIMEOUT
+    while lab.space.sas()[1].ike_state != "ESTABLISHED":
+        assert time.monotonic() < deadline, "tunnel 1's Main Mode never completed"
+        time.sleep(0.1)
+    lab.space.forget(1)
+    lab.space.ignore_quick_mode(1, False)
+    stuck = customer_sas(lab)[T1].established_ike
+    assert stuck is not None and stuck.children == ()
+
+    # Within connect_timeout (5 s) and a backoff step, the far end knows tunnel 1 again.
+    deadline = time.monotonic() + 20
+    while lab.space.sas()[1].ike_state != "ESTABLISHED":
+        assert time.monotonic() < deadline, f"tunnel 1 not re-established; agent log:\n{agent.log_text()[-2000:]}"
+        time.sleep(0.2)
+    assert f"terminating IKE SA #{stuck.uniqueid}" in agent.log_text()
+    # Meanwhile tunnel 2 may have taken the traffic (tunnel 1 answered no probe): either way round.
+    agent.wait_for(lambda status: is_redundant(status, active=1) or is_redundant(status, active=2), 30)

@@ -92,6 +92,8 @@ def test_markdown_table_and_notes():
         "| policy | a silent | agent | 640 | 3.5 s |",
     ]
     assert text.endswith("\nPing every 10 ms.\n")
+    listed = bench.format_markdown([bench.build_row(_run())], ["Ping every 10 ms.", "one", "two"])
+    assert listed.endswith("\nPing every 10 ms.\n\n- one\n- two\n")
 
 
 def test_markdown_escapes_pipes_in_errors():

@@ -171,7 +171,8 @@ def test_parse_list_sas_groups_reauth_overlap_under_one_tunnel():
                 ),),
             ),
             IkeSa(name=T1, uniqueid="9", state="CONNECTING", version=1,
-                  local_host=LOCAL, remote_host="203.0.113.11", established=None),
+                  local_host=LOCAL, remote_host="203.0.113.11", established=None,
+                  tasks_active=("ISAKMP_VENDOR", "MAIN_MODE")),
         )),
         T2: TunnelSas((
             IkeSa(name=T2, uniqueid="8", state="ESTABLISHED", version=1,

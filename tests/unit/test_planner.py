@@ -26,10 +26,12 @@ from agent.core.planner import (
     TunnelTiming,
     UnloadConn,
     UnloadShared,
-    backoff_delay,
     adopt_active,
+    backoff_delay,
+    observe_timing,
     plan_objects,
     plan_policy_mode,
+    plan_stuck,
     reached_desired_state,
     tunnel_fingerprint,
 )
@@ -314,3 +316,38 @@ def test_ikev2_standby_falls_back_to_a_regular_ike_sa_after_failed_childless_tri
     timing = {T2: TunnelTiming(attempts=attempts, next_attempt_at=0.0)}
     conn = make_conn(ike_version=ike_version)
     assert plan_policy_mode(conn, observed(), 1, timing, NOW) == expected
+
+
+# -- plan_stuck ------------------------------------------------------------------------
+
+def quick_mode(uniqueid: str, *children: ChildSa) -> IkeSa:
+    """An established IKE SA with a Quick Mode in flight."""
+    return IkeSa(name=T1, uniqueid=uniqueid, state=ESTABLISHED, children=tuple(children), tasks_active=("QUICK_MODE",))
+
+
+def timed(charon: CharonState, *, at: float, timing: TunnelTiming | None = None) -> TunnelTiming:
+    return observe_timing(timing or TunnelTiming(), charon.tunnel(T1), at)
+
+
+@pytest.mark.parametrize(("sa", "stuck"), [
+    (quick_mode("7"), True),  # Quick Mode for the first CHILD_SA, never answered
+    (IkeSa(name=T1, uniqueid="7", state=ESTABLISHED, tasks_active=("CHILD_CREATE",)), True),  # IKEv2
+    (quick_mode("7", child("9")), False),  # a rekey in flight: the installed child carries on, charon's business
+    (ike(T1, "7"), False),  # an idle standby
+    (ike(T1, "7", CONNECTING), True),  # Main Mode never answered
+])
+def test_what_negotiates_for_connect_timeout_is_dropped(sa, stuck):
+    charon = observed(sa)
+    first = timed(charon, at=NOW)
+    assert plan_stuck(CONN, charon, {T1: timed(charon, at=NOW + 4.9, timing=first)}, NOW + 4.9, 5.0) == []
+    later = timed(charon, at=NOW + 5, timing=first)
+    assert plan_stuck(CONN, charon, {T1: later}, NOW + 5, 5.0) == ([TerminateIke(T1, "7")] if stuck else [])
+
+
+def test_the_negotiation_clock_restarts_once_a_child_is_installed():
+    waiting = timed(observed(quick_mode("7")), at=NOW)
+    assert waiting.child_negotiating_since == NOW
+    done = timed(observed(ike(T1, "7", ESTABLISHED, child("9"))), at=NOW + 1, timing=waiting)
+    assert done.child_negotiating_since is None
+    again = timed(observed(quick_mode("7")), at=NOW + 2, timing=done)
+    assert again.child_negotiating_since == NOW + 2
