@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,7 +43,7 @@ class FastReroute:
     """Shared by the loop (arm, guard) and the event thread (on_event). `sender` is this
     object's own netlink socket, only ever used under the lock."""
 
-    def __init__(self, sender: RouteSender, clock=time.monotonic) -> None:
+    def __init__(self, sender: RouteSender, clock: Callable[[], float] = time.monotonic) -> None:
         self._sender = sender
         self._clock = clock
         self._lock = threading.Lock()
