@@ -364,11 +364,15 @@ class FakeRouteSocket:
         return []
 
 
+def use_route_mode(config_file) -> None:
+    config_file.write_text(config_file.read_text().replace("local_address: 203.0.113.10",
+                                                          "local_address: 203.0.113.10, mode: route"))
+
+
 def route_mode_controller(config_file):
     from agent.daemon.fast_reroute import FastReroute
 
-    config_file.write_text(config_file.read_text().replace("local_address: 203.0.113.10", "local_address: "
-                                                          "203.0.113.10, mode: route"))
+    use_route_mode(config_file)
     charon, links, reroute_links = FakeCharon(), FakeLinks(), FakeRouteSocket()
     reroute = FastReroute(reroute_links)
     controller, _ = make_controller(config_file, charon, links=links, reroute=reroute)
@@ -417,8 +421,7 @@ def test_route_mode_start_waits_for_the_first_child_of_the_active_tunnel(config_
     finish first: that is no reason to fail over at start, only after STARTUP_GRACE."""
     from agent.core.failover import STARTUP_GRACE
 
-    config_file.write_text(config_file.read_text().replace("local_address: 203.0.113.10", "local_address: "
-                                                          "203.0.113.10, mode: route"))
+    use_route_mode(config_file)
     charon, clock = FakeCharon(), Clock()
     quick_mode_pending = charon.initiate
 
