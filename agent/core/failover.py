@@ -17,6 +17,9 @@ from agent.core.observation import ESTABLISHED, TunnelSas
 # one takes over (both are initiated together at a cold start).
 STARTUP_GRACE = 10.0  # s
 SILENCE_TIMEOUT = 5.0  # s of outbound packets without any inbound one: the tunnel is dead
+# The API's last_status_change and charon's "established" are both whole seconds: a DOWN
+# stamped up to this much before our SA came up may well have happened after it.
+TIMESTAMP_SLACK = 2.0  # s
 
 
 class IllegalTransition(Exception):
@@ -155,7 +158,7 @@ def assess(
         and (route_mode or is_active)
         and api_down_since is not None
         and sa_established_at is not None
-        and sa_established_at < api_down_since
+        and sa_established_at < api_down_since + TIMESTAMP_SLACK
     )
     return TunnelHealth(usable=usable, healthy=healthy, announced_down=announced, drained=drained,
                         problem="" if usable and healthy else problem)

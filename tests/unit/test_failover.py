@@ -148,6 +148,10 @@ def health(**overrides) -> TunnelHealth:
          TunnelHealth(usable=True, announced_down=True)),
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 200},
          TunnelHealth(usable=True)),  # DOWN older than our SA: stale telemetry
+        ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 101},
+         TunnelHealth(usable=True, announced_down=True)),  # same second as our SA, give or take
+        ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 102},
+         TunnelHealth(usable=True)),
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10, "is_active": False},
          TunnelHealth(usable=True)),  # policy standby: DOWN for AWS by nature
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10, "is_active": False,
@@ -155,7 +159,8 @@ def health(**overrides) -> TunnelHealth:
         ({"drained": True}, TunnelHealth(usable=True, drained=True)),
     ],
     ids=["fine", "no-ike", "startup-grace", "grace-over", "route-no-child", "route-child-coming", "route-child", "probes-lost",
-         "probes-almost", "silence", "idle-not-silence", "announced", "stale-down", "policy-standby-down",
+         "probes-almost", "silence", "idle-not-silence", "announced", "stale-down", "down-same-second",
+         "down-before-sa", "policy-standby-down",
          "route-standby-announced", "drained"],
 )
 def test_assess(overrides, expected):
