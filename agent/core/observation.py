@@ -46,6 +46,11 @@ class IkeSa:
     children: tuple[ChildSa, ...] = ()
     tasks_active: tuple[str, ...] = ()  # exchanges in flight, e.g. QUICK_MODE
 
+    @property
+    def negotiating_child(self) -> bool:
+        """Established, with a CHILD_SA negotiation in flight."""
+        return self.state == ESTABLISHED and bool(CHILD_NEGOTIATION_TASKS.intersection(self.tasks_active))
+
 
 @dataclass(frozen=True)
 class TunnelSas:
@@ -81,8 +86,7 @@ class TunnelSas:
     @property
     def negotiating_child(self) -> bool:
         """An established IKE SA is negotiating a CHILD_SA (and none is installed yet)."""
-        return self.installed_child is None and any(
-            sa.state == ESTABLISHED and CHILD_NEGOTIATION_TASKS.intersection(sa.tasks_active) for sa in self.ike_sas)
+        return self.installed_child is None and any(sa.negotiating_child for sa in self.ike_sas)
 
     def ike_owning(self, child: ChildSa) -> IkeSa | None:
         return next((sa for sa in self.ike_sas if child in sa.children), None)

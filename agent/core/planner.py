@@ -11,14 +11,7 @@ from dataclasses import dataclass, replace
 
 from agent.core.desired import DesiredConnection
 from agent.core.model import OBJECT_PREFIX, object_name
-from agent.core.observation import (
-    CHILD_NEGOTIATION_TASKS,
-    CONNECTING,
-    ESTABLISHED,
-    LIVE_CHILD_STATES,
-    CharonState,
-    TunnelSas,
-)
+from agent.core.observation import CONNECTING, ESTABLISHED, LIVE_CHILD_STATES, CharonState, TunnelSas
 
 # IKEv2 standby is a childless IKE SA (RFC 6023). A peer that refuses childless
 # initiation gets a regular one after this many failed tries; its child is then closed.
@@ -126,8 +119,7 @@ def plan_stuck(conn: DesiredConnection, charon: CharonState, timing: dict[str, T
             actions += [TerminateIke(tunnel.conn_name, sa.uniqueid) for sa in sas.ike_sas if sa.state == CONNECTING]
         since = tunnel_timing.child_negotiating_since
         if since is not None and now - since >= connect_timeout:
-            actions += [TerminateIke(tunnel.conn_name, sa.uniqueid) for sa in sas.ike_sas
-                        if sa.state == ESTABLISHED and CHILD_NEGOTIATION_TASKS.intersection(sa.tasks_active)]
+            actions += [TerminateIke(tunnel.conn_name, sa.uniqueid) for sa in sas.ike_sas if sa.negotiating_child]
     return actions
 
 
