@@ -115,6 +115,8 @@ class Controller:
             case CharonDisconnected(reason=reason):
                 log.warning("charon went away: %s", reason)
                 self._reconciler.forget_loaded()
+                for runtime in self._runtimes.values():
+                    runtime.timing = {}  # its SAs went with it: the tunnels start over, start-up grace included
             case ProbeResult():
                 self._on_probe_result(message)
             case ControlRequest(command=command, args=args, reply=reply):

@@ -439,3 +439,28 @@ def test_route_mode_start_waits_for_the_first_child_of_the_active_tunnel(config_
     clock.now += STARTUP_GRACE
     controller.reconcile_pass()
     assert [t.role for t in controller.snapshot.connections[0].tunnels] == ["standby", "active"]
+
+
+def test_after_charon_went_away_the_tunnels_start_over_with_the_startup_grace(config_file):
+    """Both tunnels come back from scratch; tunnel 2 finishing first is no failover."""
+    from agent.adapters.charon import CharonDisconnected
+
+    charon, clock = FakeCharon(), Clock()
+    controller, _ = make_controller(config_file, charon, clock=clock)
+    controller.handle(answer(vpn_json()))
+    for _ in range(3):
+        controller.reconcile_pass()
+        clock.now += 20  # long past the start-up grace
+    assert [t.role for t in controller.snapshot.connections[0].tunnels] == ["active", "standby"]
+
+    charon.restart()
+    controller.handle(CharonDisconnected("socket closed"))
+    tunnel_2_first = charon.initiate
+    charon.initiate = lambda name, *, child, timeout_ms: None if name == T1 else tunnel_2_first(
+        name, child=child, timeout_ms=timeout_ms)
+    for _ in range(3):
+        controller.reconcile_pass()
+        clock.now += 1
+    assert charon.sas[T2].established_ike is not None and T1 not in charon.sas
+    assert [t.role for t in controller.snapshot.connections[0].tunnels] == ["active", "standby"]
+    assert controller.snapshot.connections[0].failovers == ()
