@@ -17,7 +17,7 @@ import httpx
 import tenacity
 
 from agent import __version__
-from agent.core.hosts import is_loopback_host
+from agent.core.addresses import is_loopback_host
 from agent.core.model import Secret, VpnConnection
 from agent.core.payload import PayloadError, parse_vpn_connection
 

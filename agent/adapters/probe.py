@@ -19,10 +19,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.core.addresses import PRIVATE_NETWORKS_TEXT, is_private_address
+
 log = logging.getLogger(__name__)
 
-#: A probe crosses the VPN to a private far side; anything else is a misconfiguration.
-PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 #: Seconds; below this a probe stops being a health check and starts being a flood.
 MIN_INTERVAL = 0.05
 #: Seconds the thread sleeps at most, so it notices stop() even if a wake-up is lost.
@@ -114,9 +114,9 @@ def check_target(target: ProbeTarget) -> None:
         ipaddress.IPv4Address(target.source)
     except ValueError as e:
         raise ValueError(f"probe {target.key} tunnel {target.tunnel}: {e}") from e
-    if not any(address in net for net in PRIVATE_NETWORKS):
+    if not is_private_address(str(address)):  # a probe crosses the VPN to a private far side
         raise ValueError(f"probe {target.key} tunnel {target.tunnel}: refusing to probe {address}, "
-                         "not in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
+                         f"not in {PRIVATE_NETWORKS_TEXT}")
     if target.interval < MIN_INTERVAL:
         raise ValueError(f"probe {target.key} tunnel {target.tunnel}: interval {target.interval} s "
                          f"is below {MIN_INTERVAL} s")

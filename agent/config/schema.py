@@ -10,7 +10,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from agent.core.model import Mode, Secret
+from agent.core.desired import TCP_MSS, TUNNEL_MTU
+from agent.core.model import Secret
+from agent.core.modes import Mode
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -106,9 +108,9 @@ class ConnectionConfig:
     source_address: str | None = None
     #: MTU of the route-mode XFRM interfaces, in bytes (AWS: 1422 usable with NAT-T
     #: and AES-CBC/SHA2-256; strongSwan's AWS sample uses 1419).
-    tunnel_mtu: int = 1419
+    tunnel_mtu: int = TUNNEL_MTU
     #: TCP MSS clamped on SYNs through the tunnels, in bytes (AWS samples: 1379); 0 = off.
-    tcp_mss: int = 1379
+    tcp_mss: int = TCP_MSS
     #: Tunnel (1 or 2) traffic returns to once it is healthy again; None: no failback.
     preferred_tunnel: int | None = None
     #: Seconds the preferred tunnel must stay healthy before failback (doubled per

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from agent.config.fields import _describe, _ip, _mapping, _resolve
 from agent.config.schema import StaticConfig, StaticTunnelConfig
+from agent.core.addresses import PRIVATE_NETWORKS_TEXT, is_private_network
 from agent.core.model import Secret
 
 _STATIC_KEYS = ("ike_version", "routable_cidrs", "space_cidr_block", "tunnels")
 _TUNNEL_KEYS = ("ip", "psk_file")
-_RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 def _static(raw: object, path: str, problems: list[str], base_dir: Path) -> StaticConfig | None:
@@ -65,9 +65,8 @@ def _routable_cidrs(raw: object, path: str, space_block, problems: list[str]) ->
         network = _cidr(item, item_path, problems)
         if network is None:
             continue
-        if not any(network.version == 4 and network.subnet_of(private) for private in _RFC1918):
-            problems.append(f"{item_path}: {network} is not private (RFC 1918: "
-                            "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)")
+        if not is_private_network(network):
+            problems.append(f"{item_path}: {network} is not private (RFC 1918: {PRIVATE_NETWORKS_TEXT})")
         elif space_block is not None and network.overlaps(space_block):
             problems.append(f"{item_path}: {network} overlaps space_cidr_block {space_block}")
         for earlier_index, earlier in networks:

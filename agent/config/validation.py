@@ -23,8 +23,9 @@ from agent.config.schema import (
     split_listen,
 )
 from agent.config.static import _static
-from agent.core.hosts import is_loopback_host
-from agent.core.model import Mode, object_name
+from agent.core.addresses import is_loopback_host, is_private_address
+from agent.core.model import object_name
+from agent.core.modes import Mode
 
 _TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level",
              "connections")
@@ -244,8 +245,7 @@ def _probe(raw: object, path: str, problems: list[str]) -> ProbeConfig:
         problems.append(f"{path}.failures: must be a whole number of at least 1, got '{failures}'")
         failures = ProbeConfig.failures
     target = _ip(section, "target", path, problems)
-    rfc1918 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
-    if target is not None and not any(ipaddress.ip_address(target) in net for net in rfc1918):
+    if target is not None and not is_private_address(target):
         problems.append(f"{path}.target: {target} is not a private (RFC 1918) address; probes cross the "
                         "tunnel to a host in the space (e.g. 10.0.0.10)")
         target = None

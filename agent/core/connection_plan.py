@@ -15,7 +15,8 @@ from agent.core import planner, route_planner
 from agent.core.desired import DesiredConnection
 from agent.core.failover import FailoverPolicy, FailoverState, TunnelHealth, assess, step
 from agent.core.health import InboundWatch, ProbeStats
-from agent.core.model import Mode, TunnelApiStatus
+from agent.core.model import TunnelApiStatus
+from agent.core.modes import Mode
 from agent.core.netstate import NetState
 from agent.core.observation import CharonState, TunnelSas
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.core.model import Mode, Secret, TunnelApiStatus, VpnConnection, object_name
+from agent.core.model import Secret, TunnelApiStatus, VpnConnection, object_name
+from agent.core.modes import Mode
 from agent.core.netstate import interface_id, interface_name
 
 # The seed article's ipsec.conf, with `sha2` spelled as strongSwan wants it.
@@ -19,6 +20,9 @@ CHILD_LIFETIME = 3600  # s, lifetime=1h (AWS phase 2 lifetime)
 CHILD_REKEY = 3060  # s, lifetime minus strongSwan's default 9 min margin
 DPD_DELAY = 10  # s, dpddelay=10 (AWS: R-U-THERE after 10 s of silence)
 DPD_TIMEOUT = 30  # s, dpdtimeout=30 (IKEv1 only; AWS default)
+# Route mode: AWS tunnels do no path MTU discovery (shared/reference: AWS figures).
+TUNNEL_MTU = 1419  # bytes, the strongSwan sample's tunnel MTU
+TCP_MSS = 1379  # bytes, AWS samples clamp SYNs to this
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,8 @@ class DesiredConnection:
     mode: Mode  # resolved: ROUTE or POLICY, never AUTO
     tunnels: tuple[DesiredTunnel, ...]
     source_address: str | None = None  # ours inside local_ts: src of probes and routes
-    tunnel_mtu: int = 1419  # bytes, route mode interfaces
-    tcp_mss: int = 1379  # bytes, 0 = no clamping
+    tunnel_mtu: int = TUNNEL_MTU  # bytes, route mode interfaces
+    tcp_mss: int = TCP_MSS  # bytes, 0 = no clamping
 
     def tunnel(self, number: int) -> DesiredTunnel:
         return self.tunnels[number - 1]
@@ -67,8 +71,8 @@ def desired_connection(
     mode: Mode,
     connection: VpnConnection,
     source_address: str | None = None,
-    tunnel_mtu: int = 1419,
-    tcp_mss: int = 1379,
+    tunnel_mtu: int = TUNNEL_MTU,
+    tcp_mss: int = TCP_MSS,
 ) -> DesiredConnection:
     """Combine the local side with what the far end published. No side effects."""
     if mode is Mode.AUTO:

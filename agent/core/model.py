@@ -1,5 +1,6 @@
 """Plain data shared by every layer: secrets, the VPN connection as the API (or a
-static config) describes it, and the enums that name tunnel and connection states.
+static config) describes it, and the enums that name tunnel and connection states (the data-plane Mode lives in
+modes.py, with the rule that resolves it).
 
 Everything here is frozen and free of I/O so decisions over it stay pure.
 """
@@ -76,14 +77,6 @@ class TunnelApiStatus(enum.Enum):
             return cls(raw.upper())
         except (ValueError, AttributeError):
             return cls.UNKNOWN
-
-
-class Mode(enum.Enum):
-    """Data-plane mode from the config; AUTO is resolved at start-up."""
-
-    AUTO = "auto"
-    ROUTE = "route"
-    POLICY = "policy"
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+from agent.core.addresses import is_private_network
 from agent.core.model import ConnectionStatus, Secret, Tunnel, TunnelApiStatus, VpnConnection
 
 _TUNNEL_COUNT = 2
-_RFC1918 = tuple(
-    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
-)
 # Long junk values would make one bad field drown the rest of the report.
 _MAX_SHOWN = 60
 
@@ -84,7 +82,7 @@ def _network(raw: str) -> str:
 
 
 def _is_rfc1918(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return isinstance(net, ipaddress.IPv4Network) and any(net.subnet_of(r) for r in _RFC1918)
+    return is_private_network(net)
 
 
 def _routable_cidrs(problems: list[str], data: dict, space_cidr: str) -> tuple[str, ...]:

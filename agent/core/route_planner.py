@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.desired import DesiredConnection
-from agent.core.model import Mode
+from agent.core.modes import Mode
 from agent.core.netstate import ACTIVE_METRIC, INTERFACE_PREFIX, STANDBY_METRIC, NetState, Route, interface_name
 from agent.core.observation import ESTABLISHED, LIVE_CHILD_STATES, CharonState
 from agent.core.planner import InitiateChild, TunnelTiming

@@ -17,7 +17,8 @@ from agent.adapters.probe import ProbeResult, ProbeTarget
 from agent.config import AgentConfig, redacted, static_vpn_connection
 from agent.core.connection_plan import current_probes
 from agent.core.health import ProbeStats
-from agent.core.model import ConnectionStatus, Mode
+from agent.core.model import ConnectionStatus
+from agent.core.modes import resolve_mode
 from agent.core.snapshot import Snapshot
 from agent.daemon.messages import ApiAnswer, ApiFailure, ControlRequest, Reload, Stop, ThreadCrashed
 from agent.daemon.reconciler import Reconciler
@@ -26,19 +27,6 @@ from agent.daemon.state import ConnectionRuntime, connection_view, probe_targets
 log = logging.getLogger(__name__)
 
 TICK = 1.0  # s between passes when nothing happens
-
-
-def resolve_mode(wanted: Mode, route_unsupported: str | None) -> tuple[Mode, str]:
-    """`route_unsupported` is None where the kernel has XFRM interfaces, else why not."""
-    if wanted is Mode.ROUTE:
-        if route_unsupported:
-            raise ValueError(f"mode: route is not possible here: {route_unsupported}; use auto or policy")
-        return Mode.ROUTE, "configured"
-    if wanted is Mode.AUTO:
-        if route_unsupported:
-            return Mode.POLICY, f"auto: policy, since {route_unsupported}"
-        return Mode.ROUTE, "auto: route, the kernel has XFRM interfaces"
-    return Mode.POLICY, "configured"
 
 
 class Controller:

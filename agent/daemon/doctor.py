@@ -22,7 +22,8 @@ from agent.adapters.heroku import PlatformApi, PlatformApiError
 from agent.adapters.links import xfrm_interface_support
 from agent.adapters.netinfo import source_address_towards
 from agent.config import AgentConfig, ConfigError, load_config, static_vpn_connection
-from agent.core.model import Mode, VpnConnection
+from agent.core.model import VpnConnection
+from agent.core.modes import Mode
 from agent.daemon import doctor_checks as checks
 from agent.daemon.doctor_checks import FAIL, NEW_TOKEN, OK, WARN, Check
 

@@ -12,14 +12,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent.config import ConnectionConfig
-from agent.core.model import ConnectionStatus, Mode, VpnConnection
+from agent.core.addresses import is_private_network
+from agent.core.model import ConnectionStatus, VpnConnection
+from agent.core.modes import Mode
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
 START_CHARON = "start charon-systemd: systemctl start strongswan"
 NEW_TOKEN = "heroku authorizations:create -d 'vpn gateway agent'"
 _CRYPTO_SET = ("aes", "sha2", "hmac", "gmp")  # aes256-sha256-modp2048 without openssl
-_RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 # The article: a space also uses these, whatever its space_cidr_block says.
 _SPACE_RESERVED = {"172.17.0.0/16": "a Private Space's default dyno CIDR",
                    "10.1.0.0/16": "reserved when the space has data services"}
@@ -271,7 +272,7 @@ def _cidr_problems(vpn: VpnConnection, *, heroku: bool) -> tuple[list[str], list
         problems.append("no routable CIDRs")
     for raw in vpn.routable_cidrs:
         net = ipaddress.ip_network(raw, strict=False)
-        if not (net.version == 4 and any(net.subnet_of(r) for r in _RFC1918)):
+        if not is_private_network(net):
             problems.append(f"{raw} is not RFC 1918")
         elif space is not None and net.overlaps(space):
             problems.append(f"{raw} overlaps the space CIDR {space}")

@@ -29,10 +29,11 @@ from agent.adapters.route_socket import RouteSocket
 from agent.adapters.sdnotify import SystemdNotifier
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.server import ControlServer
+from agent.core.modes import resolve_mode
 from agent.core.snapshot import Snapshot
 from agent.daemon import doctor
 from agent.daemon.api_poller import ApiPoller, PollTarget
-from agent.daemon.controller import Controller, resolve_mode
+from agent.daemon.controller import Controller
 from agent.daemon.fast_reroute import FastReroute
 from agent.daemon.messages import ControlRequest, Reload, Stop
 from agent.daemon.reconciler import Reconciler

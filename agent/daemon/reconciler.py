@@ -17,7 +17,7 @@ from agent.adapters.mss_clamp import MssClamp, MssClampError
 from agent.core import connection_plan, planner, route_planner
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.health import TrafficTotals
-from agent.core.model import Mode
+from agent.core.modes import Mode
 from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
 from agent.daemon.fast_reroute import FastReroute

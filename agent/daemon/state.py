@@ -15,7 +15,8 @@ from agent.core.connection_plan import ConnectionDecision, ConnectionInputs, cur
 from agent.core.desired import DesiredConnection
 from agent.core.failover import FailoverPolicy, FailoverState, TunnelHealth
 from agent.core.health import InboundWatch, ProbeStats, TrafficTotals, probe_healthy
-from agent.core.model import Mode, VpnConnection
+from agent.core.model import VpnConnection
+from agent.core.modes import Mode
 from agent.core.observation import CharonState
 from agent.core.planner import TunnelTiming
 from agent.core.snapshot import ConnectionView, FailoverView, Health, TunnelView, connection_health

@@ -17,7 +17,8 @@ from agent.adapters.charon_messages import (
     terminate_message,
 )
 from agent.core.desired import DesiredConnection, desired_connection
-from agent.core.model import ConnectionStatus, Mode, Secret, Tunnel, TunnelApiStatus, VpnConnection
+from agent.core.model import ConnectionStatus, Secret, Tunnel, TunnelApiStatus, VpnConnection
+from agent.core.modes import Mode
 from agent.core.observation import ChildSa, IkeSa, TunnelSas
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -23,7 +23,8 @@ from agent.config import (
     split_listen,
     static_vpn_connection,
 )
-from agent.core.model import ConnectionStatus, Mode, Secret, TunnelApiStatus
+from agent.core.model import ConnectionStatus, Secret, TunnelApiStatus
+from agent.core.modes import Mode
 
 REPO = Path(__file__).resolve().parents[2]
 PSK1 = "tunnel-one-very-secret-key"

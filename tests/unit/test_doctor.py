@@ -18,7 +18,8 @@ from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import ApiAuthError, ApiNotFound, ApiUnavailable, FetchResult, PlatformApi
 from agent.cli import agentctl
 from agent.config import AgentConfig, ApiConfig, ConnectionConfig, StaticConfig, StaticTunnelConfig
-from agent.core.model import ConnectionStatus, Mode, Secret, Tunnel, VpnConnection
+from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
+from agent.core.modes import Mode
 from agent.core.payload import parse_vpn_connection
 from agent.daemon import doctor, main as daemon_main
 from agent.daemon import doctor_checks as dc

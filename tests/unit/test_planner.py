@@ -9,12 +9,12 @@ import pytest
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.model import (
     ConnectionStatus,
-    Mode,
     Secret,
     Tunnel,
     TunnelApiStatus,
     VpnConnection,
 )
+from agent.core.modes import Mode
 from agent.core.observation import CONNECTING, ESTABLISHED, INSTALLED, CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.planner import (
     CHILDLESS_ATTEMPTS,

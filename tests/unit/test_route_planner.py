@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.core.desired import desired_connection
-from agent.core.model import ConnectionStatus, Mode, Secret, Tunnel, VpnConnection
+from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
+from agent.core.modes import Mode
 from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, Link, NetState, Route, interface_id, interface_name
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.planner import InitiateChild, TunnelTiming
