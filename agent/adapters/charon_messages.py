@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.core import desired as seed
 from agent.core.desired import DesiredConnection
-from agent.core.observation import ChildSa, IkeSa, TunnelSas
+from agent.core.observation import ChildSa, ChildState, IkeSa, IkeState, TunnelSas
 
 
 def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def parse_child(section: Mapping[str, Any]) -> ChildSa:
     return ChildSa(
         name=decode_text(section.get("name")),
         uniqueid=decode_text(section.get("uniqueid")),
-        state=decode_text(section.get("state")),
+        state=ChildState.parse(decode_text(section.get("state"))),
         reqid=decode_text(section.get("reqid")),
         bytes_in=decode_int(section.get("bytes-in")) or 0,
         bytes_out=decode_int(section.get("bytes-out")) or 0,
@@ -124,7 +124,7 @@ def parse_ike(name: str, section: Mapping[str, Any]) -> IkeSa:
     return IkeSa(
         name=name,
         uniqueid=decode_text(section.get("uniqueid")),
-        state=decode_text(section.get("state")),
+        state=IkeState.parse(decode_text(section.get("state"))),
         version=decode_int(section.get("version")) or 0,
         local_host=decode_text(section.get("local-host")),
         remote_host=decode_text(section.get("remote-host")),

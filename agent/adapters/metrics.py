@@ -22,6 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agent.core.failover import FailoverKind
+from agent.core.observation import ChildState, IkeState
 from agent.core.snapshot import ConnectionView, Snapshot, TunnelView
 
 log = logging.getLogger(__name__)
@@ -33,11 +35,11 @@ CONNECTION_LABELS = ("space", "vpn")
 TUNNEL_LABELS = (*CONNECTION_LABELS, "tunnel", "tunnel_ip")
 # Listed even while absent from the view, so a state's series exists at 0 and
 # alerts like `..._ike_state{state="ESTABLISHED"} == 0` work without `absent()`.
-IKE_STATES = ("ESTABLISHED", "CONNECTING", "REKEYING", "DELETING", "DOWN")
-CHILD_STATES = ("INSTALLED", "REKEYING", "NONE")
-# Failover kinds (agent.daemon.state.failover_kind), exported at 0 before the first
-# failover so rate() sees the first increase.
-FAILOVER_REASONS = ("down", "probe", "silence", "announced", "drain", "failback")
+IKE_STATES = tuple(s.value for s in (IkeState.ESTABLISHED, IkeState.CONNECTING, IkeState.REKEYING,
+                                     IkeState.DELETING, IkeState.DOWN))
+CHILD_STATES = tuple(s.value for s in (ChildState.INSTALLED, ChildState.REKEYING, ChildState.NONE))
+# Failover kinds, exported at 0 before the first failover so rate() sees the first increase.
+FAILOVER_REASONS = tuple(kind.value for kind in FailoverKind)
 API_UP = {"UP": 1, "DOWN": 0}  # UNKNOWN: no sample
 
 

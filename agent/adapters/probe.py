@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.core.addresses import PRIVATE_NETWORKS_TEXT, is_private_address
+from agent.core.health import ProbeResult, ProbeTarget
 
 log = logging.getLogger(__name__)
 
@@ -38,36 +39,6 @@ _ICMP_FILTER = 1
 _RECV_BUFFER = 65535
 
 _prober_numbers = itertools.count()
-
-
-@dataclass(frozen=True)
-class ProbeTarget:
-    """One tunnel's probe. interval and timeout in seconds; interface None means the
-    kernel's route decides the tunnel (policy mode)."""
-
-    key: str
-    tunnel: int
-    target: str
-    source: str
-    interface: str | None
-    interval: float
-    timeout: float
-
-    @property
-    def slot(self) -> tuple[str, int]:
-        """Identity inside a Prober: one probe stream per connection and tunnel."""
-        return (self.key, self.tunnel)
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """rtt in seconds (None when no reply); sent_at on the Prober's clock (monotonic)."""
-
-    key: str
-    tunnel: int
-    ok: bool
-    rtt: float | None
-    sent_at: float
 
 
 # --- packets (pure) -----------------------------------------------------------------

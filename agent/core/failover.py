@@ -7,11 +7,12 @@ TunnelHealth. `step` holds every transition. No side effects.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, replace
 
 from agent.core.health import InboundWatch, ProbeStats, probe_healthy
 from agent.core.model import TunnelApiStatus
-from agent.core.observation import ESTABLISHED, TunnelSas
+from agent.core.observation import IkeState, TunnelSas
 
 # A tunnel never established since the agent started gets this long before the other
 # one takes over (both are initiated together at a cold start).
@@ -26,24 +27,71 @@ class IllegalTransition(Exception):
     """A state the machine cannot be in (a bug, not an operational condition)."""
 
 
+class TunnelRole(enum.StrEnum):
+    ACTIVE = "active"  # carries the traffic
+    STANDBY = "standby"  # ready to take it over
+
+
+class TunnelProblem(enum.StrEnum):
+    """Why a tunnel cannot carry traffic now: the health verdict failover and status share."""
+
+    NO_CHILD_SA = "no CHILD_SA"  # route mode: nothing installed under its interface
+    IKE_DOWN = "IKE SA down"  # policy mode: no established IKE SA
+    PROBES_LOST = "probes lost"
+    INBOUND_SILENT = "no inbound packets while sending"
+
+
+class FailoverKind(enum.StrEnum):
+    """What moved the traffic; metrics count failovers by it."""
+
+    DOWN = "down"  # the active tunnel's SAs went (peer DELETE, DPD, charon)
+    PROBE = "probe"  # its data-path probes went unanswered
+    SILENCE = "silence"  # packets out, none in
+    ANNOUNCED = "announced"  # the Platform API reported it DOWN
+    DRAIN = "drain"  # the operator drained it
+    FAILBACK = "failback"  # back to the preferred tunnel after a stable hold-down
+
+
+_KIND_OF_PROBLEM = {TunnelProblem.PROBES_LOST: FailoverKind.PROBE, TunnelProblem.INBOUND_SILENT: FailoverKind.SILENCE}
+
+
+@dataclass(frozen=True)
+class FailoverReason:
+    kind: FailoverKind
+    detail: str  # for people, e.g. "3 probes lost"; never parsed
+
+
 @dataclass(frozen=True)
 class TunnelHealth:
-    """Everything the failover decision needs to know about one tunnel."""
+    """Everything the failover decision (and the status verdict) needs to know about
+    one tunnel."""
 
-    usable: bool  # its SAs could carry traffic right now
+    usable: bool  # its SAs could carry traffic right now (or it is still coming up)
     healthy: bool = True  # no failure signal: probes answered, no inbound silence
-    announced_down: bool = False  # the Platform API says DOWN: maintenance announced
+    announced_down: bool = False  # the Platform API says DOWN after our SA came up
     drained: bool = False  # the operator asked to move traffic away
-    problem: str = ""  # why not usable/healthy, for events and status
+    problem: TunnelProblem | None = None  # set whenever the tunnel is not up and healthy
+    detail: str = ""  # the problem for people, with figures
+    up: bool = True  # usable without any start-up grace
+    carrying: bool = False  # holds an installed CHILD_SA
 
     @property
     def can_carry(self) -> bool:
         return self.usable and self.healthy
 
     @property
+    def ready(self) -> bool:
+        """Up and healthy for real (no start-up grace): what redundancy means."""
+        return self.up and self.healthy
+
+    @property
     def wanted(self) -> bool:
         """A tunnel traffic may be moved to by choice (not only in an emergency)."""
         return self.can_carry and not self.announced_down and not self.drained
+
+    @property
+    def describe(self) -> str:
+        return self.detail or (self.problem.value if self.problem else "")
 
 
 @dataclass(frozen=True)
@@ -73,7 +121,7 @@ class FailoverState:
 
 def step(
     state: FailoverState, health: dict[int, TunnelHealth], policy: FailoverPolicy, now: float
-) -> tuple[FailoverState, str | None]:
+) -> tuple[FailoverState, FailoverReason | None]:
     """The next state, and the reason when traffic moves (None when it stays)."""
     if state.active not in (1, 2) or set(health) != {1, 2}:
         raise IllegalTransition(f"active tunnel {state.active} with health for {sorted(health)}")
@@ -89,11 +137,13 @@ def step(
         if not (soft and blamed_before):
             # ACTIVE -> STANDBY (current), STANDBY -> ACTIVE (other): an emergency, so
             # even a drained or announced tunnel takes the traffic rather than lose it.
-            reason = here.problem or "tunnel unusable"
+            kind = _KIND_OF_PROBLEM.get(here.problem, FailoverKind.DOWN)  # type: ignore[arg-type]
+            reason = FailoverReason(kind, here.describe or "tunnel unusable")
             return _switch(state, other, now, failures + ((current, now, soft),)), reason
     if here.can_carry and (here.drained or here.announced_down) and there.wanted:
         # ACTIVE -> STANDBY, STANDBY -> ACTIVE: move before the announced loss bites.
-        reason = "drained by the operator" if here.drained else "maintenance announced (Platform API: DOWN)"
+        reason = (FailoverReason(FailoverKind.DRAIN, "drained by the operator") if here.drained else
+                  FailoverReason(FailoverKind.ANNOUNCED, "maintenance announced (Platform API: DOWN)"))
         flap = () if here.drained else ((current, now, False),)  # an announced tunnel may flap
         return _switch(state, other, now, failures + flap), reason
     preferred = policy.preferred
@@ -101,7 +151,8 @@ def step(
         settled = now - state.preferred_wanted_since >= state.damped_hold_down(other, policy)
         if settled:
             # ACTIVE -> STANDBY, STANDBY -> ACTIVE: failback after a stable hold-down.
-            return _switch(state, other, now, failures), f"failback to preferred tunnel {other}"
+            return _switch(state, other, now, failures), FailoverReason(FailoverKind.FAILBACK,
+                                                                        f"failback to preferred tunnel {other}")
     return state, None  # ACTIVE stays ACTIVE
 
 
@@ -143,16 +194,19 @@ def assess(
     is stale telemetry (e.g. at start), and in policy mode a standby without CHILD_SA
     is DOWN for AWS by nature: neither announces anything."""
     if route_mode:
-        usable, problem = sas.installed_child is not None, "no CHILD_SA"
+        up, problem = sas.installed_child is not None, TunnelProblem.NO_CHILD_SA
     else:
-        usable, problem = sas.ike_state == ESTABLISHED, "IKE SA down"
-    if not usable and not ever_usable and unusable_since is not None:
+        up, problem = sas.ike_state is IkeState.ESTABLISHED, TunnelProblem.IKE_DOWN
+    usable = up
+    if not up and not ever_usable and unusable_since is not None:
         usable = now - unusable_since < STARTUP_GRACE
-    healthy = True
+    healthy, detail = True, ""
     if not probe_healthy(probes, probe_failures):
-        healthy, problem = False, f"{probes.consecutive_failures} probes lost" if probes else "probes lost"
+        assert probes is not None  # probe_healthy says None is healthy
+        healthy, problem = False, TunnelProblem.PROBES_LOST
+        detail = f"{probes.consecutive_failures} probes lost"
     elif inbound is not None and inbound.silent_for(now) >= SILENCE_TIMEOUT:
-        healthy, problem = False, "no inbound packets while sending"
+        healthy, problem = False, TunnelProblem.INBOUND_SILENT
     announced = (
         api_status is TunnelApiStatus.DOWN
         and (route_mode or is_active)
@@ -160,5 +214,7 @@ def assess(
         and sa_established_at is not None
         and sa_established_at < api_down_since + TIMESTAMP_SLACK
     )
+    fine = up and healthy
     return TunnelHealth(usable=usable, healthy=healthy, announced_down=announced, drained=drained,
-                        problem="" if usable and healthy else problem)
+                        problem=None if fine else problem, detail="" if fine else detail, up=up,
+                        carrying=sas.installed_child is not None)

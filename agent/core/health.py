@@ -1,4 +1,5 @@
-"""Data-path probe bookkeeping per tunnel: consecutive losses decide health.
+"""Data-path probes (what to probe, what came back, consecutive losses per tunnel),
+inbound silence and true traffic counters: the raw signals health is assessed from.
 
 Pure: the loop feeds each probe result in and keeps the returned value.
 """
@@ -6,6 +7,36 @@ Pure: the loop feeds each probe result in and keeps the returned value.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """One tunnel's probe. interval and timeout in seconds; interface None means the
+    kernel's route decides the tunnel (policy mode)."""
+
+    key: str
+    tunnel: int
+    target: str
+    source: str
+    interface: str | None
+    interval: float
+    timeout: float
+
+    @property
+    def slot(self) -> tuple[str, int]:
+        """Identity inside a Prober: one probe stream per connection and tunnel."""
+        return (self.key, self.tunnel)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """rtt in seconds (None when no reply); sent_at on the Prober's clock (monotonic)."""
+
+    key: str
+    tunnel: int
+    ok: bool
+    rtt: float | None
+    sent_at: float
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,63 @@ the old), so every view here tolerates several.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-ESTABLISHED = "ESTABLISHED"
-CONNECTING = "CONNECTING"
-INSTALLED = "INSTALLED"
+
+class IkeState(enum.StrEnum):
+    """charon's IKE_SA states (ike_sa.h), plus DOWN: no IKE SA at all."""
+
+    CREATED = "CREATED"
+    CONNECTING = "CONNECTING"
+    ESTABLISHED = "ESTABLISHED"
+    PASSIVE = "PASSIVE"
+    REKEYING = "REKEYING"
+    REKEYED = "REKEYED"
+    DELETING = "DELETING"
+    DESTROYING = "DESTROYING"
+    DOWN = "DOWN"
+    UNKNOWN = "UNKNOWN"  # a state this agent does not know (a newer charon)
+
+    @classmethod
+    def parse(cls, raw: str) -> "IkeState":
+        try:
+            return cls(raw)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class ChildState(enum.StrEnum):
+    """charon's CHILD_SA states (child_sa.h), plus NONE: no CHILD_SA at all."""
+
+    CREATED = "CREATED"
+    ROUTED = "ROUTED"
+    INSTALLING = "INSTALLING"
+    INSTALLED = "INSTALLED"
+    UPDATING = "UPDATING"
+    REKEYING = "REKEYING"
+    REKEYED = "REKEYED"
+    RETRYING = "RETRYING"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+    DESTROYING = "DESTROYING"
+    NONE = "NONE"
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def parse(cls, raw: str) -> "ChildState":
+        try:
+            return cls(raw)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+ESTABLISHED = IkeState.ESTABLISHED
+CONNECTING = IkeState.CONNECTING
+INSTALLED = ChildState.INSTALLED
 # Children in these states still carry (or are about to carry) traffic.
-LIVE_CHILD_STATES = frozenset({INSTALLED, "REKEYING", "REKEYED", "INSTALLING", "CREATED"})
+LIVE_CHILD_STATES = frozenset({ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED,
+                               ChildState.INSTALLING, ChildState.CREATED})
 # charon's task that negotiates a CHILD_SA: IKEv1 Quick Mode, IKEv2 CREATE_CHILD_SA.
 CHILD_NEGOTIATION_TASKS = frozenset({"QUICK_MODE", "CHILD_CREATE"})
 
@@ -22,7 +72,7 @@ CHILD_NEGOTIATION_TASKS = frozenset({"QUICK_MODE", "CHILD_CREATE"})
 class ChildSa:
     name: str
     uniqueid: str
-    state: str
+    state: ChildState
     reqid: str = ""
     bytes_in: int = 0
     bytes_out: int = 0
@@ -38,7 +88,7 @@ class ChildSa:
 class IkeSa:
     name: str
     uniqueid: str
-    state: str
+    state: IkeState
     version: int = 0
     local_host: str = ""
     remote_host: str = ""
@@ -63,11 +113,11 @@ class TunnelSas:
         return next((sa for sa in self.ike_sas if sa.state == ESTABLISHED), None)
 
     @property
-    def ike_state(self) -> str:
+    def ike_state(self) -> IkeState:
         """ESTABLISHED if any IKE SA is, else the state of the first one, else DOWN."""
         if self.established_ike is not None:
-            return ESTABLISHED
-        return self.ike_sas[0].state if self.ike_sas else "DOWN"
+            return IkeState.ESTABLISHED
+        return IkeState.parse(self.ike_sas[0].state) if self.ike_sas else IkeState.DOWN
 
     @property
     def children(self) -> tuple[ChildSa, ...]:
@@ -78,10 +128,10 @@ class TunnelSas:
         return next((c for c in self.children if c.state == INSTALLED), None)
 
     @property
-    def child_state(self) -> str:
+    def child_state(self) -> ChildState:
         if self.installed_child is not None:
-            return INSTALLED
-        return self.children[0].state if self.children else "NONE"
+            return ChildState.INSTALLED
+        return ChildState.parse(self.children[0].state) if self.children else ChildState.NONE
 
     @property
     def negotiating_child(self) -> bool:

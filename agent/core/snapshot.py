@@ -59,7 +59,8 @@ class FailoverView:
     at: float  # unix time
     from_tunnel: int
     to_tunnel: int
-    reason: str
+    reason: str  # for people
+    kind: str = "down"  # down | probe | silence | announced | drain | failback (FailoverKind)
 
 
 @dataclass(frozen=True)
@@ -103,32 +104,3 @@ class Snapshot:
         for conn, view in zip(data["connections"], self.connections):
             conn["health"] = view.health.name.lower()
         return data
-
-
-def connection_health(tunnels: tuple[TunnelView, ...], charon_reachable: bool, mode: str = "policy") -> tuple[Health, str]:
-    """OK when one tunnel carries traffic and the other is ready to take over: in
-    policy mode an established IKE SA, in route mode an installed CHILD_SA."""
-    if not charon_reachable:
-        return Health.DOWN, "charon unreachable"
-    if not tunnels:
-        return Health.DOWN, "VPN connection not known yet (Platform API)"
-    carrying = [t for t in tunnels if t.child_state == "INSTALLED" and t.probe_healthy]
-    if mode == "route":
-        ready = carrying
-    else:
-        ready = [t for t in tunnels if t.ike_state == "ESTABLISHED" and t.probe_healthy]
-    if not carrying:
-        return Health.DOWN, "no tunnel carries traffic"
-    if len(ready) < len(tunnels):
-        reasons = "; ".join(_not_ready(t) for t in tunnels if t not in ready)
-        return Health.DEGRADED, f"redundancy lost: {reasons}"
-    active = next((t for t in carrying if t.role == "active"), carrying[0])
-    return Health.OK, f"tunnel {active.number} active, redundancy ok"
-
-
-def _not_ready(tunnel: TunnelView) -> str:
-    if tunnel.ike_state != "ESTABLISHED":
-        return f"tunnel {tunnel.number} not established"
-    if not tunnel.probe_healthy:
-        return f"tunnel {tunnel.number} fails its probes"
-    return f"tunnel {tunnel.number} has no CHILD_SA"

@@ -1,28 +1,39 @@
 """The loop: the one owner of state. It drains its inbox (charon events, API answers,
-control requests, signals), observes charon, asks the planner what to do, applies
-that through the adapters and publishes a Snapshot. Every pass re-derives everything.
+probe results, control requests, signals) into the loop state, then runs one pass:
+observe, plan (one pure function over the whole state), apply, publish a Snapshot.
+Every pass re-derives everything.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from agent import __version__
 from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEvent
-from agent.adapters.connection_cache import ConnectionCache
-from agent.adapters.probe import ProbeResult, ProbeTarget
-from agent.config import AgentConfig, redacted, static_vpn_connection
-from agent.core.connection_plan import current_probes
-from agent.core.health import ProbeStats
-from agent.core.model import ConnectionStatus
-from agent.core.modes import resolve_mode
+from agent.config import AgentConfig, redacted
+from agent.core.health import ProbeResult, ProbeTarget
+from agent.core.memory import ConnectionRecord
+from agent.core.model import ConnectionStatus, object_name
+from agent.core.pass_plan import PassInputs, PassPlan, plan_pass
 from agent.core.snapshot import Snapshot
+from agent.core.views import connection_view
+from agent.daemon.edges import Edges, Outcomes
+from agent.daemon.loop_state import (
+    LoopState,
+    charon_gone,
+    records_for,
+    with_api_answer,
+    with_api_failure,
+    with_drain,
+    with_probe_result,
+)
 from agent.daemon.messages import ApiAnswer, ApiFailure, ControlRequest, Reload, Stop, ThreadCrashed
-from agent.daemon.reconciler import Reconciler
-from agent.daemon.state import ConnectionRuntime, connection_view, probe_targets
+from agent.daemon.ports import CachePort
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +44,8 @@ class Controller:
     def __init__(
         self,
         config: AgentConfig,
-        reconciler: Reconciler,
-        cache: ConnectionCache,
+        edges: Edges,
+        cache: CachePort,
         *,
         route_unsupported: str | None,
         reload_config: Callable[[], AgentConfig],
@@ -43,22 +54,22 @@ class Controller:
         on_probe_targets: Callable[[list[ProbeTarget]], None] = lambda t: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()  # put() is signal-safe
-        self._reconciler = reconciler
+        self._edges = edges
         self._cache = cache
         self._route_unsupported = route_unsupported
         self._reload_config = reload_config
         self._on_config = on_config
         self._on_pass = on_pass
         self._on_probe_targets = on_probe_targets
-        self._probe_targets: list[ProbeTarget] = []
+        self._probe_targets: tuple[ProbeTarget, ...] = ()
         self._clock = clock
         self._wall = wall
+        self._rand = rand
         self._started_at = wall()
-        self._errors: tuple[str, ...] = ()
-        self._ready = False
-        self._apply_config(config)
+        self.state = LoopState(config, records_for(config, {}, cache, route_unsupported))
         self.snapshot = self._build_snapshot()
 
     # -- inbox ---------------------------------------------------------------------
@@ -90,6 +101,7 @@ class Controller:
 
     def handle(self, message: object) -> bool:
         """Take one inbox message into the state. False means: stop the loop."""
+        state = self.state
         match message:
             case Stop():
                 return False
@@ -99,20 +111,22 @@ class Controller:
                 log.debug("charon event %s %s %s", kind, ",".join(names), "up" if up else "down")
             case CharonConnected():
                 log.info("VICI event session connected; (re)loading all tunnels")
-                self._reconciler.forget_loaded()
+                state.loaded.clear()
             case CharonDisconnected(reason=reason):
                 log.warning("charon went away: %s", reason)
-                self._reconciler.forget_loaded()
-                for runtime in self._runtimes.values():
-                    runtime.timing = {}  # its SAs went with it: the tunnels start over, start-up grace included
-            case ProbeResult():
-                self._on_probe_result(message)
+                charon_gone(state)
+            case ProbeResult(key=key):
+                self._update(key, lambda r: with_probe_result(r, message, state.charon))
             case ControlRequest(command=command, args=args, reply=reply):
                 reply.put(self._on_control(command, args))
-            case ApiAnswer():
-                self._on_api_answer(message)
-            case ApiFailure():
-                self._on_api_failure(message)
+            case ApiAnswer(key=key):
+                self._update(key, lambda r: with_api_answer(r, message, self._wall()))
+                vpn, raw = message.result.connection, message.result.raw
+                if key in state.records and vpn is not None and vpn.status is ConnectionStatus.ACTIVE and raw:
+                    settings = state.records[key].settings
+                    self._cache.save(settings.space, settings.vpn, raw)
+            case ApiFailure(key=key):
+                self._update(key, lambda r: with_api_failure(r, message))
             case Reload():
                 self._reload()
             case ThreadCrashed(name=name, error=error):
@@ -121,160 +135,133 @@ class Controller:
                 log.warning("ignoring unknown inbox message %r", type(message).__name__)
         return True
 
-    # -- config and API --------------------------------------------------------------
-    def _apply_config(self, config: AgentConfig) -> None:
-        old = getattr(self, "_runtimes", {})
-        runtimes: dict[str, ConnectionRuntime] = {}
-        for conn in config.connections:
-            mode, reason = resolve_mode(conn.mode, self._route_unsupported)
-            runtime = ConnectionRuntime(config=conn, mode=mode, mode_reason=reason)
-            previous = old.get(conn.key)
-            if previous is not None and previous.config.static is None and conn.static is None:
-                # Same Heroku connection: keep what we know of the far end.
-                for attr in ("vpn", "source", "connection_status", "api_last_success", "timing", "probes",
-                             "failover", "inbound", "drained", "failovers", "failover_counts",
-                             "traffic", "initiates", "api_errors"):
-                    setattr(runtime, attr, getattr(previous, attr))
-            elif conn.static is not None:
-                runtime.vpn, runtime.source, runtime.connection_status = static_vpn_connection(conn), "static", "active"
-            else:
-                cached = self._cache.load(conn.space, conn.vpn)
-                if cached is not None:
-                    log.info("%s: using the cached VPN connection until the API answers", conn.label)
-                    runtime.vpn, runtime.source = cached, "cache"
-                    runtime.connection_status = cached.status.value
-            runtimes[conn.key] = runtime
-        self._runtimes = runtimes
-        self._config = config
+    def _update(self, key: str, change: Callable[[ConnectionRecord], ConnectionRecord]) -> None:
+        record = self.state.records.get(key)
+        if record is not None:  # a message for a connection a reload removed
+            self.state.records[key] = change(record)
 
+    # -- config and control ------------------------------------------------------------
     def _reload(self) -> None:
+        state = self.state
         try:
             config = self._reload_config()
-            for conn in config.connections:
-                resolve_mode(conn.mode, self._route_unsupported)
+            records = records_for(config, state.records, self._cache, self._route_unsupported)
         except Exception as e:  # keep running with the old config
             log.error("config reload failed, keeping the running config: %s", e)
-            self._errors = (f"config reload failed: {e}",)
+            state.errors = (f"config reload failed: {e}",)
             return
-        self._errors = ()
-        self._apply_config(config)
+        state.errors = ()
+        state.config, state.records = config, records
         self._on_config(config)
         log.info("config reloaded: %d connection(s)", len(config.connections))
-
-    def _on_api_answer(self, answer: ApiAnswer) -> None:
-        runtime = self._runtimes.get(answer.key)
-        if runtime is None:
-            return
-        label = runtime.config.label
-        if runtime.api_error:
-            log.info("%s: Platform API reachable again", label)
-        runtime.api_error = runtime.api_error_kind = None
-        runtime.api_last_success = self._wall()
-        result = answer.result
-        if result.connection is None:  # 304 Not Modified: what we have is current
-            return
-        vpn = result.connection
-        runtime.connection_status = vpn.status.value
-        if vpn.status is not ConnectionStatus.ACTIVE:
-            log.info("%s: VPN connection is %s %s", label, vpn.status.value, vpn.status_message)
-            return
-        if runtime.vpn != vpn:
-            log.info("%s: VPN connection updated from the Platform API", label)
-        runtime.vpn, runtime.source = vpn, "api"
-        if result.raw is not None:
-            self._cache.save(runtime.config.space, runtime.config.vpn, result.raw)
-
-    def _on_probe_result(self, result: ProbeResult) -> None:
-        runtime = self._runtimes.get(result.key)
-        if runtime is None:
-            return
-        if runtime.desired is None:
-            return
-        sas = self._reconciler.charon_state.tunnel(runtime.desired.tunnel(result.tunnel).conn_name)
-        if sas.established_ike is None:
-            return  # no SA to blame or credit
-        sa_id = sas.established_ike.uniqueid
-        previous = current_probes(runtime.probes.get(result.tunnel), sas) or ProbeStats(sa_id=sa_id)
-        stats = previous.record(result.ok, result.rtt, result.sent_at)
-        failures = runtime.config.probe.failures
-        if stats.consecutive_failures == failures:
-            log.warning("%s: tunnel %d lost %d probes in a row", runtime.config.label, result.tunnel, failures)
-        elif result.ok and previous.consecutive_failures >= failures:
-            log.info("%s: tunnel %d answers probes again", runtime.config.label, result.tunnel)
-        runtime.probes[result.tunnel] = stats
 
     def _on_control(self, command: str, args: dict) -> tuple[bool, object]:
         """drain N / undrain N: traffic leaves (or may return to) tunnel N.
         show-config: the running config, secrets left out (file paths only)."""
         if command == "show-config":
-            return True, redacted(self._config)
+            return True, redacted(self.state.config)
         try:
-            runtime = self._control_target(args.get("connection"))
+            record = self._control_target(args.get("connection"))
             tunnel = args.get("tunnel")
-            if tunnel not in (1, 2):
-                raise ValueError(f"tunnel must be 1 or 2, got {tunnel!r}")
-            if command == "drain":
-                if 3 - tunnel in runtime.drained:
-                    raise ValueError(f"tunnel {3 - tunnel} is drained already: draining both would leave traffic "
-                                     f"nowhere to go; `agentctl undrain {3 - tunnel}` first")
-                runtime.drained.add(tunnel)
-            elif command == "undrain":
-                runtime.drained.discard(tunnel)
-            else:
-                raise ValueError(f"unknown command {command!r}")
+            record = with_drain(record, command, tunnel)
         except ValueError as e:
             return False, str(e)
-        log.warning("%s: tunnel %d %s by the operator", runtime.config.label, tunnel,
-                    "drained" if command == "drain" else "undrained")
-        return True, {"connection": runtime.config.label, "tunnel": tunnel, "drained": sorted(runtime.drained)}
+        self.state.records[record.key] = record
+        label = record.settings.label
+        log.warning("%s: tunnel %d %s by the operator", label, tunnel, "drained" if command == "drain" else "undrained")
+        return True, {"connection": label, "tunnel": tunnel, "drained": sorted(record.memory.drained)}
 
-    def _control_target(self, label: str | None) -> ConnectionRuntime:
+    def _control_target(self, label: object) -> ConnectionRecord:
+        records = list(self.state.records.values())
+        names = ", ".join(r.settings.label for r in records)
         if label is None:
-            if len(self._runtimes) != 1:
-                names = ", ".join(r.config.label for r in self._runtimes.values())
+            if len(records) != 1:
                 raise ValueError(f"several connections ({names}): name one with --connection SPACE/VPN")
-            return next(iter(self._runtimes.values()))
-        for runtime in self._runtimes.values():
-            if runtime.config.label == label:
-                return runtime
-        names = ", ".join(r.config.label for r in self._runtimes.values())
-        raise ValueError(f"no connection {label} (configured: {names})")
+            return records[0]
+        found = next((r for r in records if r.settings.label == label), None)
+        if found is None:
+            raise ValueError(f"no connection {label} (configured: {names})")
+        return found
 
-    def _on_api_failure(self, failure: ApiFailure) -> None:
-        runtime = self._runtimes.get(failure.key)
-        if runtime is None:
-            return
-        if failure.message != runtime.api_error:
-            log.error("%s: Platform API: %s (tunnels are left as they are)", runtime.config.label, failure.message)
-        runtime.api_error, runtime.api_error_kind = failure.message, failure.kind
-        runtime.api_errors[failure.kind] = runtime.api_errors.get(failure.kind, 0) + 1
-
-    # -- reconcile -------------------------------------------------------------------
+    # -- one pass --------------------------------------------------------------------
     def reconcile_pass(self) -> None:
-        """Observe, re-derive every action from the whole state, apply, publish."""
-        self._reconciler.run(list(self._runtimes.values()), self._clock())
-        targets = probe_targets(list(self._runtimes.values()))
-        if targets != self._probe_targets:
-            self._probe_targets = targets
-            self._on_probe_targets(targets)
-        self._ready = True
+        """Observe, plan over the whole state, apply once, publish."""
+        state, edges = self.state, self._edges
+        since = edges.reroutes_fired()
+        plan = self._plan()
+        if plan.needs_fresh_observation:
+            self._record(edges.apply_setup(plan.setup))
+            plan = self._plan()  # setup still wanted after this waits for the next pass
+        outcomes = Outcomes()
+        if state.charon.reachable:
+            for step in plan.steps:
+                edges.apply_step(step, since, outcomes)
+        for step in plan.steps:
+            state.records[step.key] = replace(state.records[step.key], memory=step.memory)
+        self._record(outcomes)
+        edges.sync_mss(dict(plan.mss_rules) if plan.mss_rules is not None else None)
+        edges.arm_reroutes(plan.reroutes, state.net, since)
+        if plan.probe_targets != self._probe_targets:
+            self._probe_targets = plan.probe_targets
+            self._on_probe_targets(list(plan.probe_targets))
+        state.ready = True
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
 
+    def _plan(self) -> PassPlan:
+        """Observe charon and the kernel, then plan the pass on that."""
+        state, edges = self.state, self._edges
+        state.charon, error = edges.observe_charon()
+        if error is not None:
+            if state.charon_error is None:
+                log.warning("charon unreachable: %s", error)
+            state.loaded.clear()
+        state.charon_error = error
+        state.net = edges.observe_net(state.net)
+        return plan_pass(PassInputs(
+            records=tuple(state.records.values()), charon=state.charon, net=state.net, loaded=dict(state.loaded),
+            detected=self._detect_local_addresses(), now=self._clock(), wall_now=self._wall(),
+            jitter={object_name(key, n): self._rand() for key in state.records for n in (1, 2)},
+        ))
+
+    def _detect_local_addresses(self) -> dict[str, str | None]:
+        """Our address towards tunnel 1, for connections that configure none (once)."""
+        found = {}
+        for record in self.state.records.values():
+            vpn = record.far_end.vpn
+            if record.settings.local_address or record.memory.local_address or vpn is None:
+                continue
+            found[record.key] = self._edges.detect_local_address(vpn.tunnel(1).ip)
+            if found[record.key] is None:
+                log.error("%s: no route to tunnel 1 (%s); set local_address", record.settings.label, vpn.tunnel(1).ip)
+        return found
+
+    def _record(self, outcomes: Outcomes) -> None:
+        state = self.state
+        state.loaded.update(outcomes.loaded)
+        for name in outcomes.unloaded:
+            state.loaded.pop(name, None)
+        for key, conn_name, result in outcomes.initiates:
+            record = state.records[key]
+            desired = record.memory.desired
+            number = next((t.number for t in desired.tunnels if t.conn_name == conn_name), None) if desired else None
+            if number is not None:
+                state.records[key] = replace(record, memory=record.memory.with_initiate(number, result))
+
     # -- publishing ------------------------------------------------------------------
     def _build_snapshot(self) -> Snapshot:
-        charon = self._reconciler.charon_state
+        state = self.state
         return Snapshot(
             agent_version=__version__,
             started_at=self._started_at,
             generated_at=self._wall(),
-            charon_reachable=charon.reachable,
-            charon_version=charon.version,
-            ready=self._ready,
-            connections=tuple(connection_view(r, charon, self._wall()) for r in self._runtimes.values()),
-            errors=self._errors,
+            charon_reachable=state.charon.reachable,
+            charon_version=state.charon.version,
+            ready=state.ready,
+            connections=tuple(connection_view(r, state.charon, self._wall()) for r in state.records.values()),
+            errors=state.errors,
         )
 
     @property
     def config(self) -> AgentConfig:
-        return self._config
+        return self.state.config

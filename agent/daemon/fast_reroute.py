@@ -22,7 +22,7 @@ from typing import Protocol
 
 from agent.adapters.charon import CharonEvent
 from agent.adapters.route_socket import PreparedRoute
-from agent.core.route_planner import Reroute
+from agent.core.route_mode import Reroute
 
 log = logging.getLogger(__name__)
 

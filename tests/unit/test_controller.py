@@ -18,8 +18,8 @@ from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.payload import parse_vpn_connection
 from agent.core.snapshot import Health
 from agent.daemon.controller import Controller
+from agent.daemon.edges import Edges
 from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop
-from agent.daemon.reconciler import Reconciler
 
 T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
 PSKS = ("first.Psk_value1", "second.Psk_value2")
@@ -121,10 +121,10 @@ def make_controller(config_file: Path, charon: FakeCharon, clock: Clock | None =
 
     config = load_config(config_file)
     cache = ConnectionCache(Path(config.state_dir))
-    reconciler = Reconciler(charon, links, MssClamp(nft="/bin/true") if links else None,
-                            detect_local_address=lambda ip: "203.0.113.10", rand=lambda: 0.5, reroute=reroute)
+    edges = Edges(charon, links, MssClamp(nft="/bin/true") if links else None,
+                  detect_local_address=lambda ip: "203.0.113.10", reroute=reroute)
     controller = Controller(
-        config, reconciler, cache,
+        config, edges, cache, rand=lambda: 0.5,
         route_unsupported=None if links else "the test kernel has no XFRM interfaces",
         reload_config=lambda: load_config(config_file),
         clock=clock or Clock(), wall=lambda: 1_800_000_000.0,
@@ -280,7 +280,8 @@ def test_drain_moves_traffic_make_before_break_and_records_the_failover(config_f
     assert ("terminate-child", old_child) in charon.calls
     view = controller.snapshot.connections[0]
     assert [(t.number, t.role, t.drained) for t in view.tunnels] == [(1, "standby", True), (2, "active", False)]
-    assert [(f.from_tunnel, f.to_tunnel, f.reason) for f in view.failovers] == [(1, 2, "drained by the operator")]
+    assert [(f.from_tunnel, f.to_tunnel, f.reason, f.kind) for f in view.failovers] == [
+        (1, 2, "drained by the operator", "drain")]
     assert view.failover_counts == {"drain": 1}
 
     assert drain(controller, "drain", 2) == (False, "tunnel 1 is drained already: draining both would leave "
@@ -303,7 +304,7 @@ def test_peer_delete_of_the_active_tunnel_fails_over_at_once(config_file):
     controller.reconcile_pass()
     assert charon.calls[0] == ("initiate-child", T2)  # no grace once it had been up
     view = controller.snapshot.connections[0]
-    assert [(f.from_tunnel, f.to_tunnel, f.reason) for f in view.failovers] == [(1, 2, "IKE SA down")]
+    assert [(f.from_tunnel, f.to_tunnel, f.reason, f.kind) for f in view.failovers] == [(1, 2, "IKE SA down", "down")]
     clock.now += 2
     controller.reconcile_pass()
     assert ("initiate-ike", T1) in charon.calls  # and tunnel 1 comes back as the standby

@@ -6,10 +6,13 @@ import pytest
 
 from agent.core.failover import (
     STARTUP_GRACE,
+    FailoverKind,
     FailoverPolicy,
+    FailoverReason,
     FailoverState,
     IllegalTransition,
     TunnelHealth,
+    TunnelProblem,
     assess,
     step,
 )
@@ -19,30 +22,38 @@ from agent.core.observation import ChildSa, IkeSa, TunnelSas
 
 NOW = 1000.0
 GOOD = TunnelHealth(usable=True)
-DOWN = TunnelHealth(usable=False, problem="IKE SA down")
-PROBES_LOST = TunnelHealth(usable=True, healthy=False, problem="3 probes lost")
+DOWN = TunnelHealth(usable=False, up=False, problem=TunnelProblem.IKE_DOWN)
+PROBES_LOST = TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.PROBES_LOST, detail="3 probes lost")
+SILENT = TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.INBOUND_SILENT)
 ANNOUNCED = TunnelHealth(usable=True, announced_down=True)
 DRAINED = TunnelHealth(usable=True, drained=True)
 NO_PREFERENCE = FailoverPolicy()
 PREFER_1 = FailoverPolicy(preferred=1, hold_down=60.0)
+R_DOWN = FailoverReason(FailoverKind.DOWN, "IKE SA down")
+R_PROBES = FailoverReason(FailoverKind.PROBE, "3 probes lost")
+R_SILENCE = FailoverReason(FailoverKind.SILENCE, "no inbound packets while sending")
+R_ANNOUNCED = FailoverReason(FailoverKind.ANNOUNCED, "maintenance announced (Platform API: DOWN)")
+R_DRAIN = FailoverReason(FailoverKind.DRAIN, "drained by the operator")
+R_FAILBACK_1 = FailoverReason(FailoverKind.FAILBACK, "failback to preferred tunnel 1")
 
 
 @pytest.mark.parametrize(
     ("active", "one", "two", "expected_active", "reason"),
     [
         (1, GOOD, GOOD, 1, None),
-        (1, DOWN, GOOD, 2, "IKE SA down"),
-        (1, PROBES_LOST, GOOD, 2, "3 probes lost"),
+        (1, DOWN, GOOD, 2, R_DOWN),
+        (1, PROBES_LOST, GOOD, 2, R_PROBES),
+        (1, SILENT, GOOD, 2, R_SILENCE),
         (1, DOWN, DOWN, 1, None),  # both bad: stay, keep trying both
-        (1, ANNOUNCED, GOOD, 2, "maintenance announced (Platform API: DOWN)"),
+        (1, ANNOUNCED, GOOD, 2, R_ANNOUNCED),
         (1, ANNOUNCED, ANNOUNCED, 1, None),  # nowhere better to go
-        (1, DRAINED, GOOD, 2, "drained by the operator"),
+        (1, DRAINED, GOOD, 2, R_DRAIN),
         (1, DRAINED, DOWN, 1, None),  # a drain never moves traffic onto a dead tunnel
-        (1, DOWN, DRAINED, 2, "IKE SA down"),  # an emergency beats a drain
-        (2, GOOD, DOWN, 1, "IKE SA down"),
+        (1, DOWN, DRAINED, 2, R_DOWN),  # an emergency beats a drain
+        (2, GOOD, DOWN, 1, R_DOWN),
         (2, GOOD, GOOD, 2, None),  # no preference: no failback
     ],
-    ids=["steady", "down", "probes", "both-down", "announced", "both-announced", "drain",
+    ids=["steady", "down", "probes", "silence", "both-down", "announced", "both-announced", "drain",
          "drain-onto-dead", "emergency-onto-drained", "down-from-2", "no-failback"],
 )
 def test_step(active, one, two, expected_active, reason):
@@ -59,7 +70,7 @@ def test_failback_waits_for_a_stable_hold_down():
     state, why = step(state, {1: GOOD, 2: GOOD}, PREFER_1, NOW + 59)
     assert (state.active, why) == (2, None)
     state, why = step(state, {1: GOOD, 2: GOOD}, PREFER_1, NOW + 60)
-    assert (state.active, why) == (1, "failback to preferred tunnel 1")
+    assert (state.active, why) == (1, R_FAILBACK_1)
 
 
 def test_a_blip_restarts_the_hold_down():
@@ -74,7 +85,7 @@ def test_a_blip_restarts_the_hold_down():
 def test_flapping_doubles_the_hold_down():
     state = FailoverState(active=1)
     state, why = step(state, {1: DOWN, 2: GOOD}, PREFER_1, NOW)  # first failure of 1
-    assert why == "IKE SA down"
+    assert why == R_DOWN
     assert state.damped_hold_down(1, PREFER_1) == 60.0
     state = FailoverState(active=1, failures=state.failures)
     state, _ = step(state, {1: DOWN, 2: GOOD}, PREFER_1, NOW + 100)  # second failure of 1
@@ -83,7 +94,7 @@ def test_flapping_doubles_the_hold_down():
     state, why = step(state, {1: GOOD, 2: GOOD}, PREFER_1, NOW + 319)
     assert why is None
     state, why = step(state, {1: GOOD, 2: GOOD}, PREFER_1, NOW + 320)
-    assert why == "failback to preferred tunnel 1"
+    assert why == R_FAILBACK_1
 
 
 def test_failures_age_out_of_the_flap_window():
@@ -94,14 +105,14 @@ def test_failures_age_out_of_the_flap_window():
 
 def test_probe_target_blamed_when_probes_fail_on_both_tunnels():
     state, why = step(FailoverState(active=1), {1: PROBES_LOST, 2: GOOD}, NO_PREFERENCE, NOW)
-    assert (state.active, why) == (2, "3 probes lost")
+    assert (state.active, why) == (2, R_PROBES)
     # 20 s later tunnel 2's probes fail as well: the far host, not the tunnels, is the
     # likely problem, so traffic stays instead of ping-ponging.
     state, why = step(state, {1: GOOD, 2: PROBES_LOST}, NO_PREFERENCE, NOW + 20)
     assert (state.active, why) == (2, None)
     # A hard failure still moves traffic.
     state, why = step(state, {1: GOOD, 2: DOWN}, NO_PREFERENCE, NOW + 25)
-    assert (state.active, why) == (1, "IKE SA down")
+    assert (state.active, why) == (1, R_DOWN)
 
 
 def test_illegal_states_raise():
@@ -129,20 +140,17 @@ def health(**overrides) -> TunnelHealth:
     ("overrides", "expected"),
     [
         ({}, TunnelHealth(usable=True)),
-        ({"sas": sas(None)}, TunnelHealth(usable=False, problem="IKE SA down")),
+        ({"sas": sas(None)}, DOWN),
         ({"sas": sas(None), "ever_usable": False, "unusable_since": NOW - STARTUP_GRACE + 1},
-         TunnelHealth(usable=True)),  # still coming up at start
-        ({"sas": sas(None), "ever_usable": False, "unusable_since": NOW - STARTUP_GRACE},
-         TunnelHealth(usable=False, problem="IKE SA down")),
-        ({"route_mode": True}, TunnelHealth(usable=False, problem="no CHILD_SA")),
+         TunnelHealth(usable=True, up=False, problem=TunnelProblem.IKE_DOWN)),  # still coming up at start
+        ({"sas": sas(None), "ever_usable": False, "unusable_since": NOW - STARTUP_GRACE}, DOWN),
+        ({"route_mode": True}, TunnelHealth(usable=False, up=False, problem=TunnelProblem.NO_CHILD_SA)),
         ({"route_mode": True, "ever_usable": False, "unusable_since": NOW - 1},
-         TunnelHealth(usable=True)),  # IKE SA up, its first CHILD_SA a Quick Mode away
-        ({"route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True)),
-        ({"probes": ProbeStats(sa_id="3", sent=9, lost=3, consecutive_failures=3)},
-         TunnelHealth(usable=True, healthy=False, problem="3 probes lost")),
+         TunnelHealth(usable=True, up=False, problem=TunnelProblem.NO_CHILD_SA)),  # first CHILD_SA a Quick Mode away
+        ({"route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True, carrying=True)),
+        ({"probes": ProbeStats(sa_id="3", sent=9, lost=3, consecutive_failures=3)}, PROBES_LOST),
         ({"probes": ProbeStats(sa_id="3", sent=9, lost=2, consecutive_failures=2)}, TunnelHealth(usable=True)),
-        ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW)},
-         TunnelHealth(usable=True, healthy=False, problem="no inbound packets while sending")),
+        ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW)}, SILENT),
         ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW - 5.5)}, TunnelHealth(usable=True)),  # went idle
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10},
          TunnelHealth(usable=True, announced_down=True)),
@@ -155,7 +163,7 @@ def health(**overrides) -> TunnelHealth:
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10, "is_active": False},
          TunnelHealth(usable=True)),  # policy standby: DOWN for AWS by nature
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10, "is_active": False,
-          "route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True, announced_down=True)),
+          "route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True, announced_down=True, carrying=True)),
         ({"drained": True}, TunnelHealth(usable=True, drained=True)),
     ],
     ids=["fine", "no-ike", "startup-grace", "grace-over", "route-no-child", "route-child-coming", "route-child", "probes-lost",

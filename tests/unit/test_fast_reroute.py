@@ -7,7 +7,7 @@ import threading
 
 from agent.adapters.charon import CharonConnected, CharonEvent
 from agent.adapters.route_socket import PreparedRoute
-from agent.core.route_planner import Reroute, SetRoute
+from agent.core.route_mode import Reroute, SetRoute
 from agent.daemon.fast_reroute import FastReroute
 
 T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"

@@ -1,4 +1,4 @@
-"""Health of a connection from its tunnel views, the agent-wide health, and the status
+"""The agent-wide health, and the status
 document (`Snapshot.to_dict`) that agentctl and the control socket hand out."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from agent.core.model import Secret
-from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView, connection_health
+from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView
 
 
 def tunnel(number: int, ike: str, child: str, role: str = "standby") -> TunnelView:
@@ -18,30 +18,6 @@ def tunnel(number: int, ike: str, child: str, role: str = "standby") -> TunnelVi
 
 ACTIVE_1 = tunnel(1, "ESTABLISHED", "INSTALLED", "active")
 STANDBY_2 = tunnel(2, "ESTABLISHED", "NONE")
-
-
-@pytest.mark.parametrize(
-    "tunnels, reachable, expected",
-    [
-        ((ACTIVE_1, STANDBY_2), True, (Health.OK, "tunnel 1 active, redundancy ok")),
-        ((tunnel(1, "ESTABLISHED", "NONE"), tunnel(2, "ESTABLISHED", "INSTALLED", "active")), True,
-         (Health.OK, "tunnel 2 active, redundancy ok")),
-        ((ACTIVE_1, tunnel(2, "CONNECTING", "NONE")), True,
-         (Health.DEGRADED, "redundancy lost: tunnel 2 not established")),
-        ((ACTIVE_1, tunnel(2, "DOWN", "NONE")), True,
-         (Health.DEGRADED, "redundancy lost: tunnel 2 not established")),
-        ((tunnel(1, "ESTABLISHED", "NONE", "active"), STANDBY_2), True,
-         (Health.DOWN, "no tunnel carries traffic")),
-        ((tunnel(1, "DOWN", "NONE", "active"), tunnel(2, "DOWN", "NONE")), True,
-         (Health.DOWN, "no tunnel carries traffic")),
-        ((), True, (Health.DOWN, "VPN connection not known yet (Platform API)")),
-        ((ACTIVE_1, STANDBY_2), False, (Health.DOWN, "charon unreachable")),
-    ],
-    ids=["ok-tunnel-1", "ok-tunnel-2", "degraded-standby-connecting", "degraded-standby-down",
-         "down-no-child", "down-nothing", "down-unknown-connection", "down-charon-unreachable"],
-)
-def test_connection_health(tunnels, reachable, expected):
-    assert connection_health(tunnels, reachable) == expected
 
 
 def view(vpn: str, health: Health, tunnels: tuple[TunnelView, ...] = ()) -> ConnectionView:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from agent.core.charon_objects import InitiateChild
 from agent.core.desired import desired_connection
 from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
 from agent.core.modes import Mode
 from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, Link, NetState, Route, interface_id, interface_name
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
-from agent.core.planner import InitiateChild, TunnelTiming
-from agent.core.route_planner import (
+from agent.core.route_mode import (
     DeleteRoute,
     EnsureInterface,
     RemoveInterface,
@@ -24,7 +24,7 @@ from agent.core.route_planner import (
     plan_routes,
     plan_stale_interfaces,
 )
-from agent.core.snapshot import Health, TunnelView, connection_health
+from agent.core.tunnel_timing import TunnelTiming
 
 KEY, VPN = "acme-space-office", "office"
 IF1, IF2 = interface_name(KEY, VPN, 1), interface_name(KEY, VPN, 2)
@@ -160,24 +160,3 @@ def test_mss_rules_cover_every_route_mode_interface():
     assert mss_rules([CONN]) == {IF1: 1379, IF2: 1379}
     assert mss_rules([conn(mss=0)]) == {}
     assert mss_rules([conn(Mode.POLICY)]) == {}
-
-
-def tunnel(number: int, child: str, probe_healthy: bool = True, ike: str = "ESTABLISHED") -> TunnelView:
-    return TunnelView(number, "198.51.100.1", "UP", ike, child, "active" if number == 1 else "standby",
-                      probe_healthy=probe_healthy)
-
-
-@pytest.mark.parametrize(
-    ("tunnels", "expected"),
-    [
-        ((tunnel(1, "INSTALLED"), tunnel(2, "INSTALLED")), (Health.OK, "tunnel 1 active, redundancy ok")),
-        ((tunnel(1, "INSTALLED"), tunnel(2, "NONE")), (Health.DEGRADED, "redundancy lost: tunnel 2 has no CHILD_SA")),
-        ((tunnel(1, "INSTALLED"), tunnel(2, "INSTALLED", probe_healthy=False)),
-         (Health.DEGRADED, "redundancy lost: tunnel 2 fails its probes")),
-        ((tunnel(1, "INSTALLED", probe_healthy=False), tunnel(2, "INSTALLED", probe_healthy=False)),
-         (Health.DOWN, "no tunnel carries traffic")),
-    ],
-    ids=["ok", "no-child", "probe", "both-probes"],
-)
-def test_route_mode_health(tunnels, expected):
-    assert connection_health(tunnels, True, "route") == expected

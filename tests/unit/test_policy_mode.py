@@ -1,4 +1,4 @@
-"""The planner's decisions over desired and observed state: which charon objects to
+"""Policy mode's and charon objects' decisions over desired and observed state: which charon objects to
 load or unload, which tunnel carries traffic, and which SAs to bring up or close.
 Every case is a table row: inputs built from frozen dataclasses, exact actions out."""
 
@@ -6,6 +6,17 @@ from __future__ import annotations
 
 import pytest
 
+from agent.core.charon_objects import (
+    InitiateChild,
+    InitiateIke,
+    LoadTunnel,
+    TerminateChild,
+    TerminateIke,
+    UnloadConn,
+    UnloadShared,
+    plan_objects,
+    tunnel_fingerprint,
+)
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.model import (
     ConnectionStatus,
@@ -16,25 +27,9 @@ from agent.core.model import (
 )
 from agent.core.modes import Mode
 from agent.core.observation import CONNECTING, ESTABLISHED, INSTALLED, CharonState, ChildSa, IkeSa, TunnelSas
-from agent.core.planner import (
-    CHILDLESS_ATTEMPTS,
-    InitiateChild,
-    InitiateIke,
-    LoadTunnel,
-    TerminateChild,
-    TerminateIke,
-    TunnelTiming,
-    UnloadConn,
-    UnloadShared,
-    adopt_active,
-    backoff_delay,
-    observe_timing,
-    plan_objects,
-    plan_policy_mode,
-    plan_stuck,
-    reached_desired_state,
-    tunnel_fingerprint,
-)
+from agent.core.policy_mode import CHILDLESS_ATTEMPTS, adopt_active, plan_policy_mode
+from agent.core.recovery import plan_stuck
+from agent.core.tunnel_timing import TunnelTiming, backoff_delay, observe_timing, reached_desired_state
 
 LOCAL = "198.51.100.10"
 T1_IP = "203.0.113.11"
@@ -257,7 +252,7 @@ def test_adopted_state_after_restart_tears_nothing_down():
 # -- reached_desired_state ------------------------------------------------------------
 
 @pytest.mark.parametrize(
-    "sas, is_active, expected",
+    "sas, wants_child, expected",
     [
         (TunnelSas((ike(T1, "7", ESTABLISHED, child("12")),)), True, True),
         (TunnelSas((ike(T1, "7"),)), True, False),
@@ -270,8 +265,8 @@ def test_adopted_state_after_restart_tears_nothing_down():
     ids=["active-installed", "active-ike-only", "active-rekeying", "active-nothing",
          "standby-established", "standby-connecting", "standby-nothing"],
 )
-def test_reached_desired_state(sas, is_active, expected):
-    assert reached_desired_state(sas, is_active) is expected
+def test_reached_desired_state(sas, wants_child, expected):
+    assert reached_desired_state(sas, wants_child) is expected
 
 
 # -- backoff_delay --------------------------------------------------------------------

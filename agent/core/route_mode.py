@@ -7,13 +7,15 @@ Pure functions, no side effects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agent.core.charon_objects import InitiateChild
 from agent.core.desired import DesiredConnection
 from agent.core.modes import Mode
 from agent.core.netstate import ACTIVE_METRIC, INTERFACE_PREFIX, STANDBY_METRIC, NetState, Route, interface_name
-from agent.core.observation import ESTABLISHED, LIVE_CHILD_STATES, CharonState
-from agent.core.planner import InitiateChild, TunnelTiming
+from agent.core.observation import CharonState
+from agent.core.tunnel_timing import TunnelTiming, needs_child_initiate
 
 
 @dataclass(frozen=True)
@@ -65,18 +67,12 @@ def _routed_tunnel(conn: DesiredConnection, net: NetState) -> int | None:
 def plan_route_tunnels(
     conn: DesiredConnection,
     charon: CharonState,
-    timing: dict[str, TunnelTiming],
+    timing: Mapping[str, TunnelTiming],
     now: float,
 ) -> list[InitiateChild]:
-    """Both tunnels want a live CHILD_SA; CONNECTING means charon is on it."""
-    actions = []
-    for tunnel in conn.tunnels:
-        sas = charon.tunnel(tunnel.conn_name)
-        if any(c.state in LIVE_CHILD_STATES for c in sas.children):
-            continue
-        if sas.ike_state in (ESTABLISHED, "DOWN") and timing.get(tunnel.conn_name, TunnelTiming()).may_initiate(now):
-            actions.append(InitiateChild(tunnel.conn_name))
-    return actions
+    """Both tunnels want a live CHILD_SA."""
+    return [InitiateChild(t.conn_name) for t in conn.tunnels
+            if needs_child_initiate(charon.tunnel(t.conn_name), timing.get(t.conn_name, TunnelTiming()), now)]
 
 
 def plan_interfaces(conn: DesiredConnection, net: NetState) -> list[RouteAction]:

@@ -1,0 +1,139 @@
+"""One reconcile pass as one pure function: from the loop's records and one observation
+of charon and the kernel to one ordered plan. Level-triggered: nothing here depends on
+what happened in between, only on the whole state now. No side effects.
+
+Order: setup first (XFRM interfaces, charon objects), then each connection's step, then
+what the loop arms and starts for the time until the next pass (fast reroutes, probes).
+A plan with setup asks for a fresh observation before the connections are decided:
+tunnels are planned on what charon and the kernel hold after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from agent.core.charon_objects import CharonAction, plan_objects
+from agent.core.decide import ConnectionStep, decide
+from agent.core.desired import DesiredConnection, desired_connection
+from agent.core.health import ProbeTarget
+from agent.core.memory import ConnectionMemory, ConnectionRecord
+from agent.core.modes import Mode
+from agent.core.netstate import NetState, source_inside
+from agent.core.observation import CharonState
+from agent.core.route_mode import Reroute, RouteAction, mss_rules, plan_interfaces, plan_reroute, plan_stale_interfaces
+from agent.core.snapshot import Health
+
+PROBE_TIMEOUT_CAP = 1.0  # s: a probe unanswered this long is lost, whatever the interval
+
+
+@dataclass(frozen=True)
+class PassInputs:
+    records: tuple[ConnectionRecord, ...]
+    charon: CharonState
+    net: NetState
+    loaded: Mapping[str, str]  # charon conn name -> fingerprint this process loaded
+    detected: Mapping[str, str | None]  # local address found towards tunnel 1, by key
+    now: float  # monotonic s
+    wall_now: float  # unix s
+    jitter: Mapping[str, float]  # by charon conn name, in [0, 1): spreads each tunnel's retries
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    setup: tuple[RouteAction | CharonAction, ...]
+    steps: tuple[ConnectionStep, ...]  # one per record, in config order
+    mss_rules: Mapping[str, int] | None  # interface -> MSS; None: no route mode, leave nft alone
+    reroutes: tuple[Reroute, ...]
+    probe_targets: tuple[ProbeTarget, ...]
+
+    @property
+    def needs_fresh_observation(self) -> bool:
+        """Setup changes what charon and the kernel hold: apply it, observe again and
+        plan again before any tunnel is decided."""
+        return bool(self.setup)
+
+
+def plan_pass(inputs: PassInputs) -> PassPlan:
+    """The whole pass. No side effects."""
+    charon, net = inputs.charon, inputs.net
+    desired = {r.key: _desired(r, inputs) for r in inputs.records}
+    if not charon.reachable:
+        steps = tuple(_waiting(r, inputs, desired[r.key], _why_unknown(r, "charon unreachable")
+                               if desired[r.key] is None else "charon unreachable") for r in inputs.records)
+        return PassPlan((), steps, None, (), _probe_targets(steps, inputs.records))
+    wanted = [conn for conn in desired.values() if conn is not None]
+    routed = [conn for conn in wanted if conn.mode is Mode.ROUTE]
+    setup: list[RouteAction | CharonAction] = []
+    if any(r.settings.mode is Mode.ROUTE for r in inputs.records):
+        setup += plan_stale_interfaces([(r.key, r.settings.vpn) for r in inputs.records], net)
+        for conn in routed:
+            setup += plan_interfaces(conn, net)
+    setup += plan_objects(wanted, {r.key for r in inputs.records}, inputs.loaded, charon)
+    steps = tuple(_step(r, desired[r.key], inputs) for r in inputs.records)
+    rules = mss_rules(routed) if any(r.settings.mode is Mode.ROUTE for r in inputs.records) else None
+    reroutes = tuple(plan for plan in (plan_reroute(s.memory.desired, charon, s.memory.active)
+                                       for s in steps if s.memory.desired is not None) if plan is not None)
+    return PassPlan(tuple(setup), steps, rules, reroutes, _probe_targets(steps, inputs.records))
+
+
+def _step(record: ConnectionRecord, conn: DesiredConnection | None, inputs: PassInputs) -> ConnectionStep:
+    if conn is None:
+        return _waiting(record, inputs, None, _why_unknown(record, "VPN connection not known yet (Platform API)"))
+    memory = replace(record.memory, local_address=_local_address(record, inputs))
+    return decide(record.settings, memory, conn, inputs.charon, inputs.net, inputs.now, inputs.wall_now,
+                  inputs.jitter)
+
+
+def _local_address(record: ConnectionRecord, inputs: PassInputs) -> str | None:
+    return record.settings.local_address or record.memory.local_address or inputs.detected.get(record.key)
+
+
+def _desired(record: ConnectionRecord, inputs: PassInputs) -> DesiredConnection | None:
+    vpn, settings = record.far_end.vpn, record.settings
+    local_address = _local_address(record, inputs)
+    if vpn is None or local_address is None:
+        return None
+    source = settings.source_address or source_inside(tuple(vpn.routable_cidrs), inputs.net.addresses)
+    return desired_connection(
+        key=record.key, space=settings.space, vpn=settings.vpn, local_address=local_address,
+        local_id=settings.local_id, mode=settings.mode, connection=vpn, source_address=source,
+        tunnel_mtu=settings.tunnel_mtu, tcp_mss=settings.tcp_mss,
+    )
+
+
+def _why_unknown(record: ConnectionRecord, otherwise: str) -> str:
+    far_end = record.far_end
+    if far_end.api_error:
+        return f"waiting for the Platform API: {far_end.api_error}"
+    if far_end.connection_status not in ("unknown", "active"):
+        return f"VPN connection is {far_end.connection_status}; waiting until it is active"
+    if far_end.vpn is not None:
+        return f"no route to tunnel 1 ({far_end.vpn.tunnel(1).ip}); set local_address"
+    return otherwise
+
+
+def _waiting(record: ConnectionRecord, inputs: PassInputs, conn: DesiredConnection | None, why: str) -> ConnectionStep:
+    """A connection nothing is decided for in this pass: its memory stays, its verdict says why."""
+    memory: ConnectionMemory = replace(record.memory, desired=conn, local_address=_local_address(record, inputs),
+                                       verdict=(Health.DOWN, why))
+    return ConnectionStep(record.key, record.settings.label, memory, None, (), ())
+
+
+def _probe_targets(steps: tuple[ConnectionStep, ...], records: tuple[ConnectionRecord, ...]) -> tuple[ProbeTarget, ...]:
+    """Route mode: probe each tunnel through its own interface, so the standby path is
+    verified continuously; policy mode: the active tunnel (the only one with a CHILD_SA,
+    reached by the policy). Needs a probe target and a source inside the routable CIDRs."""
+    targets = []
+    for record, step in zip(records, steps):
+        conn, probe = step.memory.desired, record.settings.probe
+        if conn is None or probe.target is None or conn.source_address is None:
+            continue
+        for tunnel in conn.tunnels:
+            if tunnel.interface is not None or tunnel.number == step.memory.active:
+                targets.append(ProbeTarget(
+                    key=record.key, tunnel=tunnel.number, target=probe.target, source=conn.source_address,
+                    interface=tunnel.interface, interval=probe.interval,
+                    timeout=min(probe.interval, PROBE_TIMEOUT_CAP),
+                ))
+    return tuple(targets)

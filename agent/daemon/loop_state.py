@@ -1,0 +1,144 @@
+"""The one loop state, owned by the loop thread alone: a frozen record per connection
+(replaced, never edited), what this process loaded into charon, and the last
+observations. Also how a config becomes records, and how each inbox message turns a
+record into the next one. Nothing here does I/O except the cache read at (re)config.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+from agent.config import AgentConfig, ConnectionConfig, static_vpn_connection
+from agent.core.decide import current_probes
+from agent.core.failover import FailoverPolicy
+from agent.core.health import ProbeResult, ProbeStats
+from agent.core.memory import ConnectionMemory, ConnectionRecord, ConnectionSettings, FarEnd, ProbeSettings
+from agent.core.model import ConnectionStatus
+from agent.core.modes import resolve_mode
+from agent.core.netstate import NetState
+from agent.core.observation import CharonState
+from agent.daemon.messages import ApiAnswer, ApiFailure
+from agent.daemon.ports import CachePort
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopState:
+    config: AgentConfig
+    records: dict[str, ConnectionRecord]  # by key, in config order
+    loaded: dict[str, str] = field(default_factory=dict)  # charon conn name -> fingerprint we loaded
+    charon: CharonState = field(default_factory=lambda: CharonState(reachable=False))
+    charon_error: str | None = None  # why charon is unreachable, once announced
+    net: NetState = field(default_factory=NetState)
+    errors: tuple[str, ...] = ()  # agent-wide problems, e.g. a refused reload
+    ready: bool = False  # the first pass completed
+
+
+def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported: str | None) -> ConnectionSettings:
+    """The one place a connection's config turns into what decisions read.
+    Raises ModeUnavailable for `mode: route` where the kernel cannot."""
+    mode, reason = resolve_mode(conn.mode, route_unsupported)
+    return ConnectionSettings(
+        key=conn.key, space=conn.space, vpn=conn.vpn, mode=mode, mode_reason=reason,
+        local_address=conn.local_address, local_id=conn.local_id, source_address=conn.source_address,
+        tunnel_mtu=conn.tunnel_mtu, tcp_mss=conn.tcp_mss,
+        probe=ProbeSettings(conn.probe.target, conn.probe.interval, conn.probe.failures),
+        policy=FailoverPolicy(preferred=conn.preferred_tunnel, hold_down=conn.failback_hold_down),
+        connect_timeout=config.strongswan.connect_timeout,
+    )
+
+
+def records_for(config: AgentConfig, old: dict[str, ConnectionRecord], cache: CachePort,
+                route_unsupported: str | None) -> dict[str, ConnectionRecord]:
+    """Records for a (new) config. The same Heroku connection keeps what we know of the
+    far end and what earlier passes learned; a static one takes its far end from the config."""
+    records = {}
+    for conn in config.connections:
+        settings = settings_for(conn, config, route_unsupported)
+        previous = old.get(conn.key)
+        if conn.static is not None:
+            far_end = FarEnd(vpn=static_vpn_connection(conn), source="static", connection_status="active")
+            memory = ConnectionMemory()
+        elif previous is not None and previous.far_end.source != "static":
+            far_end = replace(previous.far_end, api_error=None, api_error_kind=None)
+            memory = replace(previous.memory, local_address=None, desired=None)
+        else:
+            far_end, memory = FarEnd(), ConnectionMemory()
+            cached = cache.load(conn.space, conn.vpn)
+            if cached is not None:
+                log.info("%s: using the cached VPN connection until the API answers", conn.label)
+                far_end = FarEnd(vpn=cached, source="cache", connection_status=cached.status.value)
+        records[conn.key] = ConnectionRecord(settings, far_end, memory)
+    return records
+
+
+def with_api_answer(record: ConnectionRecord, answer: ApiAnswer, wall_now: float) -> ConnectionRecord:
+    """A Platform API answer; a 304 only says that what we have is current."""
+    label = record.settings.label
+    if record.far_end.api_error:
+        log.info("%s: Platform API reachable again", label)
+    far_end = replace(record.far_end, api_error=None, api_error_kind=None, api_last_success=wall_now)
+    vpn = answer.result.connection
+    if vpn is not None:
+        far_end = replace(far_end, connection_status=vpn.status.value)
+        if vpn.status is not ConnectionStatus.ACTIVE:
+            log.info("%s: VPN connection is %s %s", label, vpn.status.value, vpn.status_message)
+        else:
+            if far_end.vpn != vpn:
+                log.info("%s: VPN connection updated from the Platform API", label)
+            far_end = replace(far_end, vpn=vpn, source="api")
+    return replace(record, far_end=far_end)
+
+
+def with_api_failure(record: ConnectionRecord, failure: ApiFailure) -> ConnectionRecord:
+    far_end = record.far_end
+    if failure.message != far_end.api_error:
+        log.error("%s: Platform API: %s (tunnels are left as they are)", record.settings.label, failure.message)
+    counts = dict(far_end.api_errors)
+    counts[failure.kind] = counts.get(failure.kind, 0) + 1
+    return replace(record, far_end=replace(far_end, api_error=failure.message, api_error_kind=failure.kind,
+                                           api_errors=counts))
+
+
+def with_probe_result(record: ConnectionRecord, result: ProbeResult, charon: CharonState) -> ConnectionRecord:
+    """A probe counts for the IKE SA it crossed; without an SA there is nothing to blame or credit."""
+    memory = record.memory
+    if memory.desired is None:
+        return record
+    sas = charon.tunnel(memory.desired.tunnel(result.tunnel).conn_name)
+    if sas.established_ike is None:
+        return record
+    previous = current_probes(memory.probes.get(result.tunnel), sas) or ProbeStats(sa_id=sas.established_ike.uniqueid)
+    stats = previous.record(result.ok, result.rtt, result.sent_at)
+    failures, label = record.settings.probe.failures, record.settings.label
+    if stats.consecutive_failures == failures:
+        log.warning("%s: tunnel %d lost %d probes in a row", label, result.tunnel, failures)
+    elif result.ok and previous.consecutive_failures >= failures:
+        log.info("%s: tunnel %d answers probes again", label, result.tunnel)
+    return replace(record, memory=replace(memory, probes={**memory.probes, result.tunnel: stats}))
+
+
+def with_drain(record: ConnectionRecord, command: str, tunnel: object) -> ConnectionRecord:
+    """drain N / undrain N. Raises ValueError with a message for the operator."""
+    if type(tunnel) is not int or tunnel not in (1, 2):
+        raise ValueError(f"tunnel must be 1 or 2, got {tunnel!r}")
+    drained = record.memory.drained
+    if command == "drain":
+        if 3 - tunnel in drained:
+            raise ValueError(f"tunnel {3 - tunnel} is drained already: draining both would leave traffic "
+                             f"nowhere to go; `agentctl undrain {3 - tunnel}` first")
+        drained = drained | {tunnel}
+    elif command == "undrain":
+        drained = drained - {tunnel}
+    else:
+        raise ValueError(f"unknown command {command!r}")
+    return replace(record, memory=replace(record.memory, drained=drained))
+
+
+def charon_gone(state: LoopState) -> None:
+    """charon restarted or went away: everything is loaded again, and the tunnels' timing
+    starts over (its SAs went with it), start-up grace included."""
+    state.loaded.clear()
+    state.records = {key: replace(r, memory=replace(r.memory, timing={})) for key, r in state.records.items()}
