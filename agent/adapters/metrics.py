@@ -22,7 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agent.core.failover import FailoverKind
+from agent.core.failover import FailoverKind, TunnelRole
+from agent.core.model import TunnelApiStatus
 from agent.core.observation import ChildState, IkeState
 from agent.core.snapshot import ConnectionView, Snapshot, TunnelView
 
@@ -40,7 +41,7 @@ IKE_STATES = tuple(s.value for s in (IkeState.ESTABLISHED, IkeState.CONNECTING, 
 CHILD_STATES = tuple(s.value for s in (ChildState.INSTALLED, ChildState.REKEYING, ChildState.NONE))
 # Failover kinds, exported at 0 before the first failover so rate() sees the first increase.
 FAILOVER_REASONS = tuple(kind.value for kind in FailoverKind)
-API_UP = {"UP": 1, "DOWN": 0}  # UNKNOWN: no sample
+API_UP = {TunnelApiStatus.UP.value: 1, TunnelApiStatus.DOWN.value: 0}  # UNKNOWN: no sample
 
 
 class SnapshotCollector(Collector):
@@ -141,7 +142,7 @@ class TunnelFamilies:
         self.configured.add_metric(labels, 1)
         _add_states(self.ike_state, labels, IKE_STATES, tunnel.ike_state)
         _add_states(self.child_state, labels, CHILD_STATES, tunnel.child_state)
-        self.active.add_metric(labels, int(tunnel.role == "active"))
+        self.active.add_metric(labels, int(tunnel.role == TunnelRole.ACTIVE))
         if tunnel.api_status in API_UP:
             self.api_up.add_metric(labels, API_UP[tunnel.api_status])
         # established_at, *_total and initiates are being added to TunnelView: read them

@@ -18,6 +18,7 @@ from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.health import ProbeTarget
 from agent.core.memory import ConnectionMemory, ConnectionRecord
+from agent.core.model import ConnectionStatus
 from agent.core.modes import Mode
 from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
@@ -106,7 +107,7 @@ def _why_unknown(record: ConnectionRecord, otherwise: str) -> str:
     far_end = record.far_end
     if far_end.api_error:
         return f"waiting for the Platform API: {far_end.api_error}"
-    if far_end.connection_status not in ("unknown", "active"):
+    if far_end.connection_status not in (ConnectionStatus.UNKNOWN.value, ConnectionStatus.ACTIVE.value):
         return f"VPN connection is {far_end.connection_status}; waiting until it is active"
     if far_end.vpn is not None:
         return f"no route to tunnel 1 ({far_end.vpn.tunnel(1).ip}); set local_address"

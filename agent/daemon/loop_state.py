@@ -59,7 +59,8 @@ def records_for(config: AgentConfig, old: dict[str, ConnectionRecord], cache: Ca
         settings = settings_for(conn, config, route_unsupported)
         previous = old.get(conn.key)
         if conn.static is not None:
-            far_end = FarEnd(vpn=static_vpn_connection(conn), source="static", connection_status="active")
+            far_end = FarEnd(vpn=static_vpn_connection(conn), source="static",
+                             connection_status=ConnectionStatus.ACTIVE.value)
             memory = ConnectionMemory()
         elif previous is not None and previous.far_end.source != "static":
             far_end = replace(previous.far_end, api_error=None, api_error_kind=None)

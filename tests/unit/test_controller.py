@@ -70,17 +70,17 @@ class FakeCharon:
     def unload_shared(self, shared_id) -> None:
         self.shared.discard(shared_id)
 
-    def initiate(self, name, *, child, timeout_ms) -> None:
+    def initiate(self, conn_name, *, child, timeout_ms) -> None:
         assert timeout_ms is not None
-        self.calls.append(("initiate-child" if child else "initiate-ike", name))
-        children = (ChildSa(name, str(next(self._ids)), "INSTALLED"),) if child else ()
-        existing = self.sas.get(name)
+        self.calls.append(("initiate-child" if child else "initiate-ike", conn_name))
+        children = (ChildSa(conn_name, str(next(self._ids)), "INSTALLED"),) if child else ()
+        existing = self.sas.get(conn_name)
         if existing and existing.established_ike:
             ike = existing.established_ike
             children = ike.children + children
-            self.sas[name] = TunnelSas((IkeSa(name, ike.uniqueid, "ESTABLISHED", children=children),))
+            self.sas[conn_name] = TunnelSas((IkeSa(conn_name, ike.uniqueid, "ESTABLISHED", children=children),))
         else:
-            self.sas[name] = TunnelSas((IkeSa(name, str(next(self._ids)), "ESTABLISHED", children=children),))
+            self.sas[conn_name] = TunnelSas((IkeSa(conn_name, str(next(self._ids)), "ESTABLISHED", children=children),))
 
     def tunnel_has_child(self, name) -> bool:
         return name in self.sas and self.sas[name].installed_child is not None
