@@ -1,0 +1,123 @@
+"""One pass as one pure function: records and one observation in, one ordered plan out.
+No adapter, no clock: every input is a frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.core.charon_objects import InitiateChild, InitiateIke, LoadTunnel, UnloadConn
+from agent.core.failover import FailoverKind, FailoverState
+from agent.core.health import ProbeTarget
+from agent.core.memory import ConnectionRecord, ConnectionSettings, FarEnd, ProbeSettings
+from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
+from agent.core.modes import Mode
+from agent.core.netstate import Link, NetState, interface_name
+from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
+from agent.core.pass_plan import PassInputs, plan_pass
+from agent.core.route_mode import EnsureInterface
+from agent.core.snapshot import Health
+
+KEY = "acme-space-office"
+T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
+VPN = VpnConnection(
+    id="1", name="office", public_ip="203.0.113.10", routable_cidrs=("172.16.0.0/16",), space_cidr_block="10.0.0.0/16",
+    ike_version=1, status=ConnectionStatus.ACTIVE,
+    tunnels=(Tunnel(1, "198.51.100.1", Secret("k1.xxxxxxxx")), Tunnel(2, "198.51.100.2", Secret("k2.xxxxxxxx"))),
+)
+
+
+def record(mode: Mode = Mode.POLICY, vpn: VpnConnection | None = VPN, **far_end) -> ConnectionRecord:
+    settings = ConnectionSettings(key=KEY, space="acme-space", vpn="office", mode=mode, mode_reason="configured",
+                                  local_address="203.0.113.10", probe=ProbeSettings(target="10.0.0.10", interval=0.5))
+    return ConnectionRecord(settings, FarEnd(vpn=vpn, source="api" if vpn else "none", **far_end))
+
+
+def inputs(*records: ConnectionRecord, charon: CharonState | None = None, net: NetState = NetState(),
+           loaded: dict | None = None) -> PassInputs:
+    charon = charon if charon is not None else CharonState(True, conns=frozenset({T1, T2}))
+    loaded = loaded if loaded is not None else {}
+    return PassInputs(records=records, charon=charon, net=net, loaded=loaded, detected={}, now=100.0,
+                      wall_now=1_800_000_000.0, jitter={})
+
+
+def up(child: bool) -> TunnelSas:
+    children = (ChildSa("c", "9", "INSTALLED"),) if child else ()
+    return TunnelSas((IkeSa("i", "7", "ESTABLISHED", established=5, children=children),))
+
+
+def loaded_fingerprints(rec: ConnectionRecord) -> dict[str, str]:
+    """What a process that loaded this record's tunnels remembers."""
+    plan = plan_pass(inputs(rec, charon=CharonState(True)))
+    return {a.connection.tunnel(a.number).conn_name: a.fingerprint for a in plan.setup if isinstance(a, LoadTunnel)}
+
+
+def test_a_pass_that_loads_asks_for_a_fresh_observation_first():
+    plan = plan_pass(inputs(record(), charon=CharonState(True)))
+    assert [type(a) for a in plan.setup] == [LoadTunnel, LoadTunnel]
+    assert plan.needs_fresh_observation
+
+
+def test_a_loaded_connection_is_decided_in_the_same_pass():
+    rec = record()
+    plan = plan_pass(inputs(rec, loaded=loaded_fingerprints(rec)))
+    assert not plan.needs_fresh_observation
+    (step,) = plan.steps
+    assert step.charon_actions == (InitiateChild(T1), InitiateIke(T2))
+    assert step.memory.active == 1 and step.memory.timing[T1].attempts == 1  # the backoff counts the initiate
+
+
+def test_probes_need_a_source_inside_the_routable_cidrs():
+    rec = record()
+    net = NetState(addresses=("203.0.113.10", "172.16.0.2"))
+    plan = plan_pass(inputs(rec, net=net, loaded=loaded_fingerprints(rec)))
+    assert plan.probe_targets == (ProbeTarget(KEY, 1, "10.0.0.10", "172.16.0.2", None, 0.5, 0.5),)
+    assert plan_pass(inputs(rec, loaded=loaded_fingerprints(rec))).probe_targets == ()
+
+
+def test_charon_unreachable_plans_nothing_and_says_so():
+    plan = plan_pass(inputs(record(), charon=CharonState(reachable=False)))
+    assert (plan.setup, plan.reroutes, plan.mss_rules) == ((), (), None)
+    (step,) = plan.steps
+    assert (step.charon_actions, step.net_actions) == ((), ())
+    assert step.memory.verdict == (Health.DOWN, "charon unreachable")
+
+
+def test_a_connection_without_its_far_end_waits_and_the_others_go_on():
+    waiting = replace(record(vpn=None, connection_status="provisioning"),
+                      settings=replace(record().settings, key="acme-space-lab", vpn="lab"))
+    rec = record()
+    plan = plan_pass(inputs(waiting, rec, loaded=loaded_fingerprints(rec)))
+    assert [s.key for s in plan.steps] == ["acme-space-lab", KEY]
+    assert plan.steps[0].charon_actions == ()
+    assert plan.steps[0].memory.verdict == (Health.DOWN, "VPN connection is provisioning; waiting until it is active")
+    assert plan.steps[1].charon_actions == (InitiateChild(T1), InitiateIke(T2))
+
+
+def test_objects_nobody_configures_are_unloaded_but_an_unknown_far_end_keeps_its_own():
+    charon = CharonState(True, conns=frozenset({T1, T2, "svpn-gone-t1"}))
+    plan = plan_pass(inputs(record(vpn=None, api_error="HTTP 503"), charon=charon))
+    assert plan.setup == (UnloadConn("svpn-gone-t1"),)
+    assert plan.steps[0].memory.verdict == (Health.DOWN, "waiting for the Platform API: HTTP 503")
+
+
+def test_route_mode_sets_up_interfaces_then_arms_the_reroute_and_records_typed_failovers():
+    rec = record(Mode.ROUTE)
+    plan = plan_pass(inputs(rec, loaded=loaded_fingerprints(rec)))
+    assert [type(a) for a in plan.setup] == [EnsureInterface, EnsureInterface] and plan.needs_fresh_observation
+    links = {name: Link(name, 10 + n, "xfrm", None, 1419, True) for n, name in
+             enumerate(interface_name(KEY, "office", n) for n in (1, 2))}
+    links = {name: replace(link, if_id=a.if_id) for a in plan.setup for name, link in links.items() if a.name == name}
+    net = NetState(links=links, addresses=("172.16.0.2",))
+    both = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(True)})
+    plan = plan_pass(inputs(rec, charon=both, net=net, loaded=loaded_fingerprints(rec)))
+    assert plan.setup == () and [r.to_tunnel for r in plan.reroutes] == [2]
+    assert plan.mss_rules == {name: 1379 for name in links}
+    assert {t.tunnel for t in plan.probe_targets} == {1, 2}  # both paths probed through their own interface
+    settled = replace(rec, memory=replace(plan.steps[0].memory, failover=FailoverState(active=1)))
+    only_2 = CharonState(True, conns=frozenset({T1, T2}), sas={T2: up(True)})
+    plan = plan_pass(replace(inputs(settled, charon=only_2, net=net, loaded=loaded_fingerprints(rec)), now=200.0))
+    (step,) = plan.steps
+    assert step.failover is not None and step.failover.reason.kind is FailoverKind.DOWN
+    assert (step.failover.from_tunnel, step.failover.to_tunnel) == (1, 2)
+    assert step.memory.failover_counts == {FailoverKind.DOWN: 1} and step.memory.active == 2
+    assert plan.reroutes == ()  # nowhere to move to: tunnel 1 has no CHILD_SA
