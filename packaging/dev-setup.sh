@@ -2,8 +2,9 @@
 # Prepare a Debian 12 machine (as root) to run the lab demo and the tests:
 # strongSwan (charon-systemd, swanctl, kernel-libipsec), network tools, Debian's kernel
 # with QEMU and busybox for the kernel lab (a virtme-ng VM: route mode needs kernel ESP
-# and XFRM interfaces), and a venv in .venv with the project and its test dependencies
-# (virtme-ng among them). Safe to run again.
+# and XFRM interfaces), and a venv in .venv with the project, its test dependencies and
+# the lab (tests/labkit: `space-vpn-lab`, virtme-ng among its dependencies). Safe to run
+# again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +37,4 @@ PYTHON=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e tests/labkit

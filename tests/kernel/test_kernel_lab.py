@@ -1,6 +1,6 @@
 """Kernel lab: one virtme-ng VM with Debian's kernel runs every scenario (the manual
-ones of agent.lab.kernel_scenarios and the agent-driven ones of
-agent.lab.kernel_agent_scenarios: kernel ESP, XFRM interfaces); each expected check is a test.
+ones of space_vpn_lab.kernel_scenarios and the agent-driven ones of
+space_vpn_lab.kernel_agent_scenarios: kernel ESP, XFRM interfaces); each expected check is a test.
 Without vng or a kernel these tests skip locally and fail when CI is set.
 """
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab.kernel_vm import KernelVmError, run_in_vm, vng_available
+from space_vpn_lab.kernel_vm import KernelVmError, run_in_vm, vng_available
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1200)]
 
-MODULE = "agent.lab.kernel_agent_scenarios"  # registers its scenarios next to the manual ones
+MODULE = "space_vpn_lab.kernel_agent_scenarios"  # registers its scenarios next to the manual ones
 VM_TIMEOUT_S = 900.0
 
 #: Every check each scenario must record; a missing one is a failure.

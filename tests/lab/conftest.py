@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import topology
-from agent.lab.agent_process import AgentProcess, heroku_agent_config, write_secret_file
-from agent.lab.cli import SPACE, VPN, start_fake_api
-from agent.lab.fake_api import FakePlatformApi
-from agent.lab.lab import Lab
+from space_vpn_lab import topology
+from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, write_secret_file
+from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
+from space_vpn_lab.lab import Lab
 from tests.lab.helpers import assert_no_secret
 
 

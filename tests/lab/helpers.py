@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.adapters.charon_messages import parse_list_sas
 from agent.core.model import object_name
-from agent.lab.cli import SPACE, VPN
+from space_vpn_lab.fake_api import SPACE, VPN
 
 KEY = f"{SPACE}-{VPN}"
 T1, T2 = object_name(KEY, 1), object_name(KEY, 2)

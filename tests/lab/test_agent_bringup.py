@@ -13,9 +13,9 @@ import pytest
 
 from agent.adapters.charon_messages import decode_text
 from agent.adapters.connection_cache import ConnectionCache
-from agent.lab.agent_process import is_redundant, tunnels_of
-from agent.lab.cli import SPACE, VPN
-from agent.lab.traffic import Pinger
+from space_vpn_lab.agent_process import is_redundant, tunnels_of
+from space_vpn_lab.fake_api import SPACE, VPN
+from space_vpn_lab.traffic import Pinger
 from tests.lab.helpers import BRINGUP_TIMEOUT, T1, T2, assert_no_secret, customer_sas
 
 pytestmark = pytest.mark.lab

@@ -13,10 +13,10 @@ import time
 import pytest
 import yaml
 
-from agent.lab import topology
-from agent.lab.agent_process import AgentProcess, is_redundant, tunnels_of, write_secret_file
-from agent.lab.cli import SPACE, VPN
-from agent.lab.lab import generate_psk
+from space_vpn_lab import topology
+from space_vpn_lab.agent_process import AgentProcess, is_redundant, tunnels_of, write_secret_file
+from space_vpn_lab.fake_api import SPACE, VPN
+from space_vpn_lab.lab import generate_psk
 from tests.lab.helpers import BRINGUP_TIMEOUT, T1, T2, assert_no_secret, customer_sas
 
 pytestmark = pytest.mark.lab

@@ -12,10 +12,10 @@ import time
 import pytest
 import yaml
 
-from agent.lab.agent_process import is_redundant, tunnels_of
-from agent.lab.cli import SPACE, VPN
-from agent.lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
-from agent.lab.traffic import Pinger
+from space_vpn_lab.agent_process import is_redundant, tunnels_of
+from space_vpn_lab.fake_api import SPACE, VPN
+from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
+from space_vpn_lab.traffic import Pinger
 from tests.lab.helpers import BRINGUP_TIMEOUT, T1, T2, customer_sas
 
 pytestmark = pytest.mark.lab

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from agent.lab.lab import Lab
-from agent.lab.space_side import PROPOSAL
-from agent.lab.topology import (CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR, SPACE_CIDR, TUNNEL_IPS,
-                                list_netns)
+from space_vpn_lab.lab import Lab
+from space_vpn_lab.space_side import PROPOSAL
+from space_vpn_lab.topology import (CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR, SPACE_CIDR, TUNNEL_IPS,
+                                    list_netns)
 
 pytestmark = [
     pytest.mark.lab,
@@ -141,7 +141,7 @@ def test_silent_down_blackholes_and_restore_lifts(tmp_path):
 
 
 def test_refuses_non_lab_destination():
-    from agent.lab.traffic import TrafficError, ping
+    from space_vpn_lab.traffic import TrafficError, ping
     with pytest.raises(TrafficError):
         ping("nonexistent-ns", "172.16.0.2", "8.8.8.8", count=1)
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.lab.agent_process import is_redundant
-from agent.lab.netns import in_netns
+from space_vpn_lab.agent_process import is_redundant
+from space_vpn_lab.netns import in_netns
 from tests.lab.helpers import BRINGUP_TIMEOUT, T1, assert_no_secret
 
 pytestmark = pytest.mark.lab

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from agent.adapters.probe import ProbeResult, ProbeTarget
-from agent.lab.lab import Lab
-from agent.lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP, list_netns
-from agent.lab.traffic import check_lab_address
+from space_vpn_lab.lab import Lab
+from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP, list_netns
+from space_vpn_lab.traffic import check_lab_address
 from tests.lab.test_lab_smoke import _configure_customer_tunnel1, _initiate
 
 pytestmark = pytest.mark.lab

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.adapters.route_socket import RouteSocket
-from agent.lab.netns import in_netns
+from space_vpn_lab.netns import in_netns
 
 DST = "10.0.0.0/16"
 SRC = "172.16.0.2"

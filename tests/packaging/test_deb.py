@@ -48,6 +48,15 @@ def test_contents(deb):
     assert b"/etc/space-vpn-agent/agent.example.yaml" in conffiles
 
 
+def test_leaves_the_lab_out(deb):
+    """The lab (space_vpn_lab, with its fake Platform API) is test machinery: a gateway
+    never gets it, nor the `space-vpn-lab` command."""
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], check=True, capture_output=True, text=True).stdout
+    for needle in ("space_vpn_lab", "agent/lab", "fake_api", "space-vpn-lab"):
+        hits = [line for line in listing.splitlines() if needle in line]
+        assert not hits, f"{needle} in the package: {hits[:3]}"
+
+
 def test_installs_and_runs(deb):
     subprocess.run(["dpkg", "-i", str(deb)], check=True, capture_output=True, timeout=300)
     try:

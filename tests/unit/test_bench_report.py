@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.lab import bench
+from space_vpn_lab import bench
 
 
 def _run(**overrides):
@@ -145,7 +145,7 @@ def test_markdown_notes_say_how_ms_lost_was_counted():
 
 
 def test_repeated_runs_get_a_median_and_range_and_numbered_rows():
-    from agent.lab.bench_report import summarize_repeats
+    from space_vpn_lab.bench_report import summarize_repeats
 
     def run(system: str, lost: int | None, attempt: int) -> dict:
         return {"mode": "route", "scenario": "b", "scenario_name": "graceful", "system": system,

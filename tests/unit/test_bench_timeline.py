@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.lab.bench_timeline import after_delete, describe, line_time
+from space_vpn_lab.bench_timeline import after_delete, describe, line_time
 
 SPACE = """\
 22:33:58.101 12[IKE] <space-t1|2> closing CHILD_SA space-t1{0} with SPIs 1_i 2_o (a rekey long before)

@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from agent.lab.fake_api import ACCEPT, FakePlatformApi
+from space_vpn_lab.fake_api import ACCEPT, FakePlatformApi
 
 TOKEN = "HRKU-fake-token-0123456789"
 PSKS = ["fake-psk-one-AAAA", "fake-psk-two-BBBB"]

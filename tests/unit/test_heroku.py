@@ -19,7 +19,7 @@ from agent.adapters.heroku import (
     PlatformApiError,
 )
 from agent.core.model import Secret, TunnelApiStatus
-from agent.lab.fake_api import FakePlatformApi
+from space_vpn_lab.fake_api import FakePlatformApi
 from tests.unit.test_fake_api import PSKS, TOKEN, add_office
 
 PATH = "/spaces/my-space/vpn-connections/office"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import vici
 
-from agent.lab.charon_instance import CharonInstance
-from agent.lab.topology import CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR, SPACE_CIDR
+from space_vpn_lab.charon_instance import CharonInstance
+from space_vpn_lab.topology import CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR, SPACE_CIDR
 
 log = logging.getLogger(__name__)
 

@@ -17,18 +17,18 @@ from typing import Any
 
 import vici
 
-from agent.lab.agent_process import (
+from space_vpn_lab.agent_process import (
     AgentProcess,
     heroku_agent_config,
     is_redundant,
     tunnels_of,
     write_secret_file,
 )
-from agent.lab.bench_report import BASELINE_DATA_PATH, IKE_VERSION
-from agent.lab.cli import SPACE, VPN, start_fake_api
-from agent.lab.lab import Lab
-from agent.lab.space_side import PROPOSAL
-from agent.lab.topology import (
+from space_vpn_lab.bench_report import BASELINE_DATA_PATH, IKE_VERSION
+from space_vpn_lab.fake_api import SPACE, VPN, start_fake_api
+from space_vpn_lab.lab import Lab
+from space_vpn_lab.space_side import PROPOSAL
+from space_vpn_lab.topology import (
     CUSTOMER_HOST_IP,
     CUSTOMER_PUBLIC_IP,
     ROUTABLE_CIDR,
@@ -36,7 +36,7 @@ from agent.lab.topology import (
     SPACE_HOST_IP,
     TUNNEL_IPS,
 )
-from agent.lab.traffic import ping
+from space_vpn_lab.traffic import ping
 
 log = logging.getLogger(__name__)
 

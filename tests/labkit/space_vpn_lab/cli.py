@@ -22,12 +22,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.lab import topology
-from agent.lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, write_secret_file
-from agent.lab.fake_api import FakePlatformApi
-from agent.lab.lab import Lab
-
-SPACE, VPN = "acme-space", "office"
+from space_vpn_lab import bench, topology
+from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, write_secret_file
+from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
+from space_vpn_lab.lab import Lab
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,28 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="space-vpn-lab-") as tmp:
         if args.command == "bench":
-            # Imported here: bench imports this module (SPACE, VPN, start_fake_api).
-            from agent.lab import bench
             return bench.run_bench(Path(tmp), modes=args.modes, scenarios=args.scenarios,
                                    json_path=args.json, interval=args.interval, repeat=args.repeat)
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout)
-
-
-def start_fake_api(lab: Lab, token: str) -> FakePlatformApi:
-    """The fake Platform API, listening on 127.0.0.1 inside the customer namespace."""
-    api = FakePlatformApi(token, netns=lab.topology.cust_ns).start()
-    api.add_connection(
-        SPACE, VPN,
-        public_ip=topology.CUSTOMER_PUBLIC_IP,
-        routable_cidrs=[topology.ROUTABLE_CIDR],
-        space_cidr_block=topology.SPACE_CIDR,
-        ike_version=lab.ike_version,
-        tunnel_ips=list(lab.tunnel_ips),
-        psks=list(lab.psks),
-    )
-    return api
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """Route-mode part of the failover benchmark, run INSIDE the kernel VM (Debian's kernel:
-kernel ESP, XFRM interfaces): `python -m agent.lab.bench_kernel --results DIR --scenarios a,c`.
+kernel ESP, XFRM interfaces): `python -m space_vpn_lab.bench_kernel --results DIR --scenarios a,c`.
 Same drivers as bench.py, with a route-based space side and the agent in route mode;
 DIR/results.json is rewritten after every run, so a VM that times out still leaves figures.
 """
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.lab import bench
-from agent.lab import kernel_scenarios as ks
+from space_vpn_lab import bench
+from space_vpn_lab import kernel_scenarios as ks
 
 RESULTS_FILE = "results.json"
 #: TCG emulation makes modp2048 and the agent's Python start-up slow.
@@ -30,7 +30,7 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent.lab.bench_kernel")
+    parser = argparse.ArgumentParser(prog="space_vpn_lab.bench_kernel")
     parser.add_argument("--results", required=True, type=Path, help="shared folder for results.json")
     parser.add_argument("--scenarios", default=",".join(bench.ROUTE_SCENARIOS))
     parser.add_argument("--systems", default=",".join(bench.SYSTEMS))

@@ -1,7 +1,7 @@
 """Kernel-lab scenarios that drive the real agent (inside the VM, Debian's kernel):
 route mode end to end, its restart and failover, and policy mode on kernel ESP.
 
-Run as `python -m agent.lab.kernel_agent_scenarios --results DIR`: registers these
+Run as `python -m space_vpn_lab.kernel_agent_scenarios --results DIR`: registers these
 next to the manual scenarios of kernel_scenarios and runs them all, one VM boot.
 """
 
@@ -14,13 +14,12 @@ import time
 from contextlib import ExitStack
 
 from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, interface_name
-from agent.lab import kernel_scenarios as ks
-from agent.lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
-from agent.lab.cli import SPACE, VPN, start_fake_api
-from agent.lab.fake_api import FakePlatformApi
-from agent.lab.lab import Lab
-from agent.lab.topology import CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR, SPACE_HOST_IP
-from agent.lab.traffic import Pinger
+from space_vpn_lab import kernel_scenarios as ks
+from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
+from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
+from space_vpn_lab.lab import Lab
+from space_vpn_lab.topology import CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR, SPACE_HOST_IP
+from space_vpn_lab.traffic import Pinger
 
 KEY = f"{SPACE}-{VPN}"
 IF1, IF2 = interface_name(KEY, VPN, 1), interface_name(KEY, VPN, 2)

@@ -1,5 +1,5 @@
 """Kernel lab scenarios, run INSIDE a virtme-ng VM booting Debian's kernel (kernel ESP,
-XFRM interfaces): `python -m agent.lab.kernel_scenarios --results DIR [--only NAME ...]`.
+XFRM interfaces): `python -m space_vpn_lab.kernel_scenarios --results DIR [--only NAME ...]`.
 Each `@scenario` records checks through its context; DIR/results.json is rewritten after
 every scenario, so a VM that times out still leaves what was done. Started by kernel_vm.
 """
@@ -19,12 +19,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-
-from agent.lab.lab import Lab
-from agent.lab.space_side import PROPOSAL, TunnelSas, summarize_ike_sas
-from agent.lab.topology import (CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR,
-                                SPACE_CIDR, SPACE_HOST_IP, TUNNEL_IPS, ip)
-from agent.lab.traffic import PingResult, ping
+from space_vpn_lab.lab import Lab
+from space_vpn_lab.space_side import PROPOSAL, TunnelSas, summarize_ike_sas
+from space_vpn_lab.topology import (CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR,
+                                    SPACE_CIDR, SPACE_HOST_IP, TUNNEL_IPS, ip)
+from space_vpn_lab.traffic import PingResult, ping
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +343,7 @@ def _keep_logs(workdir: Path, dest: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent.lab.kernel_scenarios")
+    parser = argparse.ArgumentParser(prog="space_vpn_lab.kernel_scenarios")
     parser.add_argument("--results", required=True, type=Path, help="shared folder for results.json")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), metavar="NAME",
                         help="run only these scenarios (repeatable)")

@@ -3,6 +3,7 @@
 It speaks the documented JSON (ETag/304, RateLimit-Remaining, error bodies) and has knobs
 for the failures the agent must survive: outages, 429, slow answers, token rotation, PSK
 and tunnel changes. Lab and unit tests run it; it never logs the token or a PSK.
+`start_fake_api` serves the lab's own connection (SPACE/VPN) to the agent under test.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from agent.lab.netns import in_netns
+from space_vpn_lab import topology
+from space_vpn_lab.netns import in_netns
+
+if TYPE_CHECKING:
+    from space_vpn_lab.lab import Lab
 
 log = logging.getLogger(__name__)
 
+#: The lab's Private Space and VPN connection, as the agent under test names them.
+SPACE, VPN = "acme-space", "office"
 ACCEPT = "application/vnd.heroku+json; version=3"
 _POOL = 4500
 _REFILL_PER_SECOND = 75 / 60
@@ -369,3 +377,19 @@ class FakePlatformApi:
             if wanted in (name, body["id"]):
                 return _json_reply(body, handler.headers.get("If-None-Match"))
         return _error(404, message="Couldn't find that VPN connection.")
+
+
+def start_fake_api(lab: Lab, token: str) -> FakePlatformApi:
+    """The fake Platform API, listening on 127.0.0.1 inside the customer namespace and
+    serving SPACE/VPN with the lab's tunnel endpoints and PSKs."""
+    api = FakePlatformApi(token, netns=lab.topology.cust_ns).start()
+    api.add_connection(
+        SPACE, VPN,
+        public_ip=topology.CUSTOMER_PUBLIC_IP,
+        routable_cidrs=[topology.ROUTABLE_CIDR],
+        space_cidr_block=topology.SPACE_CIDR,
+        ike_version=lab.ike_version,
+        tunnel_ips=list(lab.tunnel_ips),
+        psks=list(lab.psks),
+    )
+    return api

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.lab.lab import Lab
-from agent.lab.space_side import SpaceSideError
+from space_vpn_lab.lab import Lab
+from space_vpn_lab.space_side import SpaceSideError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from agent.lab import kernel_vm
-from agent.lab.bench_report import (
+from space_vpn_lab import kernel_vm
+from space_vpn_lab.bench_report import (
     BASELINE_DATA_PATH,
     HEADERS,
     IKE_VERSION,
@@ -36,7 +36,7 @@ from agent.lab.bench_report import (
     summarize_repeats,
     utc_iso,
 )
-from agent.lab.bench_scenarios import (
+from space_vpn_lab.bench_scenarios import (
     LEAD_S,
     ROUTE_SCENARIOS,
     SCENARIOS,
@@ -47,7 +47,7 @@ from agent.lab.bench_scenarios import (
     graceful,
     silent,
 )
-from agent.lab.bench_systems import (
+from space_vpn_lab.bench_systems import (
     INITIATE_TIMEOUT_MS,
     POLL_S,
     PROBE,
@@ -61,10 +61,10 @@ from agent.lab.bench_systems import (
     seed_name,
     space_redundant,
 )
-from agent.lab.bench_timeline import describe, read_after_delete
-from agent.lab.lab import Lab
-from agent.lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
-from agent.lab.traffic import Pinger
+from space_vpn_lab.bench_timeline import describe, read_after_delete
+from space_vpn_lab.lab import Lab
+from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
+from space_vpn_lab.traffic import Pinger
 
 # Names the CLI, bench_kernel and the tests reach through this module.
 __all__ = [
@@ -213,7 +213,7 @@ def route_runs(scenarios: list[str], interval_s: float, results_dir: Path,
     args = ["--scenarios", ",".join(scenarios), "--interval", repr(interval_s), "--repeat", str(repeat)]
     timeout = VM_BOOT_S + VM_PER_RUN_S * len(scenarios) * len(SYSTEMS) * repeat
     try:
-        results = kernel_vm.run_in_vm("agent.lab.bench_kernel", args, results_dir, timeout)
+        results = kernel_vm.run_in_vm("space_vpn_lab.bench_kernel", args, results_dir, timeout)
         notes = []
     except kernel_vm.KernelVmError as e:
         results = e.results or {}

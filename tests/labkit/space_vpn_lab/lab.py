@@ -17,10 +17,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.lab.charon_instance import DEFAULT_BINARY, CharonInstance
-from agent.lab.space_side import SpaceSide, SpaceTunnel
-from agent.lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP, Topology
-from agent.lab.traffic import PingResult, ping
+from space_vpn_lab.charon_instance import DEFAULT_BINARY, CharonInstance
+from space_vpn_lab.space_side import SpaceSide, SpaceTunnel
+from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP, Topology
+from space_vpn_lab.traffic import PingResult, ping
 
 log = logging.getLogger(__name__)
 

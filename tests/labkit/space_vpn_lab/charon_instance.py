@@ -33,7 +33,7 @@ _SUN_PATH_MAX = 107
 # resolve: would rewrite resolv.conf on DNS attributes; the lab never wants that.
 # flush_line: without it the filelog is block-buffered and looks empty for a long time.
 _CONF_TEMPLATE = """\
-# written by agent.lab.charon_instance for lab instance {name}
+# written by space_vpn_lab.charon_instance for lab instance {name}
 charon {{
   load_modular = yes
   plugins {{
