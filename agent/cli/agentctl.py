@@ -7,15 +7,14 @@
     agentctl [--socket PATH] undrain N [--connection SPACE/VPN]   let it carry traffic again
     agentctl doctor [--config PATH] [--json]    checks this host: exit 0 OK, 1 WARN, 2 FAIL
 Commands other than status exit 0 when done, 1 when the agent refused, 3 when unreachable.
-Never imports the daemon side: only the shared protocol and the pure renderer (doctor runs
-`space-vpn-agent doctor` as a child process instead).
+Never imports the daemon side: only the shared protocol and the pure renderer; `doctor`
+imports the doctor package on demand and runs it in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 
 import yaml
@@ -86,11 +85,11 @@ def _status(socket_path: str, *, as_json: bool) -> int:
     return Health[status["health"].upper()].value
 
 
-def _doctor(config_path: str, *, as_json: bool, run=subprocess.run) -> int:
-    """The checks run daemon-side, in a child of this same Python; its output and exit
-    code pass through unchanged."""
-    argv = [sys.executable, "-m", "agent.daemon.main", "doctor", "--config", config_path]
-    return run(argv + (["--json"] if as_json else []), check=False).returncode
+def _doctor(config_path: str, *, as_json: bool) -> int:
+    """In this process; imported here so the other commands never load config and adapters."""
+    from agent.doctor import run_doctor
+
+    return run_doctor(config_path, as_json=as_json)
 
 
 if __name__ == "__main__":

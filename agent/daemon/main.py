@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, doctor
 from agent.adapters.charon import CharonClient, CharonEventListener
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.credentials import CredentialError, load_token
@@ -31,7 +31,6 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.server import ControlServer
 from agent.core.modes import resolve_mode
 from agent.core.snapshot import Snapshot
-from agent.daemon import doctor
 from agent.daemon.api_poller import ApiPoller, PollTarget
 from agent.daemon.controller import Controller
 from agent.daemon.fast_reroute import FastReroute

@@ -18,12 +18,14 @@ from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import ApiAuthError, ApiNotFound, ApiUnavailable, FetchResult, PlatformApi
 from agent.cli import agentctl
 from agent.config import AgentConfig, ApiConfig, ConnectionConfig, StaticConfig, StaticTunnelConfig
+from agent.core.desired import TCP_MSS
 from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
 from agent.core.modes import Mode
 from agent.core.payload import parse_vpn_connection
-from agent.daemon import doctor, main as daemon_main
-from agent.daemon import doctor_checks as dc
-from agent.daemon.doctor import Check, CharonFacts
+from agent.daemon import main as daemon_main
+from agent.doctor import checks as dc, facts, firewall as fw, report
+from agent.doctor.checks import Check
+from agent.doctor.facts import CharonFacts
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "HRKU-doctor-test-token-0123456789"
@@ -144,20 +146,20 @@ class FakeCharon:
 
 def test_read_charon_gathers_version_and_plugins_and_closes():
     client = FakeCharon("5.9.8", PLUGINS)
-    assert doctor.read_charon("/s", lambda path: client) == CharonFacts("5.9.8", PLUGINS)
+    assert facts.read_charon("/s", lambda path: client) == CharonFacts("5.9.8", PLUGINS)
     assert client.closed
 
 
 def test_read_charon_unreachable_and_stats_refused():
-    down = doctor.read_charon("/s", lambda p: FakeCharon(error=CharonUnavailable("cannot reach charon at /s")))
+    down = facts.read_charon("/s", lambda p: FakeCharon(error=CharonUnavailable("cannot reach charon at /s")))
     assert down == CharonFacts(None, None, "cannot reach charon at /s")
-    refused = doctor.read_charon("/s", lambda p: FakeCharon("5.9.8", plugins_error=CharonCommandFailed("stats: no")))
+    refused = facts.read_charon("/s", lambda p: FakeCharon("5.9.8", plugins_error=CharonCommandFailed("stats: no")))
     assert refused.version == "5.9.8" and refused.plugins is None and "stats" in refused.error
 
 
 def test_real_charon_client_reports_a_missing_socket(tmp_path):
-    facts = doctor.read_charon(str(tmp_path / "absent.vici"))
-    assert facts.version is None and "absent.vici" in facts.error
+    found = facts.read_charon(str(tmp_path / "absent.vici"))
+    assert found.version is None and "absent.vici" in found.error
 
 
 # -- 2. plugins --------------------------------------------------------------------------
@@ -191,11 +193,24 @@ def test_route_mode():
     assert forced.status == "FAIL" and forced.detail.startswith("s/v: mode: route")
 
 
-def test_resolved_mode_matches_the_daemon():
-    assert dc.resolved_mode(Mode.AUTO, None) is Mode.ROUTE
-    assert dc.resolved_mode(Mode.AUTO, "no") is Mode.POLICY
-    assert dc.resolved_mode(Mode.ROUTE, "no") is None
-    assert dc.resolved_mode(Mode.POLICY, None) is Mode.POLICY
+@pytest.mark.parametrize("mode, route_unsupported, route_used, route_check", [
+    (Mode.AUTO, None, True, "OK"),
+    (Mode.AUTO, "no XFRM", False, "WARN"),
+    (Mode.ROUTE, None, True, "OK"),
+    (Mode.ROUTE, "no XFRM", False, "FAIL"),  # the daemon refuses to start (resolve_mode raises)
+    (Mode.POLICY, None, False, "OK"),
+])
+def test_run_checks_resolves_modes_as_the_daemon_does(tmp_path, mode, route_unsupported, route_used, route_check):
+    """Through agent.core.modes.resolve_mode: the MSS advice and the strict rp_filter
+    warning follow the mode the daemon would run."""
+    conn = ConnectionConfig("acme-space", "office", local_address="35.161.69.30", mode=mode)
+    found = report.run_checks(AgentConfig(connections=(conn,), state_dir=str(tmp_path)),
+                              cache=ConnectionCache(tmp_path),
+                              **fakes(route_support=lambda: route_unsupported, read_file=lambda path: "1\n"))
+    by_name = {c.name: c for c in found}
+    assert by_name["route mode"].status == route_check
+    assert ("the agent clamps" in by_name["mss"].detail) == route_used
+    assert by_name["rp_filter"].status == ("WARN" if route_used else "OK")
 
 
 # -- 4. firewall -------------------------------------------------------------------------
@@ -204,7 +219,7 @@ FIX = "allow UDP 500, UDP 4500 and ESP (protocol 50) to and from 52.44.146.197, 
 
 
 def firewall(*items) -> Check:
-    return dc.check_firewall((0, nft_doc(*items), ""), None, list(TUNNEL_IPS))
+    return fw.check_firewall((0, nft_doc(*items), ""), None, list(TUNNEL_IPS))
 
 
 def test_firewall_open_when_no_chain_drops():
@@ -247,7 +262,7 @@ def test_firewall_ignores_forward_and_ip6_chains():
     ((0, "not json", ""), None, "cannot inspect: unexpected nft output"),
 ])
 def test_firewall_cannot_inspect(nft, error, words):
-    result = dc.check_firewall(nft, error, [])
+    result = fw.check_firewall(nft, error, [])
     assert result.status == "WARN" and result.detail.startswith(words)
     assert result.fix.endswith("to and from both tunnel IPs")
 
@@ -297,7 +312,7 @@ def test_mss_policy_mode_advises_an_nft_rule():
 
 def test_mss_off_warns():
     result = dc.check_mss(ConnectionConfig("s", "v", tcp_mss=0), Mode.ROUTE, None)
-    assert result.status == "WARN" and result.fix == "set tcp_mss: 1379 (AWS's value)"
+    assert result.status == "WARN" and result.fix == f"set tcp_mss: {TCP_MSS} (AWS's value)"
 
 
 # -- 7. token ----------------------------------------------------------------------------
@@ -307,7 +322,7 @@ def api_checks(tmp_path, answer, environ=None, loader=load_token, cached=None):
     if cached is not None:
         cache.save("acme-space", "office", cached)
     config = AgentConfig(connections=(HEROKU,), state_dir=str(tmp_path))
-    return doctor._check_api(config, environ if environ is not None else {"HEROKU_API_KEY": TOKEN}, loader,
+    return report._check_api(config, environ if environ is not None else {"HEROKU_API_KEY": TOKEN}, loader,
                              lambda url, token: FakeApi({("acme-space", "office"): answer}), cache)
 
 
@@ -353,7 +368,7 @@ def test_static_only_needs_no_token(tmp_path):
 
     def no_loader(*args):
         raise CredentialError("must not be asked")
-    found, vpns, sources = doctor._check_api(config, {}, no_loader, None, ConnectionCache(tmp_path))
+    found, vpns, sources = report._check_api(config, {}, no_loader, None, ConnectionCache(tmp_path))
     assert found == [Check("token", "OK", "no Heroku connections: no token needed")]
     assert sources == {"static-datacenter": "static config"}
 
@@ -403,7 +418,7 @@ def test_cidrs_without_any_answer():
 
 def test_run_checks_on_a_healthy_host(tmp_path):
     config = AgentConfig(connections=(HEROKU, STATIC), state_dir=str(tmp_path))
-    found = doctor.run_checks(config, cache=ConnectionCache(tmp_path), **fakes())
+    found = report.run_checks(config, cache=ConnectionCache(tmp_path), **fakes())
     assert [c.name for c in found] == ["charon", "plugins", "route mode", "firewall", "rp_filter",
                                        "mss", "mss", "token", "cidrs", "cidrs"]
     assert {c.status for c in found} == {"OK"}, [c for c in found if c.status != "OK"]
@@ -411,7 +426,7 @@ def test_run_checks_on_a_healthy_host(tmp_path):
 
 def test_run_checks_firewall_fix_names_every_tunnel_ip(tmp_path):
     config = AgentConfig(connections=(HEROKU, STATIC), state_dir=str(tmp_path))
-    found = doctor.run_checks(config, cache=ConnectionCache(tmp_path),
+    found = report.run_checks(config, cache=ConnectionCache(tmp_path),
                               **fakes(run=lambda argv: (0, nft_doc(chain()), "")))
     [fw] = [c for c in found if c.name == "firewall"]
     assert fw.fix.endswith("198.51.100.1, 198.51.100.2, 52.44.146.197, 52.44.146.198")
@@ -420,13 +435,13 @@ def test_run_checks_firewall_fix_names_every_tunnel_ip(tmp_path):
 def test_run_checks_when_nft_is_missing(tmp_path):
     def no_nft(argv):
         raise FileNotFoundError(2, "No such file or directory")
-    found = doctor.run_checks(AgentConfig(connections=(STATIC,)), **fakes(run=no_nft))
+    found = report.run_checks(AgentConfig(connections=(STATIC,)), **fakes(run=no_nft))
     [fw] = [c for c in found if c.name == "firewall"]
     assert fw.status == "WARN" and fw.detail == "cannot inspect: nft not usable (No such file or directory)"
 
 
 def test_render_is_an_aligned_table_with_fixes():
-    text = doctor.render([
+    text = report.render([
         Check("charon", "OK", "strongSwan 5.9.8, VICI at /var/run/charon.vici"),
         Check("rp_filter", "WARN", "all=1 default=1: strict", "sysctl -w net.ipv4.conf.all.rp_filter=2"),
         Check("token", "FAIL", "acme-space/office: token refused", "heroku authorizations:create -d 'vpn gateway agent'"),
@@ -442,7 +457,7 @@ def test_render_is_an_aligned_table_with_fixes():
 
 
 def test_to_json():
-    document = json.loads(doctor.to_json([Check("charon", "OK", "fine"), Check("mss", "WARN", "off", "set it")]))
+    document = json.loads(report.to_json([Check("charon", "OK", "fine"), Check("mss", "WARN", "off", "set it")]))
     assert document == {"status": "WARN", "checks": [
         {"name": "charon", "status": "OK", "detail": "fine", "fix": ""},
         {"name": "mss", "status": "WARN", "detail": "off", "fix": "set it"}]}
@@ -463,13 +478,13 @@ def test_run_doctor_exit_codes(tmp_path, overrides, code):
     config = write_config(tmp_path, f"state_dir: {tmp_path}\nconnections:\n"
                                     "  - {space: acme-space, vpn: office, local_address: 35.161.69.30}\n")
     out = []
-    assert doctor.run_doctor(config, print_=lambda text, end: out.append(text), **fakes(**overrides)) == code
+    assert report.run_doctor(config, print_=lambda text, end: out.append(text), **fakes(**overrides)) == code
     assert out[0].startswith(f"OK    config")
 
 
 def test_run_doctor_reports_a_bad_config_as_fail(tmp_path):
     out = []
-    code = doctor.run_doctor(write_config(tmp_path, "connections: 3\n"), as_json=True,
+    code = report.run_doctor(write_config(tmp_path, "connections: 3\n"), as_json=True,
                              print_=lambda text, end: out.append(text))
     [check] = json.loads(out[0])["checks"]
     assert code == 2 and check["name"] == "config" and check["status"] == "FAIL"
@@ -489,7 +504,7 @@ def test_the_token_never_reaches_the_output(tmp_path, monkeypatch):
                                     "connections:\n  - {space: acme-space, vpn: office}\n")
     for as_json in (False, True):
         out = []
-        code = doctor.run_doctor(config, as_json=as_json, print_=lambda text, end: out.append(text),
+        code = report.run_doctor(config, as_json=as_json, print_=lambda text, end: out.append(text),
                                  **fakes(api_factory=api, environ={}))
         assert code == 2
         assert "token refused" in out[0] and "<redacted>" in out[0]
@@ -503,15 +518,9 @@ def test_space_vpn_agent_doctor_subcommand(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["checks"][0]["name"] == "config"
 
 
-def test_agentctl_doctor_runs_the_daemon_side_and_passes_the_exit_code():
-    calls = []
-
-    def run(argv, check):
-        calls.append(argv)
-        return subprocess.CompletedProcess(argv, 1)
-    assert agentctl._doctor("/etc/space-vpn-agent/agent.yaml", as_json=True, run=run) == 1
-    assert calls == [[sys.executable, "-m", "agent.daemon.main", "doctor", "--config",
-                      "/etc/space-vpn-agent/agent.yaml", "--json"]]
+def test_agentctl_doctor_runs_in_process(tmp_path, capsys):
+    assert agentctl.main(["doctor", "--config", str(tmp_path / "absent.yaml"), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["checks"][0]["name"] == "config"
 
 
 def test_agentctl_doctor_defaults(monkeypatch):

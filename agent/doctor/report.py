@@ -1,92 +1,31 @@
-"""`space-vpn-agent doctor`: gathers what the checks of doctor_checks.py look at (charon
-over VICI, the kernel, nftables, sysctls, the Platform API, the cache) and reports each as
-OK, WARN or FAIL with a fix. Exit 0 all OK, 1 some WARN, 2 some FAIL. The API token is
-only handed to the adapter: no check text ever holds it.
+"""The doctor's report: `run_checks` gathers the facts (facts.py) and runs every check
+(checks.py, firewall.py) in report order; `render` and `to_json` print them; `run_doctor`
+is the command. Exit 0 all OK, 1 some WARN, 2 some FAIL. The API token is only handed to
+the adapter: no check text ever holds it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from agent.adapters.mss_clamp import CHILD_ENV
-from agent.adapters.charon import CharonClient, CharonError
-from agent.adapters.charon_messages import decode_text
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.credentials import CredentialError, load_token
-from agent.adapters.heroku import PlatformApi, PlatformApiError
+from agent.adapters.heroku import PlatformApiError
 from agent.adapters.links import xfrm_interface_support
 from agent.adapters.netinfo import source_address_towards
 from agent.config import AgentConfig, ConfigError, load_config, static_vpn_connection
 from agent.core.model import VpnConnection
-from agent.core.modes import Mode
-from agent.daemon import doctor_checks as checks
-from agent.daemon.doctor_checks import FAIL, NEW_TOKEN, OK, WARN, Check
-
-__all__ = ["Check", "CharonFacts", "EXIT_CODES", "render", "run_checks", "run_doctor", "to_json"]
+from agent.core.modes import Mode, ModeUnavailable, resolve_mode
+from agent.doctor import checks
+from agent.doctor.checks import FAIL, NEW_TOKEN, OK, WARN, Check
+from agent.doctor.facts import CharonFacts, api_client, read_charon, read_text, run_command
+from agent.doctor.firewall import check_firewall, tunnel_ips
 
 EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
-_TIMEOUT = 5.0  # seconds for each VICI, API and nft request: a doctor must not hang
-
-
-@dataclass(frozen=True)
-class CharonFacts:
-    version: str | None
-    plugins: tuple[str, ...] | None
-    error: str | None = None
-
-
-class _DoctorCharon:
-    """CharonClient plus `stats`, the one VICI command only the doctor needs."""
-
-    def __init__(self, socket_path: str) -> None:
-        self._client = CharonClient(socket_path, timeout=_TIMEOUT)
-
-    def version(self) -> str:
-        return self._client.version()
-
-    def plugins(self) -> tuple[str, ...]:
-        # Through the client's own error translation; CharonClient has no public stats().
-        stats = self._client.stats()
-        return tuple(decode_text(p) for p in stats.get("plugins", []))
-
-    def close(self) -> None:
-        self._client.close()
-
-
-def read_charon(socket_path: str, connect: Callable[[str], object] = _DoctorCharon) -> CharonFacts:
-    client = connect(socket_path)
-    try:
-        version = client.version()
-        try:
-            return CharonFacts(version, client.plugins())
-        except CharonError as e:
-            return CharonFacts(version, None, f"stats failed: {e}")
-    except CharonError as e:
-        return CharonFacts(None, None, str(e))
-    finally:
-        client.close()
-
-
-def run_command(argv: list[str]) -> tuple[int, str, str]:
-    """(returncode, stdout, stderr); OSError when the program is missing."""
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, env=CHILD_ENV)
-    except subprocess.TimeoutExpired as e:
-        raise OSError(f"{argv[0]} timed out") from e
-    return done.returncode, done.stdout, done.stderr
-
-
-def _read_text(path: str) -> str:
-    return Path(path).read_text(encoding="ascii")
-
-
-def _api_client(url: str, token) -> PlatformApi:
-    return PlatformApi(url, token, timeout=_TIMEOUT, attempts=1)
 
 
 def run_checks(
@@ -95,17 +34,17 @@ def run_checks(
     charon: Callable[[str], CharonFacts] = read_charon,
     route_support: Callable[[], str | None] = xfrm_interface_support,
     run: Callable[[list[str]], tuple[int, str, str]] = run_command,
-    read_file: Callable[[str], str] = _read_text,
+    read_file: Callable[[str], str] = read_text,
     environ: Mapping[str, str] = os.environ,
     token_loader=load_token,
-    api_factory=_api_client,
+    api_factory=api_client,
     cache: ConnectionCache | None = None,
     detect: Callable[[str], str | None] = source_address_towards,
 ) -> list[Check]:
     """Every check, in report order. The callables are the outside world (tests fake them)."""
     facts = charon(config.strongswan.vici_socket)
     route_unsupported = route_support()
-    modes = {c.key: checks.resolved_mode(c.mode, route_unsupported) for c in config.connections}
+    modes = {c.key: _mode_here(c.mode, route_unsupported) for c in config.connections}
     cache = cache or ConnectionCache(Path(config.state_dir))
     api_checks, vpns, sources = _check_api(config, environ, token_loader, api_factory, cache)
     try:
@@ -116,7 +55,7 @@ def run_checks(
         checks.check_charon(config.strongswan.vici_socket, facts.version, facts.error),
         checks.check_plugins(facts.plugins, facts.error),
         checks.check_route_mode(config.connections, route_unsupported),
-        checks.check_firewall(nft, nft_error, checks.tunnel_ips(vpns.values())),
+        check_firewall(nft, nft_error, tunnel_ips(vpns.values())),
         checks.check_rp_filter(read_file, any(m is Mode.ROUTE for m in modes.values())),
     ]
     for conn in config.connections:
@@ -126,6 +65,15 @@ def run_checks(
     for conn in config.connections:
         result.append(checks.check_cidrs(conn, vpns.get(conn.key), sources.get(conn.key, ""), detect))
     return result
+
+
+def _mode_here(wanted: Mode, route_unsupported: str | None) -> Mode | None:
+    """The mode the daemon would run here; None where it would refuse to start (the
+    route mode check reports that)."""
+    try:
+        return resolve_mode(wanted, route_unsupported)[0]
+    except ModeUnavailable:
+        return None
 
 
 def _check_api(config: AgentConfig, environ: Mapping[str, str], token_loader, api_factory,

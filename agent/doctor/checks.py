@@ -1,18 +1,18 @@
-"""The checks of `space-vpn-agent doctor`. Each is a small function over facts passed in
-(plugin names, sysctl text, the nft ruleset, API answers) that returns Check(s) with a
-fix for anything not OK. Nothing here prints or talks to charon or the API itself:
-doctor.py gathers the facts and renders the results.
+"""The checks of the doctor. Each is a small function over facts passed in (plugin
+names, sysctl text, API answers) that returns a Check with a fix for anything not OK.
+Nothing here prints or talks to charon or the API itself: report.py gathers the facts
+(through facts.py) and renders the results; the nftables checks live in firewall.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent.config import ConnectionConfig
 from agent.core.addresses import is_private_network
+from agent.core.desired import TCP_MSS
 from agent.core.model import ConnectionStatus, VpnConnection
 from agent.core.modes import Mode
 
@@ -24,7 +24,6 @@ _CRYPTO_SET = ("aes", "sha2", "hmac", "gmp")  # aes256-sha256-modp2048 without o
 # The article: a space also uses these, whatever its space_cidr_block says.
 _SPACE_RESERVED = {"172.17.0.0/16": "a Private Space's default dyno CIDR",
                    "10.1.0.0/16": "reserved when the space has data services"}
-_IKE_ITEMS = ("UDP 500", "UDP 4500", "ESP")
 
 
 @dataclass(frozen=True)
@@ -66,15 +65,6 @@ def check_plugins(plugins: Iterable[str] | None, error: str | None = None) -> Ch
     return Check("plugins", FAIL if fails else WARN, "; ".join(fails + warns), fix)
 
 
-def resolved_mode(wanted: Mode, route_unsupported: str | None) -> Mode | None:
-    """The mode a connection runs in here (as the daemon resolves it); None: impossible."""
-    if wanted is Mode.ROUTE:
-        return None if route_unsupported else Mode.ROUTE
-    if wanted is Mode.AUTO:
-        return Mode.POLICY if route_unsupported else Mode.ROUTE
-    return Mode.POLICY
-
-
 def check_route_mode(connections: Iterable[ConnectionConfig], route_unsupported: str | None) -> Check:
     if route_unsupported is None:
         return Check("route mode", OK, "XFRM interfaces: route mode available")
@@ -84,110 +74,6 @@ def check_route_mode(connections: Iterable[ConnectionConfig], route_unsupported:
                      "set mode: auto or policy, or run a kernel with CONFIG_XFRM_INTERFACE (as root)")
     return Check("route mode", WARN, f"{route_unsupported}; mode: auto uses policy mode",
                  "policy mode keeps one tunnel up at a time; route mode needs CONFIG_XFRM_INTERFACE")
-
-
-def tunnel_ips(vpns: Iterable[VpnConnection]) -> list[str]:
-    return sorted({t.ip for vpn in vpns for t in vpn.tunnels})
-
-
-def check_firewall(nft_result: tuple[int, str, str] | None, error: str | None, ips: list[str]) -> Check:
-    """`nft_result` is (returncode, stdout, stderr) of `nft -j list ruleset`."""
-    where = ", ".join(ips) if ips else "both tunnel IPs"
-    fix = f"allow UDP 500, UDP 4500 and ESP (protocol 50) to and from {where}"
-    if nft_result is None:
-        return Check("firewall", WARN, f"cannot inspect: {error}", "install nftables, or check by hand: " + fix)
-    code, out, err = nft_result
-    if code != 0:
-        reason = (err.strip().splitlines() or ["nft failed"])[0]
-        return Check("firewall", WARN, f"cannot inspect: nft: {reason}", "run doctor as root, or check by hand: " + fix)
-    try:
-        blocked = blocked_ike(parse_ruleset(out))
-    except ValueError as e:
-        return Check("firewall", WARN, f"cannot inspect: {e}", "check by hand: " + fix)
-    if not blocked:
-        return Check("firewall", OK, "no input/output chain drops UDP 500/4500 or ESP (nftables)")
-    return Check("firewall", WARN, "; ".join(blocked), fix)
-
-
-@dataclass(frozen=True)
-class _Chain:
-    label: str  # "inet filter input"
-    hook: str
-    policy: str
-    rules: tuple[list, ...]  # the "expr" list of each rule, in order
-
-
-def parse_ruleset(text: str) -> list[_Chain]:
-    """The base chains of an `nft -j list ruleset` document; ValueError if it is not one."""
-    try:
-        items = json.loads(text or '{"nftables": []}')["nftables"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"unexpected nft output ({type(e).__name__})") from e
-    chains, rules = {}, {}
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if "chain" in item and item["chain"].get("hook"):
-            c = item["chain"]
-            chains[(c.get("family"), c.get("table"), c.get("name"))] = c
-        elif "rule" in item:
-            r = item["rule"]
-            rules.setdefault((r.get("family"), r.get("table"), r.get("chain")), []).append(r.get("expr") or [])
-    return [_Chain(" ".join(str(k) for k in key), c["hook"], c.get("policy", "accept"), tuple(rules.get(key, ())))
-            for key, c in chains.items() if key[0] in ("ip", "inet")]
-
-
-def blocked_ike(chains: list[_Chain]) -> list[str]:
-    """Conservative: an item counts as allowed only after an accept that names it (or an
-    unconditional accept); `ct state established` accepts do not count."""
-    found = []
-    for chain in chains:
-        if chain.hook not in ("input", "output"):
-            continue
-        allowed, dropped = set(), set()
-        for expr in chain.rules:
-            verdict, items = _rule_effect(expr)
-            if verdict == "accept":
-                allowed |= items
-            elif verdict in ("drop", "reject"):
-                dropped |= items - allowed
-        if chain.policy == "drop":
-            dropped |= set(_IKE_ITEMS) - allowed
-        if dropped:
-            what = ", ".join(i for i in _IKE_ITEMS if i in dropped)
-            cause = "policy drop without an accept for" if chain.policy == "drop" else "a rule drops"
-            found.append(f"{chain.label}: {cause} {what}")
-    return found
-
-
-def _rule_effect(expr: list) -> tuple[str | None, set[str]]:
-    """(verdict, which of _IKE_ITEMS the rule's matches cover)."""
-    verdict, items, matched = None, set(_IKE_ITEMS), False
-    for statement in expr:
-        if not isinstance(statement, dict):
-            continue
-        for key in ("accept", "drop", "reject"):
-            if key in statement:
-                verdict = key
-        if "match" in statement:
-            matched = True
-            items &= _match_items(statement["match"])
-    return verdict, (items if matched else set(_IKE_ITEMS))
-
-
-def _match_items(match: dict) -> set[str]:
-    left, right = match.get("left") or {}, match.get("right")
-    if match.get("op", "==") not in ("==", "in"):
-        return set()  # negations and ranges: not understood, so not counted
-    values = right.get("set", []) if isinstance(right, dict) else right if isinstance(right, list) else [right]
-    values = {str(v).lower() for v in values if not isinstance(v, dict)}
-    payload, meta = left.get("payload") or {}, left.get("meta") or {}
-    if payload.get("field") == "dport" and payload.get("protocol") in ("udp", "th"):
-        return {f"UDP {p}" for p in ("500", "4500") if p in values}
-    if payload.get("field") == "protocol" or meta.get("key") == "l4proto":
-        return ({"ESP"} if values & {"esp", "50"} else set()) | (
-            {"UDP 500", "UDP 4500"} if values & {"udp", "17"} else set())
-    return set()
 
 
 def check_rp_filter(read_file: Callable[[str], str], route_used: bool) -> Check:
@@ -213,7 +99,7 @@ def check_mss(conn: ConnectionConfig, mode: Mode | None, space_cidr: str | None)
     name = "mss"
     if conn.tcp_mss == 0:
         return Check(name, WARN, f"{conn.label}: tcp_mss: 0, no clamping; AWS tunnels do no path MTU discovery",
-                     "set tcp_mss: 1379 (AWS's value)")
+                     f"set tcp_mss: {TCP_MSS} (AWS's value)")
     if mode is Mode.ROUTE:
         return Check(name, OK, f"{conn.label}: the agent clamps TCP MSS to {conn.tcp_mss} on its tunnel interfaces")
     space = space_cidr or "<space CIDR>"
