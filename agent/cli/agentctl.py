@@ -7,43 +7,58 @@
     agentctl [--socket PATH] undrain N [--connection SPACE/VPN]   let it carry traffic again
     agentctl doctor [--config PATH] [--json]    checks this host: exit 0 OK, 1 WARN, 2 FAIL
 Commands other than status exit 0 when done, 1 when the agent refused, 3 when unreachable.
-Never imports the daemon side: only the shared protocol and the pure renderer; `doctor`
-imports the doctor package on demand and runs it in this process.
+Imports only the shared protocol and the pure renderer, so it starts in a few ms beyond
+Python's own start-up; `doctor` imports the doctor package (config, adapters) on demand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-import yaml
-
 from agent import __version__
-from agent.cli.render import render_status
+from agent.cli.render import EXIT_UNKNOWN, exit_code, render_config, render_status
 from agent.control import protocol
-from agent.core.snapshot import Health
 
 DEFAULT_SOCKET = "/run/space-vpn-agent/control.sock"
 DEFAULT_CONFIG = "/etc/space-vpn-agent/agent.yaml"
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's own, told the width: left alone it imports shutil to ask, which costs
+    every agentctl start a few ms, though most print no help."""
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() else 0
+    if not width:
+        try:
+            width = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
+            pass
+    return argparse.HelpFormatter(prog, width=(width or 80) - 2)  # as shutil.get_terminal_size
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentctl", description="Query and steer the running space-vpn-agent.")
+    parser = argparse.ArgumentParser(prog="agentctl", description="Query and steer the running space-vpn-agent.",
+                                     formatter_class=_formatter)
     parser.add_argument("--version", action="version", version=f"agentctl {__version__}")
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"control socket (default {DEFAULT_SOCKET})")
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="tunnels and health; exit 0 OK, 1 degraded, 2 down, 3 unknown")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, formatter_class=_formatter)
+
+    status = command("status", "tunnels and health; exit 0 OK, 1 degraded, 2 down, 3 unknown")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
-    sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
-    sub.add_parser("show-config", help="print the running config (secrets shown as file paths only)")
+    command("reload", "re-read the config file (like SIGHUP)")
+    command("show-config", "print the running config (secrets shown as file paths only)")
     for name, text in (("drain", "move traffic off tunnel N before you take it down"),
                        ("undrain", "let tunnel N carry traffic again")):
-        command = sub.add_parser(name, help=text)
-        command.add_argument("tunnel", type=int, choices=(1, 2), help="tunnel number, as in `status`")
-        command.add_argument("--connection", metavar="SPACE/VPN", help="needed when several are configured")
-    doctor = sub.add_parser("doctor", help="check charon, kernel, firewall, sysctls, token and CIDRs; "
-                                           "exit 0 OK, 1 WARN, 2 FAIL")
+        steer = command(name, text)
+        steer.add_argument("tunnel", type=int, choices=(1, 2), help="tunnel number, as in `status`")
+        steer.add_argument("--connection", metavar="SPACE/VPN", help="needed when several are configured")
+    doctor = command("doctor", "check charon, kernel, firewall, sysctls, token and CIDRs; exit 0 OK, 1 WARN, 2 FAIL")
     doctor.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
     return parser
@@ -63,17 +78,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{result['connection']}: tunnel {result['tunnel']} {args.command}ed (drained now: {drained})")
             return 0
         if args.command == "show-config":
-            print(yaml.safe_dump(protocol.request(args.socket, "show-config"), sort_keys=False), end="")
+            print(render_config(protocol.request(args.socket, "show-config")), end="")
             return 0
         protocol.request(args.socket, args.command)
         print("reload requested")
         return 0
     except protocol.AgentUnreachable as e:
         print(f"agentctl: {e}", file=sys.stderr)
-        return Health.UNKNOWN.value
+        return EXIT_UNKNOWN
     except protocol.ProtocolError as e:
         print(f"agentctl: {args.command} refused: {e}", file=sys.stderr)
-        return Health.UNKNOWN.value if args.command == "status" else 1
+        return EXIT_UNKNOWN if args.command == "status" else 1
 
 
 def _status(socket_path: str, *, as_json: bool) -> int:
@@ -82,7 +97,7 @@ def _status(socket_path: str, *, as_json: bool) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(render_status(status), end="")
-    return Health[status["health"].upper()].value
+    return exit_code(status)
 
 
 def _doctor(config_path: str, *, as_json: bool) -> int:

@@ -1,15 +1,21 @@
-"""Render the status document as text for people. Pure: dict in, str out.
+"""Render the agent's answers for people. Pure: dict in, str (or exit code) out.
 
-Modelled on `heroku spaces:vpn:info`: a header per connection, then one row per
-tunnel with the live state next to what the Platform API reports.
+`status` is modelled on `heroku spaces:vpn:info`: a header per connection, then one row
+per tunnel with the live state next to what the Platform API reports. `show-config` is
+printed as YAML that the config loader reads back; stdlib only, so agentctl starts fast.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 FAILOVERS_SHOWN = 5
+# The status document's health names and agentctl's exit codes (monitoring-plugin style);
+# the same values as agent.core.snapshot.Health, not imported for agentctl's start-up time.
+EXIT_CODES = {"ok": 0, "degraded": 1, "down": 2}
+EXIT_UNKNOWN = 3  # agent unreachable or its answer unusable
 
 _COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since", "Bytes In", "Bytes Out",
             "Last In", "Probe")
@@ -42,6 +48,10 @@ def render_status(status: dict[str, Any]) -> str:
             lines += [f"  {_timestamp(f['at'])}  tunnel {f['from_tunnel']} -> {f['to_tunnel']}  {f['reason']}"
                       for f in failovers]
     return "\n".join(lines) + "\n"
+
+
+def exit_code(status: dict[str, Any]) -> int:
+    return EXIT_CODES.get(status.get("health"), EXIT_UNKNOWN)
 
 
 def _tunnel_row(tunnel: dict[str, Any]) -> tuple[str, ...]:
@@ -101,3 +111,86 @@ def _bytes(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{count} B"
+
+
+# PyYAML's implicit types (YAML 1.1): a plain scalar matching one of these would be read
+# back as a bool, number, null, date or merge key, so such strings are quoted. Patterns as
+# text: re compiles them on first use, so `status` does not pay for them.
+_TYPED = r"""(?x)
+    yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF
+  | ~|null|Null|NULL|<<|=
+  | [-+]?0b[0-1_]+ | [-+]?0[0-7_]+ | [-+]?(?:0|[1-9][0-9_]*) | [-+]?0x[0-9a-fA-F_]+
+  | [-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+
+  | [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)? | \.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+  | [-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]* | [-+]?\.(?:inf|Inf|INF) | \.(?:nan|NaN|NAN)
+  | [0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:(?:[Tt]|[ \t]+).*)?"""
+_PLAIN = r"[A-Za-z0-9_./~][A-Za-z0-9_./~:@+=-]*"  # no indicator, space or comment
+
+
+def render_config(config: dict[str, Any]) -> str:
+    """The running config (plain data from `show-config`) as block-style YAML, laid out
+    like PyYAML's safe_dump; strings that would read back as another type are quoted."""
+    return "\n".join(_yaml_lines(config, "")) + "\n"
+
+
+def _yaml_lines(value: Any, pad: str) -> list[str]:
+    if isinstance(value, dict) and value:
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}{_scalar(key)}:")
+                lines += _yaml_lines(item, pad + "  " if isinstance(item, dict) else pad)
+            else:
+                lines.append(f"{pad}{_scalar(key)}: {_scalar(item)}")
+        return lines
+    if isinstance(value, list) and value:
+        lines = []
+        for item in value:
+            if isinstance(item, (dict, list)) and item:
+                nested = _yaml_lines(item, pad + "  ")
+                lines += [f"{pad}- {nested[0][len(pad) + 2:]}", *nested[1:]]
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+        return lines
+    return [pad + _scalar(value)]
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    text = str(value)
+    if re.fullmatch(_PLAIN, text) and not text.endswith(":") and not re.fullmatch(_TYPED, text):
+        return text
+    if text.isprintable():
+        return "'" + text.replace("'", "''") + "'"
+    return '"' + "".join(_escaped(c) for c in text) + '"'
+
+
+def _float(value: float) -> str:
+    if value != value:
+        return ".nan"
+    if value in (float("inf"), float("-inf")):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value)
+    return text if "." in text else text.replace("e", ".0e")  # YAML 1.1 floats need a dot
+
+
+_ESCAPES = {"\t": "\\t", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
+
+
+def _escaped(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char.isprintable():
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}"

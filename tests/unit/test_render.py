@@ -1,19 +1,26 @@
 """`agentctl status` as people see it: the renderer against hand-written golden text,
-and agentctl's exit codes and JSON output over a real control socket."""
+and agentctl's exit codes and JSON output over a real control socket; `show-config` as
+YAML (what PyYAML would print, and read back unchanged)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.cli import agentctl
-from agent.cli.render import render_status
+from agent.cli.render import EXIT_CODES, EXIT_UNKNOWN, exit_code, render_config, render_status
+from agent.config import AgentConfig, ConnectionConfig, StaticConfig, StaticTunnelConfig, load_config, redacted
 from agent.control.server import ControlServer
+from agent.core.model import Secret
 from agent.core.snapshot import ConnectionView, FailoverView, Health, Snapshot, TunnelView
+
+REPO = Path(__file__).resolve().parents[2]
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -169,3 +176,72 @@ def test_agentctl_reload_posts_to_the_agent(serve, capsys):
     assert agentctl.main(["--socket", path, "reload"]) == 0
     assert capsys.readouterr().out == "reload requested\n"
     assert serve.inbox == ["reload"]
+
+
+def test_exit_codes_are_the_health_values():
+    """agentctl keeps its own table (no dataclass import at start-up); it must agree."""
+    assert EXIT_CODES == {h.name.lower(): h.value for h in Health if h is not Health.UNKNOWN}
+    assert EXIT_UNKNOWN == Health.UNKNOWN.value
+    assert exit_code(DEGRADED.to_dict()) == 1 and exit_code({"health": "bogus"}) == EXIT_UNKNOWN
+
+
+# -- show-config ---------------------------------------------------------------------
+
+STATIC_CONFIG = AgentConfig(connections=(ConnectionConfig(
+    space="static", vpn="datacenter", local_address="198.51.100.7",
+    static=StaticConfig(ike_version=2, routable_cidrs=("192.168.10.0/24", "192.168.20.0/24"),
+                        space_cidr_block="10.20.0.0/16",
+                        tunnels=(StaticTunnelConfig("198.51.100.1", Secret("k1"), psk_file="/etc/psk/1"),
+                                 StaticTunnelConfig("198.51.100.2", Secret("k2"), psk_file="/etc/psk/2")))),))
+
+
+@pytest.mark.parametrize("config", [load_config(str(REPO / "config" / "agent.example.yaml")), STATIC_CONFIG],
+                         ids=["example", "static"])
+def test_show_config_is_laid_out_as_pyyaml_would(config):
+    document = json.loads(json.dumps(redacted(config)))  # as it arrives over the socket
+    assert render_config(document) == yaml.safe_dump(document, sort_keys=False)
+
+
+TRICKY = ["yes", "No", "on", "OFF", "true", "null", "~", "", "1", "-2", "0o7", "012", "0x1f", "1_000", "1:20",
+          "1.5", ".5", "1e3", "+.inf", ".NaN", "2001-12-14", "2001-12-14 21:59:43.10 -5", "<<", "=",
+          " lead", "trail ", "a: b", "a #b", "#c", "-x", "- x", "?q", "it's", '"q"', "back\\slash", "x:",
+          "[x]", "{y}", "*a", "&b", "!t", "%p", "@q", "`r", "|", ">", ",", "tab\there", "line\nbreak",
+          "ü", "\u2028", "\x85", "\x7f", "😀", "1s", "127.0.0.1:19813", "https://api.heroku.com/x?a=b"]
+
+
+def test_show_config_reads_back_unchanged():
+    document = {"strings": TRICKY, "as keys": {text: text for text in TRICKY if text},
+                "scalars": [0, 7, -3, 1.5, 1e20, 1e-7, float("inf"), True, False, None],
+                "empty": {"list": [], "map": {}}, "nested": [[1, [2]], [{"a": []}], {"b": [{"c": 1}]}]}
+    assert yaml.safe_load(render_config(document)) == document
+
+
+@pytest.mark.parametrize("text", ["1s", "127.0.0.1:19813", "/etc/space-vpn-agent/token", "acme-space"])
+def test_show_config_leaves_ordinary_strings_plain(text):
+    assert render_config({"key": text}) == f"key: {text}\n"
+
+
+def test_agentctl_show_config_prints_yaml(short_dir, capsys):
+    document = json.loads(json.dumps(redacted(STATIC_CONFIG)))
+    server = ControlServer(str(short_dir / "control.sock"), lambda: OK, lambda request: None, lambda: "reload",
+                           make_request=lambda command, args, reply: reply.put((True, document)))
+    server.start()
+    try:
+        assert agentctl.main(["--socket", server.path, "show-config"]) == 0
+    finally:
+        server.stop()
+    assert yaml.safe_load(capsys.readouterr().out) == document
+
+
+@pytest.mark.parametrize("columns", ["50", "120"])
+def test_agentctl_help_is_laid_out_as_argparse_would(monkeypatch, capsys, columns):
+    """agentctl gives argparse the width itself (no shutil import); same text as argparse's own."""
+    def help_text() -> str:
+        with pytest.raises(SystemExit) as stopped:
+            agentctl.main(["--help"])
+        assert stopped.value.code == 0
+        return capsys.readouterr().out
+    monkeypatch.setenv("COLUMNS", columns)
+    ours = help_text()
+    monkeypatch.setattr(agentctl, "_formatter", argparse.HelpFormatter)
+    assert ours == help_text() and ours.startswith("usage: agentctl")
