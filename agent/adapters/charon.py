@@ -102,9 +102,6 @@ class CharonClient:
         """charon's `stats`: uptime, workers, loaded plugins (for `doctor`)."""
         return self._call("stats", lambda s: s.stats())
 
-    def list_conns(self) -> list[dict[str, Any]]:
-        return self._call("list-conns", lambda s: list(s.list_conns()))
-
     def load_tunnel(self, conn: DesiredConnection, number: int) -> None:
         name = conn.tunnel(number).conn_name
         # The shared key first: a conn without its PSK would fail its next initiate.

@@ -88,7 +88,6 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
         health.add_metric(labels, int(conn.health))
         if conn.api_last_success is not None:
             last_success.add_metric(labels, conn.api_last_success)
-        # api_errors is being added to ConnectionView: read it defensively until it lands.
         for kind, count in sorted(conn.api_errors.items()):
             api_errors.add_metric([*labels, kind], count)
         counts = {reason: 0 for reason in FAILOVER_REASONS} | conn.failover_counts
@@ -145,8 +144,6 @@ class TunnelFamilies:
         self.active.add_metric(labels, int(tunnel.role == TunnelRole.ACTIVE))
         if tunnel.api_status in API_UP:
             self.api_up.add_metric(labels, API_UP[tunnel.api_status])
-        # established_at, *_total and initiates are being added to TunnelView: read them
-        # defensively until they land.
         established_at = tunnel.established_at
         if established_at is not None:
             self.established.add_metric(labels, established_at)

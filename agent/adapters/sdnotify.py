@@ -17,8 +17,6 @@ class SystemdNotifier:
         if address.startswith("@"):  # abstract namespace
             address = "\0" + address[1:]
         self._address = address or None
-        usec = env.get("WATCHDOG_USEC", "")
-        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None  # s, half the deadline
 
     @property
     def enabled(self) -> bool:

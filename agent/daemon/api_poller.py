@@ -57,9 +57,6 @@ class ApiPoller:
         self._thread.join(timeout=15)
         self._api.close()
 
-    def poll_now(self) -> None:
-        self._wake.set()
-
     def _mark_waiting(self, key: str, waiting: bool) -> None:
         """A connection still pending/provisioning is polled faster."""
         (self._waiting.add if waiting else self._waiting.discard)(key)
@@ -96,7 +93,3 @@ class ApiPoller:
         if result.connection is not None:
             self._mark_waiting(target.key, result.connection.status.is_waiting)
         self._post(ApiAnswer(target.key, result))
-
-    def forget_etag(self, key: str) -> None:
-        """Ask for the full body next time (e.g. after the loop lost its copy)."""
-        self._etags.pop(key, None)

@@ -1,5 +1,5 @@
 """sd_notify without libsystemd: datagrams to $NOTIFY_SOCKET (path or abstract
-address), silence without systemd, and the watchdog interval from $WATCHDOG_USEC."""
+address), silence without systemd."""
 
 from __future__ import annotations
 
@@ -66,9 +66,7 @@ def test_without_notify_socket_nothing_is_sent(monkeypatch, environ):
 def test_reads_the_process_environment_by_default(monkeypatch, listener):
     path, sock = listener
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setenv("WATCHDOG_USEC", "20000000")
     notifier = SystemdNotifier()
-    assert notifier.watchdog_interval == 10.0
     notifier.notify(READY="1")
     assert sock.recv(4096) == b"READY=1"
 
@@ -81,23 +79,3 @@ def test_vanished_systemd_socket_is_ignored():
         assert notifier.notify(WATCHDOG="1") is None
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.mark.parametrize(
-    "usec, interval",
-    [
-        ("30000000", 15.0),  # half the 30 s deadline
-        ("1000000", 0.5),
-        ("", None),
-        ("abc", None),
-        ("-5", None),
-        ("1.5e6", None),
-        ("0", None),  # sd_watchdog_enabled(3): 0 means no watchdog
-    ],
-)
-def test_watchdog_interval_is_half_of_watchdog_usec(usec, interval):
-    assert SystemdNotifier({"WATCHDOG_USEC": usec}).watchdog_interval == interval
-
-
-def test_watchdog_interval_absent_without_watchdog_usec():
-    assert SystemdNotifier({"NOTIFY_SOCKET": "@x"}).watchdog_interval is None
