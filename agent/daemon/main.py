@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
 import signal
 import sys
 from pathlib import Path
@@ -33,9 +32,9 @@ from agent.core.modes import resolve_mode
 from agent.core.snapshot import Snapshot
 from agent.daemon.api_poller import ApiPoller, PollTarget
 from agent.daemon.controller import Controller
+from agent.daemon.edges import Edges
 from agent.daemon.fast_reroute import FastReroute
 from agent.daemon.messages import ControlRequest, Reload, Stop
-from agent.daemon.reconciler import Reconciler
 
 log = logging.getLogger("agent")
 
@@ -112,12 +111,11 @@ class Daemon:
         # Its own netlink socket: it writes from the VICI event thread.
         self._route_socket = RouteSocket() if route_unsupported is None else None
         self._reroute = FastReroute(self._route_socket) if self._route_socket is not None else None
-        reconciler = Reconciler(self._charon, self._links, MssClamp() if route_unsupported is None else None,
-                                detect_local_address=source_address_towards, rand=random.random,
-                                connect_timeout=config.strongswan.connect_timeout, reroute=self._reroute)
+        edges = Edges(self._charon, self._links, MssClamp() if route_unsupported is None else None,
+                      detect_local_address=source_address_towards, reroute=self._reroute)
         self._controller = Controller(
             config,
-            reconciler,
+            edges,
             ConnectionCache(Path(config.state_dir)),
             route_unsupported=route_unsupported,
             reload_config=lambda: load_config(self._config_path),
