@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from agent.core.charon_objects import CharonAction, plan_objects
+from agent.core.charon_objects import CharonAction, TerminateIke, plan_objects
 from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.health import ProbeTarget
@@ -47,6 +47,13 @@ class PassPlan:
     mss_rules: Mapping[str, int] | None  # interface -> MSS; None: no route mode, leave nft alone
     reroutes: tuple[Reroute, ...]
     probe_targets: tuple[ProbeTarget, ...]
+
+    @property
+    def starting_over(self) -> frozenset[str]:
+        """Tunnels (charon conn names) whose SAs the setup terminates because the far end
+        changed: they come up afresh, like at a cold start (start-up grace included), so
+        the one that happens to come back first does not take the traffic."""
+        return frozenset(a.conn_name for a in self.setup if isinstance(a, TerminateIke))
 
     @property
     def needs_fresh_observation(self) -> bool:

@@ -27,6 +27,7 @@ from agent.daemon.loop_state import (
     LoopState,
     charon_gone,
     records_for,
+    tunnels_start_over,
     with_api_answer,
     with_api_failure,
     with_drain,
@@ -191,6 +192,7 @@ class Controller:
         plan = self._plan()
         if plan.needs_fresh_observation:
             self._record(edges.apply_setup(plan.setup))
+            tunnels_start_over(state, plan.starting_over)
             plan = self._plan()  # setup still wanted after this waits for the next pass
         outcomes = Outcomes()
         if state.charon.reachable:

@@ -143,3 +143,12 @@ def charon_gone(state: LoopState) -> None:
     starts over (its SAs went with it), start-up grace included."""
     state.loaded.clear()
     state.records = {key: replace(r, memory=replace(r.memory, timing={})) for key, r in state.records.items()}
+
+
+def tunnels_start_over(state: LoopState, conn_names: frozenset[str]) -> None:
+    """These tunnels' SAs were dropped on purpose (the far end changed): their timing
+    starts over, start-up grace included."""
+    if conn_names:
+        state.records = {key: replace(r, memory=replace(r.memory, timing={
+            name: timing for name, timing in r.memory.timing.items() if name not in conn_names}))
+            for key, r in state.records.items()}
