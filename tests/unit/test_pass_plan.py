@@ -121,3 +121,15 @@ def test_route_mode_sets_up_interfaces_then_arms_the_reroute_and_records_typed_f
     assert (step.failover.from_tunnel, step.failover.to_tunnel) == (1, 2)
     assert step.memory.failover_counts == {FailoverKind.DOWN: 1} and step.memory.active == 2
     assert plan.reroutes == ()  # nowhere to move to: tunnel 1 has no CHILD_SA
+
+
+def test_tunnels_whose_far_end_changed_start_over():
+    rec = record()
+    loaded = loaded_fingerprints(rec)
+    rotated = replace(rec, far_end=replace(rec.far_end, vpn=replace(VPN, tunnels=(
+        replace(VPN.tunnel(1), psk=Secret("k9.rotated")), VPN.tunnel(2)))))
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
+    plan = plan_pass(inputs(rotated, charon=charon, loaded=loaded))
+    assert [type(a).__name__ for a in plan.setup] == ["LoadTunnel", "TerminateIke"]
+    assert plan.starting_over == frozenset({T1})
+    assert plan_pass(inputs(rec, charon=charon, loaded=loaded)).starting_over == frozenset()
