@@ -40,7 +40,19 @@ class Secret:
         raise TypeError("Secret cannot be pickled")
 
 
-class ConnectionStatus(enum.Enum):
+class Lenient:
+    """Mixed into enums read from outside (the API, charon): a value this agent does not
+    know yet (a newer peer sends more) parses as the enum's UNKNOWN member."""
+
+    @classmethod
+    def parse(cls, raw: object):
+        try:
+            return cls(raw)  # type: ignore[call-arg]
+        except ValueError:
+            return cls.UNKNOWN  # type: ignore[attr-defined]
+
+
+class ConnectionStatus(Lenient, enum.Enum):
     """Connection `status` of the Platform API. Unknown values map to UNKNOWN (the CLI
     already knows more values than the schema documents)."""
 
@@ -50,13 +62,6 @@ class ConnectionStatus(enum.Enum):
     DEPROVISIONING = "deprovisioning"
     FAILED = "failed"
     UNKNOWN = "unknown"
-
-    @classmethod
-    def parse(cls, raw: str) -> "ConnectionStatus":
-        try:
-            return cls(raw)
-        except ValueError:
-            return cls.UNKNOWN
 
     @property
     def is_waiting(self) -> bool:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from agent.core.model import Lenient
 
-class IkeState(enum.StrEnum):
+
+class IkeState(Lenient, enum.StrEnum):
     """charon's IKE_SA states (ike_sa.h), plus DOWN: no IKE SA at all."""
 
     CREATED = "CREATED"
@@ -25,15 +27,8 @@ class IkeState(enum.StrEnum):
     DOWN = "DOWN"
     UNKNOWN = "UNKNOWN"  # a state this agent does not know (a newer charon)
 
-    @classmethod
-    def parse(cls, raw: str) -> "IkeState":
-        try:
-            return cls(raw)
-        except ValueError:
-            return cls.UNKNOWN
 
-
-class ChildState(enum.StrEnum):
+class ChildState(Lenient, enum.StrEnum):
     """charon's CHILD_SA states (child_sa.h), plus NONE: no CHILD_SA at all."""
 
     CREATED = "CREATED"
@@ -49,13 +44,6 @@ class ChildState(enum.StrEnum):
     DESTROYING = "DESTROYING"
     NONE = "NONE"
     UNKNOWN = "UNKNOWN"
-
-    @classmethod
-    def parse(cls, raw: str) -> "ChildState":
-        try:
-            return cls(raw)
-        except ValueError:
-            return cls.UNKNOWN
 
 
 ESTABLISHED = IkeState.ESTABLISHED
