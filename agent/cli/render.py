@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 FAILOVERS_SHOWN = 5
 # The status document's health names and agentctl's exit codes (monitoring-plugin style);
@@ -21,7 +20,7 @@ _COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since
             "Last In", "Probe")
 
 
-def render_status(status: dict[str, Any]) -> str:
+def render_status(status: dict[str, object]) -> str:
     lines = [f"space-vpn-agent {status['agent_version']}: {status['health'].upper()}"]
     charon = f"charon {status['charon_version'] or 'reachable'}" if status["charon_reachable"] else "charon UNREACHABLE"
     lines.append(charon)
@@ -50,11 +49,11 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def exit_code(status: dict[str, Any]) -> int:
+def exit_code(status: dict[str, object]) -> int:
     return EXIT_CODES.get(status.get("health"), EXIT_UNKNOWN)
 
 
-def _tunnel_row(tunnel: dict[str, Any]) -> tuple[str, ...]:
+def _tunnel_row(tunnel: dict[str, object]) -> tuple[str, ...]:
     return (
         f"Tunnel {tunnel['number']}",
         tunnel["ip"],
@@ -70,7 +69,7 @@ def _tunnel_row(tunnel: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _probe(tunnel: dict[str, Any]) -> str:
+def _probe(tunnel: dict[str, object]) -> str:
     if not tunnel.get("probe_sent"):
         return "-"
     if tunnel["probe_consecutive_failures"]:
@@ -127,13 +126,13 @@ _TYPED = r"""(?x)
 _PLAIN = r"[A-Za-z0-9_./~][A-Za-z0-9_./~:@+=-]*"  # no indicator, space or comment
 
 
-def render_config(config: dict[str, Any]) -> str:
+def render_config(config: dict[str, object]) -> str:
     """The running config (plain data from `show-config`) as block-style YAML, laid out
     like PyYAML's safe_dump; strings that would read back as another type are quoted."""
     return "\n".join(_yaml_lines(config, "")) + "\n"
 
 
-def _yaml_lines(value: Any, pad: str) -> list[str]:
+def _yaml_lines(value: object, pad: str) -> list[str]:
     if isinstance(value, dict) and value:
         lines = []
         for key, item in value.items():
@@ -155,7 +154,7 @@ def _yaml_lines(value: Any, pad: str) -> list[str]:
     return [pad + _scalar(value)]
 
 
-def _scalar(value: Any) -> str:
+def _scalar(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):

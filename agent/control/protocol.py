@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
 
 MAX_MESSAGE = 1 << 20  # bytes; a status of many connections stays far below
 COMMANDS = ("status", "reload", "ping", "drain", "undrain", "show-config")
@@ -26,14 +25,14 @@ class AgentUnreachable(Exception):
     """Nothing listens on the control socket (agent not running?)."""
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: dict[str, object]) -> bytes:
     data = json.dumps(message, separators=(",", ":"), sort_keys=True).encode() + b"\n"
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
     return data
 
 
-def decode(line: bytes) -> dict[str, Any]:
+def decode(line: bytes) -> dict[str, object]:
     try:
         message = json.loads(line)
     except ValueError as e:
@@ -43,7 +42,7 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def read_message(sock_file) -> dict[str, Any]:
+def read_message(sock_file) -> dict[str, object]:
     """Read one line from a socket file object, refusing oversized input."""
     line = sock_file.readline(MAX_MESSAGE + 1)
     if not line:
@@ -53,7 +52,7 @@ def read_message(sock_file) -> dict[str, Any]:
     return decode(line)
 
 
-def request(path: str, command: str, args: dict[str, Any] | None = None, *, timeout: float = 5.0) -> Any:
+def request(path: str, command: str, args: dict[str, object] | None = None, *, timeout: float = 5.0) -> object:
     """Send one request and return its result; raise on an error answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
