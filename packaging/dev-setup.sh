@@ -37,4 +37,7 @@ PYTHON=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e tests/labkit
+# editable_mode=compat: a plain path entry instead of an import hook, which would add
+# ~15 ms to the start of every Python process (agentctl's wall time included).
+.venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
+  -e '.[test]' -e tests/labkit
