@@ -6,7 +6,6 @@ Pure except that static connections read their PSK files (see static.py).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from urllib.parse import urlsplit

@@ -6,7 +6,7 @@ nothing else: every fact it learns goes back to the loop, which owns all state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 INITIATE_TIMEOUT_MS = -1  # return at once: charon negotiates on, events tell us the outcome
 TERMINATE_TIMEOUT_MS = 3000
+ROUTE_ACTIONS = (EnsureInterface, RemoveInterface, SetRoute, DeleteRoute)
 
 
 @dataclass
@@ -79,12 +80,12 @@ class Edges:
             return previous
 
     # -- applying --------------------------------------------------------------------
-    def apply_setup(self, actions: Iterable[RouteAction | CharonAction]) -> Outcomes:
+    def apply_setup(self, actions: tuple[RouteAction | CharonAction, ...]) -> Outcomes:
+        """Interfaces first (children bind to their if_ids), then charon's objects."""
         outcomes = Outcomes()
-        route_actions = [a for a in actions if isinstance(a, (EnsureInterface, RemoveInterface, SetRoute, DeleteRoute))]
-        self._apply_net(route_actions, None)
+        self._apply_net([a for a in actions if isinstance(a, ROUTE_ACTIONS)], None)
         for action in actions:
-            if not isinstance(action, (EnsureInterface, RemoveInterface, SetRoute, DeleteRoute)):
+            if not isinstance(action, ROUTE_ACTIONS):
                 self._apply_charon(action, "", outcomes)
         return outcomes
 
