@@ -22,6 +22,7 @@ class TunnelTiming:
     ever_established: bool = False  # since this agent started
     uninstalled_since: float | None = None  # monotonic s the tunnel stopped having an installed CHILD_SA
     ever_installed: bool = False  # since this agent started
+    installed_at: float | None = None  # monotonic s the installed CHILD_SA was first seen (None: none now)
     connecting_since: float | None = None  # monotonic s an IKE SA was first seen CONNECTING
     child_negotiating_since: float | None = None  # monotonic s a CHILD_SA was first seen in negotiation
 
@@ -50,6 +51,7 @@ def observe_timing(timing: TunnelTiming, sas: TunnelSas, now: float) -> TunnelTi
         ever_established=timing.ever_established or up,
         uninstalled_since=None if installed else (timing.uninstalled_since or now),
         ever_installed=timing.ever_installed or installed,
+        installed_at=(timing.installed_at or now) if installed else None,
         connecting_since=(timing.connecting_since or now) if connecting else None,
         child_negotiating_since=(timing.child_negotiating_since or now) if sas.negotiating_child else None,
     )

@@ -18,6 +18,7 @@ from agent.core.model import ConnectionStatus
 from agent.core.modes import resolve_mode
 from agent.core.netstate import NetState
 from agent.core.observation import CharonState
+from agent.core.tunnel_timing import TunnelTiming
 from agent.daemon.messages import ApiAnswer, ApiFailure
 from agent.daemon.ports import CachePort
 
@@ -44,7 +45,8 @@ def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported:
         key=conn.key, space=conn.space, vpn=conn.vpn, mode=mode, mode_reason=reason,
         local_address=conn.local_address, local_id=conn.local_id, source_address=conn.source_address,
         tunnel_mtu=conn.tunnel_mtu, tcp_mss=conn.tcp_mss,
-        probe=ProbeSettings(conn.probe.target, conn.probe.interval, conn.probe.failures),
+        probe=ProbeSettings(conn.probe.target, conn.probe.interval, conn.probe.failures, port=conn.probe.port,
+                            resolve_interval=conn.probe.resolve_interval),
         policy=FailoverPolicy(preferred=conn.preferred_tunnel, hold_down=conn.failback_hold_down),
         connect_timeout=config.strongswan.connect_timeout,
     )
@@ -104,12 +106,18 @@ def with_api_failure(record: ConnectionRecord, failure: ApiFailure) -> Connectio
 
 
 def with_probe_result(record: ConnectionRecord, result: ProbeResult, charon: CharonState) -> ConnectionRecord:
-    """A probe counts for the IKE SA it crossed; without an SA there is nothing to blame or credit."""
+    """A probe counts for the IKE SA it crossed; without an SA there is nothing to blame or
+    credit. A lost probe sent before the tunnel had an installed CHILD_SA proves nothing
+    either (route mode at start: IKEv1 has its IKE SA a Quick Mode before its child)."""
     memory = record.memory
     if memory.desired is None:
         return record
-    sas = charon.tunnel(memory.desired.tunnel(result.tunnel).conn_name)
+    conn_name = memory.desired.tunnel(result.tunnel).conn_name
+    sas = charon.tunnel(conn_name)
     if sas.established_ike is None:
+        return record
+    installed_at = memory.timing.get(conn_name, TunnelTiming()).installed_at
+    if not result.ok and (installed_at is None or result.sent_at < installed_at):
         return record
     previous = current_probes(memory.probes.get(result.tunnel), sas) or ProbeStats(sa_id=sas.established_ike.uniqueid)
     stats = previous.record(result.ok, result.rtt, result.sent_at)
