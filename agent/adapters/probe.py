@@ -1,7 +1,9 @@
-"""The data-path probe: ICMP echo from a customer address to the far side's probe
-target, optionally pinned to one tunnel's interface, one result per probe posted to
-the loop. One thread owns every socket, so sockets live in the network namespace of
-the process that runs the Prober (a lab runs it under `ip netns exec`).
+"""The data-path probe: from a customer address to the far side's probe target, a TCP
+connect when the target has a port (probe_tcp) and an ICMP echo otherwise (probe_icmp),
+optionally pinned to one tunnel's interface, one result per probe posted to the loop.
+One thread owns every socket and waits on them in one poll loop, so sockets live in the
+network namespace of the process that runs the Prober; host names resolve on a thread
+of their own (probe_names).
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.adapters.probe_icmp import PAYLOAD, IcmpProbes, checksum, echo_request, parse_echo_reply
+from agent.adapters.probe_names import NameResolver, host_name_problem
+from agent.adapters.probe_tcp import TcpProbes
 from agent.core.addresses import PRIVATE_NETWORKS_TEXT, is_private_address
 from agent.core.health import ProbeResult, ProbeTarget
+
+__all__ = ["MIN_INTERVAL", "PAYLOAD", "Prober", "ProbeResult", "ProbeTarget", "check_target", "checksum",
+           "echo_request", "parse_echo_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -28,78 +35,51 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL = 0.05
 #: Seconds the thread sleeps at most, so it notices stop() even if a wake-up is lost.
 MAX_WAIT = 0.5
-PAYLOAD = b"space-vpn-agent probe\x00\x00\x00"
+#: Seconds bounds of a target's resolve_interval (as the config allows).
+MIN_RESOLVE_INTERVAL, MAX_RESOLVE_INTERVAL = 1.0, 3600.0
 
-ICMP_ECHO_REPLY = 0
-ICMP_ECHO_REQUEST = 8
-_ICMP_HEADER = struct.Struct("!BBHHH")
-# Not exported by the socket module: linux/icmp.h.
-_SOL_RAW = 255
-_ICMP_FILTER = 1
-_RECV_BUFFER = 65535
-
+Slot = tuple[str, int]
 _prober_numbers = itertools.count()
 
 
-# --- packets (pure) -----------------------------------------------------------------
-
-def checksum(data: bytes) -> int:
-    """RFC 1071 internet checksum (ones' complement of the ones' complement sum)."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(ident: int, seq: int, payload: bytes = PAYLOAD) -> bytes:
-    """An ICMP echo request (no IP header: the kernel adds it on a raw socket)."""
-    header = _ICMP_HEADER.pack(ICMP_ECHO_REQUEST, 0, 0, ident & 0xFFFF, seq & 0xFFFF)
-    # The kernel fills in the checksum for raw ICMPv6 only, not for IPv4.
-    packet = header + payload
-    return header[:2] + struct.pack("!H", checksum(packet)) + header[4:] + payload
-
-
-def parse_echo_reply(ip_packet: bytes) -> tuple[str, int, int] | None:
-    """(source address, ident, seq) of an IPv4 ICMP echo reply; None for anything
-    else, including truncated packets and bad checksums."""
-    if len(ip_packet) < 20 or ip_packet[0] >> 4 != 4:
-        return None
-    header_len = (ip_packet[0] & 0x0F) * 4
-    if header_len < 20 or ip_packet[9] != socket.IPPROTO_ICMP:
-        return None
-    icmp = ip_packet[header_len:]
-    if len(icmp) < _ICMP_HEADER.size:
-        return None
-    icmp_type, code, _sum, ident, seq = _ICMP_HEADER.unpack_from(icmp)
-    if icmp_type != ICMP_ECHO_REPLY or code != 0 or checksum(icmp) != 0:
-        return None
-    return socket.inet_ntoa(ip_packet[12:16]), ident, seq
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_target(target: ProbeTarget) -> None:
-    """Raise ValueError unless the target is safe and sane to probe."""
+    """Raise ValueError unless the target is safe and sane to probe. A host name passes
+    on its syntax; what it resolves to is checked at every lookup."""
+    where = f"probe {target.key} tunnel {target.tunnel}"
     try:
-        address = ipaddress.IPv4Address(target.target)
         ipaddress.IPv4Address(target.source)
     except ValueError as e:
-        raise ValueError(f"probe {target.key} tunnel {target.tunnel}: {e}") from e
-    if not is_private_address(str(address)):  # a probe crosses the VPN to a private far side
-        raise ValueError(f"probe {target.key} tunnel {target.tunnel}: refusing to probe {address}, "
-                         f"not in {PRIVATE_NETWORKS_TEXT}")
+        raise ValueError(f"{where}: {e}") from e
+    if _is_ipv4(target.target):
+        if not is_private_address(target.target):  # a probe crosses the VPN to a private far side
+            raise ValueError(f"{where}: refusing to probe {target.target}, not in {PRIVATE_NETWORKS_TEXT}")
+    else:
+        problem = host_name_problem(target.target)
+        if problem is not None:
+            raise ValueError(f"{where}: '{target.target}' is not an IPv4 address or a host name: {problem}")
+        if not MIN_RESOLVE_INTERVAL <= target.resolve_interval <= MAX_RESOLVE_INTERVAL:
+            raise ValueError(f"{where}: resolve interval {target.resolve_interval} s is outside "
+                             f"{MIN_RESOLVE_INTERVAL:g}-{MAX_RESOLVE_INTERVAL:g} s")
+    if target.port is not None and (type(target.port) is not int or not 1 <= target.port <= 65535):
+        raise ValueError(f"{where}: {target.port!r} is not a port number (1-65535)")
     if target.interval < MIN_INTERVAL:
-        raise ValueError(f"probe {target.key} tunnel {target.tunnel}: interval {target.interval} s "
-                         f"is below {MIN_INTERVAL} s")
+        raise ValueError(f"{where}: interval {target.interval} s is below {MIN_INTERVAL} s")
     if target.timeout <= 0:
-        raise ValueError(f"probe {target.key} tunnel {target.tunnel}: timeout must be positive")
+        raise ValueError(f"{where}: timeout must be positive")
 
-
-# --- the prober thread ------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Pending:
     target: ProbeTarget
+    address: str
     sent_at: float
     deadline: float
 
@@ -108,13 +88,13 @@ class Prober:
     """Probes every target once per interval from one thread and posts one
     ProbeResult per probe. set_targets may be called from any thread."""
 
-    def __init__(self, post: Callable[[object], None], *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, post: Callable[[object], None], *, clock: Callable[[], float] = time.monotonic,
+                 getaddrinfo=socket.getaddrinfo) -> None:
         self._post = post
         self._clock = clock
         # Two agents (two namespaces, one kernel view of pids) must not take each
-        # other's replies: the identifier mixes our pid with a per-process counter.
+        # other's echo replies: the identifier mixes our pid with a per-process counter.
         self._ident = zlib.crc32(f"{os.getpid()}:{next(_prober_numbers)}".encode()) & 0xFFFF
-        self._seq = itertools.count()
         self._lock = threading.Lock()
         self._wanted: tuple[ProbeTarget, ...] = ()
         self._stop = threading.Event()
@@ -123,12 +103,13 @@ class Prober:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
+        self._names = NameResolver(self._wake, getaddrinfo=getaddrinfo, clock=clock)
         # Owned by the thread from here on.
-        self._targets: dict[tuple[str, int], ProbeTarget] = {}
-        self._next_due: dict[tuple[str, int], float] = {}
-        self._senders: dict[tuple[str, int], socket.socket] = {}
-        self._receiver: socket.socket | None = None
-        self._pending: dict[int, _Pending] = {}
+        self._targets: dict[Slot, ProbeTarget] = {}
+        self._next_due: dict[Slot, float] = {}
+        self._pending: dict[Slot, _Pending] = {}  # at most one probe in flight per target
+        self._icmp = IcmpProbes(self._ident)
+        self._tcp = TcpProbes()
 
     @property
     def ident(self) -> int:
@@ -142,16 +123,23 @@ class Prober:
         slots = [t.slot for t in targets]
         if len(set(slots)) != len(slots):
             raise ValueError(f"probe targets must be unique per connection and tunnel: {slots}")
+        names: dict[str, float] = {}
+        for target in targets:
+            if not _is_ipv4(target.target):
+                names[target.target] = min(names.get(target.target, target.resolve_interval), target.resolve_interval)
         with self._lock:
             self._wanted = tuple(targets)
+        self._names.set_names(names)
         self._wake()
 
     def start(self) -> None:
+        self._names.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake()
+        self._names.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=2.0)
         if self._thread.is_alive():
@@ -175,127 +163,123 @@ class Prober:
                     log.exception("probe pass failed; continuing")
                     self._stop.wait(MAX_WAIT)
         finally:
-            self._close_all()
+            self._icmp.close()
+            self._tcp.close()
 
     def _pass(self) -> None:
         self._apply_targets()
-        self._ensure_receiver()
         now = self._clock()
+        self._follow_names()
         self._expire(now)
         self._send_due(now)
         self._wait_and_receive(self._wait_time(self._clock()))
 
-    # --- targets and sockets --------------------------------------------------------
+    def _engine(self, target: ProbeTarget) -> IcmpProbes | TcpProbes:
+        return self._icmp if target.port is None else self._tcp
+
+    def _address(self, target: ProbeTarget) -> str | None:
+        return target.target if _is_ipv4(target.target) else self._names.address(target.target)
+
+    # --- targets ----------------------------------------------------------------------
 
     def _apply_targets(self) -> None:
         with self._lock:
             wanted = {t.slot: t for t in self._wanted}
-        for key in list(self._targets):
-            if wanted.get(key) != self._targets[key]:
-                self._close_sender(key)
-                del self._targets[key]
-                self._next_due.pop(key, None)
-        for key, target in wanted.items():
-            if key not in self._targets:
-                self._targets[key] = target
-                self._next_due[key] = self._clock()
+        for slot, target in list(self._targets.items()):
+            if wanted.get(slot) != target:
+                self._engine(target).forget(slot)
+                self._pending.pop(slot, None)
+                del self._targets[slot]
+                self._next_due.pop(slot, None)
+        for slot, target in wanted.items():
+            if slot not in self._targets:
+                self._targets[slot] = target
+                self._next_due[slot] = self._clock()
+        self._icmp.want_receiver(any(t.port is None for t in self._targets.values()))
 
-    def _ensure_receiver(self) -> None:
-        if self._receiver is not None:
-            return
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        except OSError as e:
-            # Without it every probe times out, which is the honest result to report.
-            log.debug("probe: cannot open the ICMP receive socket: %s", e)
-            return
-        # Unbound on purpose: the far end may answer over the other tunnel's interface.
-        sock.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("I", ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF))
-        sock.setblocking(False)
-        self._receiver = sock
-
-    def _sender(self, target: ProbeTarget) -> socket.socket:
-        sock = self._senders.get(target.slot)
-        if sock is not None:
-            return sock
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        try:
-            # Send-only: filter every ICMP type so replies do not pile up in its queue.
-            sock.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("I", 0xFFFFFFFF))
-            sock.bind((target.source, 0))
-            if target.interface is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, target.interface.encode() + b"\x00")
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._senders[target.slot] = sock
-        return sock
-
-    def _close_sender(self, key: tuple[str, int]) -> None:
-        sock = self._senders.pop(key, None)
-        if sock is not None:
-            sock.close()
-
-    def _close_all(self) -> None:
-        for key in list(self._senders):
-            self._close_sender(key)
-        if self._receiver is not None:
-            self._receiver.close()
-            self._receiver = None
+    def _follow_names(self) -> None:
+        """A probe on its way to an address its name no longer has counts for nothing;
+        the next one goes to the new address."""
+        for slot, pending in list(self._pending.items()):
+            if self._address(pending.target) != pending.address:
+                self._engine(pending.target).cancel(slot)
+                del self._pending[slot]
+                self._next_due[slot] = min(self._next_due[slot], self._clock())
 
     # --- probing ---------------------------------------------------------------------
 
     def _send_due(self, now: float) -> None:
-        busy = {p.target.slot for p in self._pending.values()}
-        for key, target in self._targets.items():
-            if key in busy or self._next_due[key] > now:
+        for slot, target in self._targets.items():
+            if slot in self._pending or self._next_due[slot] > now:
                 continue
             # Keep the cadence, but never try to catch up on probes we missed.
-            self._next_due[key] = max(self._next_due[key] + target.interval, now)
-            self._send(target, now)
+            self._next_due[slot] = max(self._next_due[slot] + target.interval, now)
+            address = self._address(target)
+            if address is None:
+                continue  # a name without an address: not the tunnel's fault, no result (probe_names logs it)
+            self._send(target, address, now)
 
-    def _send(self, target: ProbeTarget, now: float) -> None:
-        seq = next(self._seq) & 0xFFFF
-        try:
-            self._sender(target).sendto(echo_request(self._ident, seq), (target.target, 0))
-        except OSError as e:
-            # ENODEV after an interface is re-created: a fresh socket binds to the new one.
-            self._close_sender(target.slot)
-            log.debug("probe %s tunnel %s: cannot send to %s via %s: %s", target.key, target.tunnel,
-                      target.target, target.interface or "route", e)
-            self._post(ProbeResult(target.key, target.tunnel, False, None, now))
-            return
+    def _send(self, target: ProbeTarget, address: str, now: float) -> None:
+        if target.port is None:
+            try:
+                self._icmp.start(target, address)
+            except OSError as e:
+                self._fail(target, address, now, f"cannot send: {e}")
+                return
+        else:
+            outcome = self._tcp.start(target, address)
+            if outcome is not None:  # decided at once: no route, no interface, or an answer
+                self._pending[target.slot] = _Pending(target, address, now, now)
+                self._settle(target.slot, outcome.ok, outcome.detail, self._clock())
+                return
         # A probe never outlives its interval: at most one outstanding per target.
-        self._pending[seq] = _Pending(target, now, now + min(target.timeout, target.interval))
+        self._pending[target.slot] = _Pending(target, address, now, now + min(target.timeout, target.interval))
+
+    def _fail(self, target: ProbeTarget, address: str, sent_at: float, why: str) -> None:
+        log.debug("probe %s tunnel %s: %s %s via %s: %s", target.key, target.tunnel, _kind(target), _dest(target, address),
+                  target.interface or "route", why)
+        self._post(ProbeResult(target.key, target.tunnel, False, None, sent_at))
+
+    def _settle(self, slot: Slot, ok: bool, detail: str, now: float) -> None:
+        pending = self._pending.pop(slot, None)
+        if pending is None:
+            return  # cancelled meanwhile: a late answer counts for nothing
+        if not ok:
+            self._fail(pending.target, pending.address, pending.sent_at, detail)
+            return
+        target = pending.target
+        self._post(ProbeResult(target.key, target.tunnel, True, max(now - pending.sent_at, 0.0), pending.sent_at))
 
     def _expire(self, now: float) -> None:
-        for seq, pending in list(self._pending.items()):
+        for slot, pending in list(self._pending.items()):
             if pending.deadline <= now:
-                del self._pending[seq]
-                target = pending.target
-                log.debug("probe %s tunnel %s: no reply from %s within %.2f s", target.key,
-                          target.tunnel, target.target, pending.deadline - pending.sent_at)
-                self._post(ProbeResult(target.key, target.tunnel, False, None, pending.sent_at))
+                self._engine(pending.target).cancel(slot)
+                self._settle(slot, False, f"no answer within {pending.deadline - pending.sent_at:.2f} s", now)
 
     def _wait_time(self, now: float) -> float:
         # A busy target's due time does not count: its probe's deadline wakes us first,
         # and counting it could spin while a slightly late schedule waits on that probe.
-        busy = {p.target.slot for p in self._pending.values()}
-        moments = [*(due for key, due in self._next_due.items() if key not in busy),
+        moments = [*(due for slot, due in self._next_due.items() if slot not in self._pending),
                    *(p.deadline for p in self._pending.values())]
         return max(0.0, min([MAX_WAIT, *(m - now for m in moments)]))
 
     def _wait_and_receive(self, timeout: float) -> None:
         poller = select.poll()
         poller.register(self._wake_r.fileno(), select.POLLIN)
-        if self._receiver is not None:
-            poller.register(self._receiver.fileno(), select.POLLIN)
-        ready = {fd for fd, _events in poller.poll(timeout * 1000)}
-        if self._wake_r.fileno() in ready:
-            self._drain_wake()
-        if self._receiver is not None and self._receiver.fileno() in ready:
-            self._receive()
+        icmp_fds, tcp_fds = self._icmp.poll_fds(), self._tcp.poll_fds()
+        for fd, events in (*icmp_fds.items(), *tcp_fds.items()):
+            poller.register(fd, events)
+        ready = [fd for fd, _events in poller.poll(timeout * 1000)]
+        now = self._clock()
+        for fd in ready:
+            if fd == self._wake_r.fileno():
+                self._drain_wake()
+            elif fd in icmp_fds:
+                for slot in self._icmp.on_ready(fd):
+                    self._settle(slot, True, "echo reply", now)
+            elif fd in tcp_fds:
+                for outcome in self._tcp.on_ready(fd):
+                    self._settle(outcome.slot, outcome.ok, outcome.detail, now)
 
     def _drain_wake(self) -> None:
         try:
@@ -304,23 +288,11 @@ class Prober:
         except BlockingIOError:
             pass
 
-    def _receive(self) -> None:
-        while True:
-            try:
-                packet = self._receiver.recv(_RECV_BUFFER)
-            except (BlockingIOError, InterruptedError):
-                return
-            now = self._clock()
-            parsed = parse_echo_reply(packet)
-            if parsed is None:
-                continue
-            source, ident, seq = parsed
-            pending = self._pending.get(seq)
-            # Every raw ICMP socket sees every reply: ours carry our ident, our seq and
-            # come from the address we probed.
-            if ident != self._ident or pending is None or pending.target.target != source:
-                continue
-            del self._pending[seq]
-            target = pending.target
-            self._post(ProbeResult(target.key, target.tunnel, True, max(now - pending.sent_at, 0.0),
-                                   pending.sent_at))
+
+def _kind(target: ProbeTarget) -> str:
+    return "ICMP echo to" if target.port is None else "TCP connect to"
+
+
+def _dest(target: ProbeTarget, address: str) -> str:
+    where = address if target.port is None else f"{address}:{target.port}"
+    return where if address == target.target else f"{target.target} ({where})"

@@ -61,12 +61,17 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    #: IP on the far side pinged through the tunnel; None: no data-path probe.
+    #: Host on the far side probed through the tunnel: an IPv4 address (RFC 1918) or a
+    #: host name (resolved at run time, RFC 1918 answers only); None: no data-path probe.
     target: str | None = None
     #: Time between two probes, in seconds.
     interval: float = 1.0
     #: Consecutive lost probes (a count) before the active tunnel counts as broken.
     failures: int = 3
+    #: TCP port a probe connects to (any answer, SYN-ACK or RST, counts); None: ICMP echo.
+    port: int | None = None
+    #: How often a host name target is looked up again, in seconds (1 s to 1 h).
+    resolve_interval: float = 60.0
 
 
 @dataclass(frozen=True)

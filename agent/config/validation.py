@@ -6,10 +6,12 @@ Pure except that static connections read their PSK files (see static.py).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agent.adapters.probe_names import host_name_problem
 from agent.config.fields import _describe, _duration, _file_path, _ip, _mapping, _string
 from agent.config.schema import (
     AgentConfig,
@@ -33,7 +35,9 @@ _STRONGSWAN_KEYS = ("vici_socket", "connect_timeout")
 _METRICS_KEYS = ("listen",)
 _CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe", "static",
                     "source_address", "tunnel_mtu", "tcp_mss", "preferred_tunnel", "failback_hold_down")
-_PROBE_KEYS = ("target", "interval", "failures")
+_PROBE_KEYS = ("target", "port", "interval", "failures", "resolve_interval")
+#: Bounds of probe.resolve_interval, in seconds.
+_RESOLVE_INTERVAL_BOUNDS = (1.0, 3600.0)
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -243,13 +247,58 @@ def _probe(raw: object, path: str, problems: list[str]) -> ProbeConfig:
     elif type(failures) is not int or failures < 1:
         problems.append(f"{path}.failures: must be a whole number of at least 1, got '{failures}'")
         failures = ProbeConfig.failures
-    target = _ip(section, "target", path, problems)
-    if target is not None and not is_private_address(target):
-        problems.append(f"{path}.target: {target} is not a private (RFC 1918) address; probes cross the "
-                        "tunnel to a host in the space (e.g. 10.0.0.10)")
-        target = None
+    target = _probe_target(section.get("target"), path, problems)
+    port = _port(section.get("port"), path, problems)
+    if port is not None and section.get("target") is None:
+        problems.append(f"{path}.port: needs probe.target, the host to connect to "
+                        "(e.g. the internal-routing app's host name)")
     return ProbeConfig(
         target=target,
+        port=port,
         interval=_duration(section, "interval", path, problems, ProbeConfig.interval),
         failures=failures,
+        resolve_interval=_resolve_interval(section, path, problems),
     )
+
+
+def _probe_target(raw: object, path: str, problems: list[str]) -> str | None:
+    """An RFC 1918 IPv4 address or a host name (syntax only: it is resolved at run time)."""
+    if raw is None:
+        return None
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not text:
+        problems.append(f"{path}.target: expected an IPv4 address or a host name (e.g. 10.0.0.10 or "
+                        f"app.example.internal), got {_describe(raw)}")
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        problem = host_name_problem(text)
+        if problem is None:
+            return text
+        problems.append(f"{path}.target: '{text}' is not an IPv4 address or a host name: {problem}")
+        return None
+    if address.version != 4 or not is_private_address(text):
+        problems.append(f"{path}.target: {address} is not a private (RFC 1918) address; probes cross the "
+                        "tunnel to a host in the space (e.g. 10.0.0.10)")
+        return None
+    return str(address)
+
+
+def _port(raw: object, path: str, problems: list[str]) -> int | None:
+    if raw is None:
+        return None
+    if type(raw) is not int or not 1 <= raw <= 65535:
+        problems.append(f"{path}.port: '{raw}' is not a port number (1-65535); e.g. 443 for an "
+                        "internal-routing app")
+        return None
+    return raw
+
+
+def _resolve_interval(section: dict, path: str, problems: list[str]) -> float:
+    seconds = _duration(section, "resolve_interval", path, problems, ProbeConfig.resolve_interval)
+    low, high = _RESOLVE_INTERVAL_BOUNDS
+    if not low <= seconds <= high:
+        problems.append(f"{path}.resolve_interval: must be from 1s to 1h, got '{section['resolve_interval']}'")
+        return ProbeConfig.resolve_interval
+    return seconds

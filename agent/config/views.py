@@ -59,8 +59,10 @@ def _redacted_connection(conn: ConnectionConfig) -> dict:
         "mode": conn.mode.value,
         "probe": {
             "target": conn.probe.target,
+            "port": conn.probe.port,
             "interval": format_duration(conn.probe.interval),
             "failures": conn.probe.failures,
+            "resolve_interval": format_duration(conn.probe.resolve_interval),
         },
         "source_address": conn.source_address,
         "tunnel_mtu": conn.tunnel_mtu,

@@ -11,8 +11,10 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class ProbeTarget:
-    """One tunnel's probe. interval and timeout in seconds; interface None means the
-    kernel's route decides the tunnel (policy mode)."""
+    """One tunnel's probe. target: an IPv4 address or a host name; interval, timeout
+    and resolve_interval (how often a name is looked up again) in seconds; port None
+    means ICMP echo, else a TCP connect to it; interface None means the kernel's route
+    decides the tunnel (policy mode)."""
 
     key: str
     tunnel: int
@@ -21,6 +23,8 @@ class ProbeTarget:
     interface: str | None
     interval: float
     timeout: float
+    port: int | None = None
+    resolve_interval: float = 60.0
 
     @property
     def slot(self) -> tuple[str, int]:

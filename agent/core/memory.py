@@ -24,9 +24,11 @@ FAILOVERS_KEPT = 50  # recent failover events shown in status
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    target: str | None = None  # None: no data-path probe
+    target: str | None = None  # IPv4 address or host name; None: no data-path probe
     interval: float = 1.0  # s
     failures: int = 3  # consecutive losses that make a tunnel unhealthy
+    port: int | None = None  # TCP connect to this port; None: ICMP echo
+    resolve_interval: float = 60.0  # s between two lookups of a host name
 
 
 @dataclass(frozen=True)

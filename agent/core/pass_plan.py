@@ -142,6 +142,7 @@ def _probe_targets(steps: tuple[ConnectionStep, ...], records: tuple[ConnectionR
                 targets.append(ProbeTarget(
                     key=record.key, tunnel=tunnel.number, target=probe.target, source=conn.source_address,
                     interface=tunnel.interface, interval=probe.interval,
-                    timeout=min(probe.interval, PROBE_TIMEOUT_CAP),
+                    timeout=min(probe.interval, PROBE_TIMEOUT_CAP), port=probe.port,
+                    resolve_interval=probe.resolve_interval,
                 ))
     return tuple(targets)

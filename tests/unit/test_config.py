@@ -89,7 +89,7 @@ def test_defaults():
     assert config.log_level == "info"
     conn = config.connections[0]
     assert (conn.local_address, conn.local_id, conn.mode) == (None, None, Mode.AUTO)
-    assert conn.probe == ProbeConfig(target=None, interval=1.0, failures=3)
+    assert conn.probe == ProbeConfig(target=None, port=None, interval=1.0, failures=3, resolve_interval=60.0)
     assert (conn.key, conn.label, conn.static) == ("acme-space-office", "acme-space/office", None)
 
 
@@ -228,8 +228,40 @@ def test_empty_sections_mean_defaults():
      "connections[0].mode: 'fast' is not a mode (use auto, route or policy)"),
     ({"connections": [heroku(local_id=7)]},
      "connections[0].local_id: expected a non-empty string, got a number"),
-    ({"connections": [heroku(probe={"target": "gateway"})]},
-     "connections[0].probe.target: 'gateway' is not an IP address"),
+    ({"connections": [heroku(probe={"target": "gate way"})]},
+     "connections[0].probe.target: 'gate way' is not an IPv4 address or a host name: 'gate way' is not a DNS "
+     "label (letters, digits and inner '-', 1-63 characters)"),
+    ({"connections": [heroku(probe={"target": 7})]},
+     "connections[0].probe.target: expected an IPv4 address or a host name (e.g. 10.0.0.10 or "
+     "app.example.internal), got a number"),
+    ({"connections": [heroku(probe={"target": "10.0.0"})]},
+     "connections[0].probe.target: '10.0.0' is not an IPv4 address or a host name: a name cannot end in a "
+     "number; an IPv4 address is four numbers (e.g. 10.0.0.10)"),
+    ({"connections": [heroku(probe={"target": "0x0a000001"})]},
+     "connections[0].probe.target: '0x0a000001' is not an IPv4 address or a host name: reads as an IPv4 "
+     "address in another notation; write it as four numbers (e.g. 10.0.0.10)"),
+    ({"connections": [heroku(probe={"target": "fd00::1"})]},
+     "connections[0].probe.target: fd00::1 is not a private (RFC 1918) address; probes cross the tunnel to a "
+     "host in the space (e.g. 10.0.0.10)"),
+    ({"connections": [heroku(probe={"target": "app.internal", "port": "x"})]},
+     "connections[0].probe.port: 'x' is not a port number (1-65535); e.g. 443 for an internal-routing app"),
+    ({"connections": [heroku(probe={"target": "app.internal", "port": 0})]},
+     "connections[0].probe.port: '0' is not a port number (1-65535); e.g. 443 for an internal-routing app"),
+    ({"connections": [heroku(probe={"target": "app.internal", "port": 65536})]},
+     "connections[0].probe.port: '65536' is not a port number (1-65535); e.g. 443 for an internal-routing app"),
+    ({"connections": [heroku(probe={"target": "app.internal", "port": True})]},
+     "connections[0].probe.port: 'True' is not a port number (1-65535); e.g. 443 for an internal-routing app"),
+    ({"connections": [heroku(probe={"target": "app.internal", "port": 443.0})]},
+     "connections[0].probe.port: '443.0' is not a port number (1-65535); e.g. 443 for an internal-routing app"),
+    ({"connections": [heroku(probe={"port": 443})]},
+     "connections[0].probe.port: needs probe.target, the host to connect to (e.g. the internal-routing app's "
+     "host name)"),
+    ({"connections": [heroku(probe={"target": "app.internal", "resolve_interval": "500ms"})]},
+     "connections[0].probe.resolve_interval: must be from 1s to 1h, got '500ms'"),
+    ({"connections": [heroku(probe={"target": "app.internal", "resolve_interval": "2h"})]},
+     "connections[0].probe.resolve_interval: must be from 1s to 1h, got '2h'"),
+    ({"connections": [heroku(probe={"target": "app.internal", "resolve_interval": "often"})]},
+     "connections[0].probe.resolve_interval: 'often' is not a duration (use e.g. 10s, 500ms, 5m)"),
     ({"connections": [heroku(probe={"interval": 0})]},
      "connections[0].probe.interval: must be longer than 0s, got '0'"),
     ({"connections": [heroku(probe={"failures": 0})]},
@@ -239,7 +271,7 @@ def test_empty_sections_mean_defaults():
     ({"connections": [heroku(probe={"failures": 2.5})]},
      "connections[0].probe.failures: must be a whole number of at least 1, got '2.5'"),
     ({"connections": [heroku(probe={"timeout": "1s"})]},
-     "connections[0].probe.timeout: unknown key (known: target, interval, failures)"),
+     "connections[0].probe.timeout: unknown key (known: target, port, interval, failures, resolve_interval)"),
 ])
 def test_problem_message(data, expected):
     assert problems_of(data) == [expected]
@@ -545,3 +577,33 @@ def test_probe_target_must_be_private(tmp_path):
         parse_config(data, base_dir=tmp_path)
     assert err.value.problems == ["connections[0].probe.target: 192.0.2.1 is not a private (RFC 1918) address; probes "
                                   "cross the tunnel to a host in the space (e.g. 10.0.0.10)"]
+
+
+# --- probe: TCP and host names ---------------------------------------------------------------
+
+@pytest.mark.parametrize("probe, expected", [
+    ({"target": "app.acme.internal", "port": 443},
+     ProbeConfig("app.acme.internal", 1.0, 3, port=443, resolve_interval=60.0)),
+    ({"target": "10.0.0.20", "port": 1, "resolve_interval": "1s"},
+     ProbeConfig("10.0.0.20", 1.0, 3, port=1, resolve_interval=1.0)),
+    ({"target": "My-App.herokuapp.com.", "port": 65535, "resolve_interval": "1h"},
+     ProbeConfig("My-App.herokuapp.com.", 1.0, 3, port=65535, resolve_interval=3600.0)),
+    ({"target": " localhost-like ", "interval": "200ms"}, ProbeConfig("localhost-like", 0.2, 3)),
+    ({"target": "10.0.0.10"}, ProbeConfig("10.0.0.10", 1.0, 3, port=None)),
+])
+def test_probe_targets_and_ports(probe, expected):
+    config = parse_config({"connections": [heroku(probe=probe)]}, base_dir=NO_DIR)
+    assert config.connections[0].probe == expected
+    assert parse_config(redacted(config), base_dir=NO_DIR) == config
+
+
+def test_tcp_probe_in_the_redacted_view():
+    config = parse_config({"connections": [heroku(probe={"target": "app.acme.internal", "port": 443,
+                                                          "resolve_interval": "90s"})]}, base_dir=NO_DIR)
+    assert redacted(config)["connections"][0]["probe"] == {
+        "target": "app.acme.internal", "port": 443, "interval": "1s", "failures": 3, "resolve_interval": "1m30s"}
+
+
+def test_example_config_recommends_a_tcp_probe():
+    probe = load_config(REPO / "config" / "agent.example.yaml").connections[0].probe
+    assert probe.port is not None and probe.target is not None

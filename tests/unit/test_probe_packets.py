@@ -1,5 +1,5 @@
 """ICMP echo packets of the data-path probe, built and parsed without any socket, and
-the target checks that keep a probe away from public addresses."""
+the target checks that keep a probe away from public addresses and bad names."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from agent.adapters.probe import (PAYLOAD, Prober, ProbeTarget, check_target, checksum,
-                                  echo_request, parse_echo_reply)
+from agent.adapters.probe import Prober, ProbeTarget, check_target
+from agent.adapters.probe_icmp import PAYLOAD, checksum, echo_request, parse_echo_reply
 
 
 def ipv4_header(src: str, dst: str, payload_len: int, protocol: int = socket.IPPROTO_ICMP,
@@ -142,15 +142,33 @@ def test_private_targets_are_accepted(address):
     "100.64.0.1",      # carrier-grade NAT, not RFC 1918
     "127.0.0.1",
     "fd00::1",
-    "not-an-address",
     "",
+    "not an address",
+    "10.0.0",          # a name cannot end in a number (inet_aton would read 10.0.0.0)
+    "0x0a000001",      # 10.0.0.1 in inet_aton's hex notation
+    "-app.internal",
+    "app..internal",
+    "a" * 64 + ".internal",
 ])
 def test_non_private_targets_are_refused(address):
     with pytest.raises(ValueError):
         check_target(target(target=address))
 
 
+@pytest.mark.parametrize("name", ["app.acme.internal", "not-an-address", "probe-app.herokuapp.com.",
+                                  "x" * 63 + ".internal", "a1"])
+def test_host_names_are_accepted(name):
+    check_target(target(target=name, port=443))
+    check_target(target(target=name))
+
+
 @pytest.mark.parametrize("overrides", [
+    {"port": 0},
+    {"port": 65536},
+    {"port": True},
+    {"port": "443"},
+    {"target": "app.internal", "resolve_interval": 0.5},
+    {"target": "app.internal", "resolve_interval": 7200.0},
     {"source": "nonsense"},
     {"interval": 0.0},
     {"interval": 0.001},
