@@ -236,8 +236,8 @@ class Prober:
         self._pending[target.slot] = _Pending(target, address, now, now + min(target.timeout, target.interval))
 
     def _fail(self, target: ProbeTarget, address: str, sent_at: float, why: str) -> None:
-        log.debug("probe %s tunnel %s: %s %s via %s: %s", target.key, target.tunnel, _kind(target), _dest(target, address),
-                  target.interface or "route", why)
+        log.debug("probe %s tunnel %s: %s %s via %s: %s", target.key, target.tunnel, _kind(target),
+                  _dest(target, address), target.interface or "route", why)
         self._post(ProbeResult(target.key, target.tunnel, False, None, sent_at))
 
     def _settle(self, slot: Slot, ok: bool, detail: str, now: float) -> None:

@@ -1,7 +1,10 @@
 """Maintenance of the active tunnel, in policy mode against real charon daemons:
 silent, graceful with the endpoint's return, announced by the API, operator drain.
 Behaviour only (traffic continues, the right tunnel is active, the downed tunnel comes
-back as standby); outage figures live in `space-vpn-lab bench`."""
+back as standby); outage figures live in `space-vpn-lab bench`. Also the probe as a
+real Private Space needs it: a TCP connect to the internal-routing app by host name,
+which fails over on a silent loss, follows the name when it moves, and does nothing
+(no failover) while the name does not resolve."""
 
 from __future__ import annotations
 
@@ -14,19 +17,20 @@ import yaml
 
 from space_vpn_lab.agent_process import is_redundant, tunnels_of
 from space_vpn_lab.fake_api import SPACE, VPN
-from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
+from space_vpn_lab.topology import APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, SPACE_HOST_IP
 from space_vpn_lab.traffic import Pinger
 from tests.lab.helpers import BRINGUP_TIMEOUT, T1, T2, customer_sas
 
 pytestmark = pytest.mark.lab
 
 PROBE = {"target": SPACE_HOST_IP, "interval": "100ms", "failures": 3}
+TCP_PROBE = {"target": APP_NAME, "port": APP_PORT, "interval": "100ms", "failures": 3, "resolve_interval": "1s"}
 
 
-def start(make_agent, **connection):
+def start(make_agent, probe=PROBE, **connection):
     agent = make_agent()
     config = yaml.safe_load(agent.config_path.read_text())
-    config["connections"][0].update({"probe": PROBE, "mode": "policy", **connection})
+    config["connections"][0].update({"probe": probe, "mode": "policy", **connection})
     agent.write_config(config)
     agent.start()
     agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
@@ -145,3 +149,69 @@ def test_an_ike_sa_the_far_end_forgot_before_quick_mode_is_replaced(lab, make_ag
     assert f"terminating IKE SA #{stuck.uniqueid}" in agent.log_text()
     # Meanwhile tunnel 2 may have taken the traffic (tunnel 1 answered no probe): either way round.
     agent.wait_for(lambda status: is_redundant(status, active=1) or is_redundant(status, active=2), 30)
+
+
+def tunnel1_probes(agent) -> dict:
+    return tunnels_of(agent.status())[1]
+
+
+def wait_log(agent, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in agent.log_text():
+        assert time.monotonic() < deadline, f"not in the agent log: {text!r}\n{agent.log_text()[-2000:]}"
+        time.sleep(0.1)
+
+
+def test_tcp_probe_fails_over_on_a_silent_loss(lab, make_agent):
+    """The app answers no ping: only the TCP probe sees the blackholed tunnel."""
+    lab.name_app()
+    agent = start(make_agent, probe=TCP_PROBE)
+    agent.wait_for(lambda s: tunnels_of(s)[1]["probe_sent"] >= 5 and tunnels_of(s)[1]["probe_rtt_ms"], 10)
+    assert tunnels_of(agent.status())[1]["probe_lost"] == 0
+    with Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=600, interval=0.01) as pinger:
+        time.sleep(1)
+        lab.space.silent_down(1)
+        status = agent.wait_for(active_is(2), 30)
+        result = pinger.wait()
+    assert "probes lost" in last_failover(status)["reason"]
+    assert result.received > 0 and lab.customer_ping(count=5, interval=0.1).received == 5
+    # Tunnel 2 answers the TCP probe now.
+    agent.wait_for(lambda s: tunnels_of(s)[2]["probe_sent"] >= 5 and tunnels_of(s)[2]["probe_healthy"], 10)
+    lab.space.restore(1)
+    agent.wait_for(redundant_on(2), 30)
+
+
+def test_probes_follow_the_app_name_when_it_moves(lab, make_agent):
+    """The name moves to the app's other address, then the old one goes away (as a load
+    balancer node is retired after DNS moved on): probes follow, nothing fails over."""
+    old, new = APP_HOST_IPS
+    lab.name_app(old)
+    agent = start(make_agent, probe=TCP_PROBE)
+    agent.wait_for(lambda s: tunnels_of(s)[1]["probe_sent"] >= 5, 10)
+    lab.name_app(new)
+    wait_log(agent, f"probe target {APP_NAME} moved from {old} to {new}", 10)
+    lab.app.retire(old)
+    sent, syns_old, syns_new = tunnel1_probes(agent)["probe_sent"], lab.app.syns(old), lab.app.syns(new)
+    time.sleep(2)
+    status = agent.status()
+    tunnel1 = tunnels_of(status)[1]
+    assert tunnel1["role"] == "active" and status["connections"][0]["failovers"] == []
+    assert tunnel1["probe_sent"] - sent >= 10 and tunnel1["probe_consecutive_failures"] == 0, tunnel1
+    assert tunnel1["probe_lost"] == 0, tunnel1
+    assert lab.app.syns(old) == syns_old  # nothing went to the retired address
+    assert lab.app.syns(new) - syns_new >= 10
+
+
+def test_an_unresolvable_probe_name_never_fails_over(lab, make_agent):
+    """No address, no probe, no result: a name that does not resolve is not the tunnel's
+    fault. Said once in the log, and the probes start when the name appears."""
+    lab.name_app(APP_HOST_IPS[0], name="other.acme.internal")
+    agent = start(make_agent, probe=TCP_PROBE)
+    wait_log(agent, f"probe target {APP_NAME}: no IPv4 address: [Errno -2] Name or service not known", 10)
+    time.sleep(6)  # a retry (every 5 s while a name gives no address) and many probe intervals
+    status = agent.status()
+    assert all(t["probe_sent"] == 0 and t["probe_healthy"] for t in tunnels_of(status).values())
+    assert status["connections"][0]["failovers"] == [] and is_redundant(status)
+    assert agent.log_text().count("no IPv4 address") == 1
+    lab.name_app(APP_HOST_IPS[0])
+    agent.wait_for(lambda s: tunnels_of(s)[1]["probe_sent"] >= 5 and tunnels_of(s)[1]["probe_lost"] == 0, 15)

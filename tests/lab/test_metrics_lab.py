@@ -1,5 +1,6 @@
 """/metrics in the lab: a real Prometheus server scrapes the agent and PromQL finds the
-active tunnel; byte counters keep growing across a forced CHILD_SA rekey."""
+active tunnel; byte counters keep growing across a forced CHILD_SA rekey; a TCP probe's
+round-trip time is exported per tunnel."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from space_vpn_lab.agent_process import is_redundant
+from space_vpn_lab.agent_process import is_redundant, tunnels_of
+from space_vpn_lab.topology import APP_NAME, APP_PORT
 from space_vpn_lab.netns import in_netns
 from tests.lab.helpers import BRINGUP_TIMEOUT, T1, assert_no_secret
 
@@ -33,10 +35,12 @@ def http_get(netns: str, url: str) -> str:
         return response.read().decode()
 
 
-def start_agent_with_metrics(make_agent):
+def start_agent_with_metrics(make_agent, probe=None):
     agent = make_agent()
     config = yaml.safe_load(agent.config_path.read_text())
     config["metrics"] = {"listen": f"127.0.0.1:{METRICS_PORT}"}
+    if probe is not None:
+        config["connections"][0]["probe"] = probe
     agent.write_config(config)
     agent.start()
     agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
@@ -117,4 +121,15 @@ def test_counters_do_not_go_backwards_across_a_forced_rekey(lab, make_agent):
     time.sleep(1.5)
     after = tunnel_value(scrape(ns), "space_vpn_tunnel_transmit_bytes_total", "1")
     assert after > before
+    agent.stop()
+
+
+def test_tcp_probe_round_trip_time_is_exported(lab, make_agent):
+    lab.name_app()
+    agent = start_agent_with_metrics(make_agent, probe={"target": APP_NAME, "port": APP_PORT, "interval": "200ms"})
+    agent.wait_for(lambda s: tunnels_of(s)[1]["probe_sent"] >= 3, 10)
+    samples = scrape(lab.topology.cust_ns)
+    assert 0 < tunnel_value(samples, "space_vpn_tunnel_probe_rtt_seconds", "1") < 0.2
+    assert tunnel_value(samples, "space_vpn_tunnel_probes_total", "1") >= 3
+    assert tunnel_value(samples, "space_vpn_tunnel_probe_failures_total", "1") == 0
     agent.stop()

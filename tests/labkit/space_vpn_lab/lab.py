@@ -1,8 +1,10 @@
 """The whole lab as one context manager: namespaces, a space-side charon answering
-on both tunnel endpoints, and an empty customer-side charon for the agent under test.
+on both tunnel endpoints, an internal-routing app in the space (TCP only, no ICMP, as
+in a real Private Space), and an empty customer-side charon for the agent under test.
 
-`close()` always removes everything (charons by pid, nft table, namespaces), also
-when building fails half way; an atexit hook is the last safety net.
+`close()` always removes everything (charons and the app listener by pid, nft tables,
+/etc/netns files, namespaces), also when building fails half way; an atexit hook is
+the last safety net.
 kernel_ipsec / space_route_based need a kernel with ESP and XFRM interfaces (kernel_vm).
 """
 
@@ -17,9 +19,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from space_vpn_lab.app_host import AppHost
 from space_vpn_lab.charon_instance import DEFAULT_BINARY, CharonInstance
 from space_vpn_lab.space_side import SpaceSide, SpaceTunnel
-from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP, Topology
+from space_vpn_lab.topology import APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, SPACE_HOST_IP, Topology
 from space_vpn_lab.traffic import PingResult, ping
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Lab:
         tunnels = [SpaceTunnel(ip, psk) for ip, psk in zip(self.tunnel_ips, self.psks)]
         self.space = SpaceSide(self.space_charon, tunnels, ike_version=ike_version,
                                route_based=space_route_based)
+        self.app = AppHost(self.topology.space_ns, APP_HOST_IPS, APP_PORT)
         self._open = False
 
     def __repr__(self) -> str:
@@ -74,6 +78,7 @@ class Lab:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.topology.create()
+            self.app.start()
             self.space_charon.start()
             self.space.load()
             self.customer_charon.start()
@@ -92,7 +97,7 @@ class Lab:
         self._open = False
         atexit.unregister(self.close)
         steps = (self.customer_charon.stop, self.space_charon.stop,
-                 self.space.destroy, self.topology.destroy)
+                 self.space.destroy, self.app.stop, self.topology.destroy)
         for step in steps:
             try:
                 step()
@@ -106,6 +111,13 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def name_app(self, address: str = APP_HOST_IPS[0], name: str = APP_NAME) -> None:
+        """Resolve `name` to `address` in the customer namespace (its own hosts file):
+        before starting what should resolve it; again later to move the name."""
+        if address not in APP_HOST_IPS:
+            raise ValueError(f"{address} is not one of the app's addresses {APP_HOST_IPS}")
+        self.topology.write_hosts({name: address})
 
     def customer_ping(self, count: int = 5, interval: float = 0.2,
                       deadline: float | None = None) -> PingResult:

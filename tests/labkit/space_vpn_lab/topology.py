@@ -1,12 +1,15 @@
 """The lab's two network namespaces: `<prefix>-cust` (customer VPN host) and
 `<prefix>-space` (the Heroku/AWS side with both tunnel endpoints), joined by a veth
 pair and addressed only with documentation and RFC 1918 ranges (shared/lab-recipe.md).
+A namespace can get its own hosts file (/etc/netns/NS/hosts, which `ip netns exec`
+mounts over /etc/hosts), so lab names resolve only inside the lab.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +22,14 @@ PUBLIC_PREFIXLEN = 24
 TUNNEL_IPS = ("198.51.100.1", "198.51.100.2")
 TUNNEL_CIDR = "198.51.100.0/24"
 CUSTOMER_HOST_IP = "172.16.0.2"
-SPACE_HOST_IP = "10.0.0.10"
+SPACE_HOST_IP = "10.0.0.10"  # answers ping: the instrument that measures traffic
+#: The internal-routing app: TCP on APP_PORT, no ICMP (space_vpn_lab.app_host); two
+#: addresses, so its name can move from one to the other.
+APP_HOST_IPS = ("10.0.0.20", "10.0.0.21")
+APP_PORT = 443
+APP_NAME = "app.acme.internal"
+#: Where `ip netns exec NS` finds files it mounts over /etc (iproute2's NETNS_ETC_DIR).
+NETNS_ETC = "/etc/netns"
 ROUTABLE_CIDR = "172.16.0.0/16"
 SPACE_CIDR = "10.0.0.0/16"
 
@@ -141,13 +151,44 @@ class Topology:
         for tunnel_ip in TUNNEL_IPS:
             ip("-n", space, "addr", "add", f"{tunnel_ip}/32", "dev", "lo")
         ip("-n", space, "addr", "add", f"{SPACE_HOST_IP}/32", "dev", "lo")
+        for app_ip in APP_HOST_IPS:
+            ip("-n", space, "addr", "add", f"{app_ip}/32", "dev", "lo")
         ip("-n", cust, "addr", "add", f"{CUSTOMER_HOST_IP}/32", "dev", "lo")
         ip("-n", cust, "link", "set", self._CUST_VETH, "up")
         ip("-n", space, "link", "set", self._SPACE_VETH, "up")
         ip("-n", cust, "route", "add", TUNNEL_CIDR, "via", SPACE_PUBLIC_IP)
 
+    def write_hosts(self, entries: dict[str, str]) -> None:
+        """Give the customer namespace its own /etc/hosts (name -> address) and make
+        files the only source of host names there, so no lookup leaves the lab. Processes
+        started afterwards see it; rewriting it in place (same inode, under the bind
+        mount) moves a name for processes already running."""
+        folder = os.path.join(NETNS_ETC, self.cust_ns)
+        os.makedirs(folder, exist_ok=True)
+        lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in entries.items())]
+        with open(os.path.join(folder, "hosts"), "w") as f:  # "w" truncates: the inode stays
+            f.write("\n".join(lines) + "\n")
+        nsswitch = os.path.join(folder, "nsswitch.conf")
+        if not os.path.exists(nsswitch):
+            with open("/etc/nsswitch.conf") as f:
+                kept = [line for line in f if not line.startswith("hosts:")]
+            with open(nsswitch, "w") as f:
+                f.writelines([*kept, "hosts: files\n"])
+
+    def _remove_etc(self) -> None:
+        for ns in self.namespaces:
+            folder = os.path.join(NETNS_ETC, ns)
+            if os.path.isdir(folder):
+                shutil.rmtree(folder)
+        try:
+            os.rmdir(NETNS_ETC)  # only when empty: another lab's or the admin's files stay
+        except OSError:
+            pass
+
     def destroy(self) -> None:
-        """Kill every process left in the namespaces (by pid), then delete them."""
+        """Kill every process left in the namespaces (by pid), then delete them and
+        their /etc/netns files."""
+        self._remove_etc()
         for ns in self.namespaces:
             if not netns_exists(ns):
                 continue
