@@ -22,7 +22,7 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
         "local_addrs": [conn.local_address],
         "remote_addrs": [tunnel.remote_ip],
         "proposals": [seed.IKE_PROPOSAL],
-        "dpd_delay": f"{seed.DPD_DELAY}s",
+        "dpd_delay": f"{seed.DPD_DELAY}s",  # liveness from IKE itself (core/desired)
         "keyingtries": "0",  # keyingtries=%forever
         "unique": "no",
         "local": {"auth": "psk", "id": conn.local_id},

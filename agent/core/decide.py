@@ -55,7 +55,7 @@ def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: Desired
         adopted = adopt_active_route(conn, net, preferred) if route else adopt_active(conn, charon, preferred)
         state = FailoverState(active=adopted)
     previous = state.active
-    inbound = None if route else _watch_inbound(memory.inbound, sas[previous], now)
+    inbound = _watch_inbound(memory.inbound, sas, previous, route, now)
     health = {
         t.number: assess(
             sas=sas[t.number], route_mode=route, is_active=t.number == previous,
@@ -67,6 +67,7 @@ def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: Desired
             api_status=t.api_status, api_down_since=_api_down_since(conn, t.number),
             sa_established_at=_established_at(sas[t.number], wall_now),
             drained=t.number in memory.drained, now=now,
+            exchange_pending_since=timing[t.conn_name].exchange_pending_since,
         )
         for t in conn.tunnels
     }
@@ -115,11 +116,16 @@ def _traffic(traffic: Mapping[int, TrafficTotals], conn: DesiredConnection,
             for t in conn.tunnels}
 
 
-def _watch_inbound(watch: InboundWatch | None, sas: TunnelSas, now: float) -> InboundWatch | None:
-    child = sas.installed_child
+def _watch_inbound(watch: InboundWatch | None, sas: Mapping[int, TunnelSas], active: int, route: bool,
+                   now: float) -> InboundWatch | None:
+    """Packets out over the active tunnel against packets in. Route mode sums the inbound
+    of both tunnels: AWS answers over whichever one it picked."""
+    child = sas[active].installed_child
     if child is None:
         return None
-    return (watch or InboundWatch()).update(child.uniqueid, child.packets_in, child.packets_out, now)
+    inbound = [c for s in sas.values() for c in (s.installed_child,) if c is not None] if route else [child]
+    ids = "+".join(c.uniqueid for c in inbound)
+    return (watch or InboundWatch()).update(ids, sum(c.packets_in for c in inbound), child.packets_out, now)
 
 
 def _api_down_since(conn: DesiredConnection, number: int) -> float | None:

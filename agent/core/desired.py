@@ -18,8 +18,13 @@ ESP_PROPOSAL = "aes256-sha256-modp2048"
 IKE_LIFETIME = 28800  # s, ikelifetime=28800s (AWS phase 1 lifetime)
 CHILD_LIFETIME = 3600  # s, lifetime=1h (AWS phase 2 lifetime)
 CHILD_REKEY = 3060  # s, lifetime minus strongSwan's default 9 min margin
-DPD_DELAY = 10  # s, dpddelay=10 (AWS: R-U-THERE after 10 s of silence)
-DPD_TIMEOUT = 30  # s, dpdtimeout=30 (IKEv1 only; AWS default)
+# The seed's dpddelay=10 / dpdtimeout=30 let ~30 s of traffic go after a silent loss
+# (IKEv2: ~165 s of retransmits). The agent checks the peer much sooner: charon sends a
+# DPD after this long without any inbound packet (so never while traffic flows back),
+# one small exchange a second per idle tunnel, and the loop counts an exchange left
+# unanswered for LIVENESS_DEADLINE as a failure (core/failover).
+DPD_DELAY = 1  # s
+DPD_TIMEOUT = 3  # s, IKEv1 only: charon gives the peer up after this long without a packet
 # Route mode: AWS tunnels do no path MTU discovery (shared/reference: AWS figures).
 TUNNEL_MTU = 1419  # bytes, the strongSwan sample's tunnel MTU
 TCP_MSS = 1379  # bytes, AWS samples clamp SYNs to this

@@ -17,7 +17,12 @@ from agent.core.observation import IkeState, TunnelSas
 # A tunnel never established since the agent started gets this long before the other
 # one takes over (both are initiated together at a cold start).
 STARTUP_GRACE = 10.0  # s
-SILENCE_TIMEOUT = 5.0  # s of outbound packets without any inbound one: the tunnel is dead
+# Outbound packets without any inbound one for this long make a tunnel suspect; it counts
+# as failed only when IKE or a probe confirms (traffic may be one-way by nature).
+SILENCE_TIMEOUT = 3.0  # s
+# An IKE exchange (DPD, rekey, Quick Mode...) left unanswered this long: the peer is gone.
+# A live peer answers within a round trip; charon's first retransmit waits 4 s.
+LIVENESS_DEADLINE = 1.5  # s
 # The API's last_status_change and charon's "established" are both whole seconds: a DOWN
 # stamped up to this much before our SA came up may well have happened after it.
 TIMESTAMP_SLACK = 2.0  # s
@@ -38,7 +43,8 @@ class TunnelProblem(enum.StrEnum):
     NO_CHILD_SA = "no CHILD_SA"  # route mode: nothing installed under its interface
     IKE_DOWN = "IKE SA down"  # policy mode: no established IKE SA
     PROBES_LOST = "probes lost"
-    INBOUND_SILENT = "no inbound packets while sending"
+    IKE_UNANSWERED = "IKE exchange unanswered"  # DPD or another request, past LIVENESS_DEADLINE
+    INBOUND_SILENT = "no inbound packets while sending"  # and IKE or a probe confirms
 
 
 class FailoverKind(enum.StrEnum):
@@ -46,13 +52,15 @@ class FailoverKind(enum.StrEnum):
 
     DOWN = "down"  # the active tunnel's SAs went (peer DELETE, DPD, charon)
     PROBE = "probe"  # its data-path probes went unanswered
-    SILENCE = "silence"  # packets out, none in
-    ANNOUNCED = "announced"  # the Platform API reported it DOWN
+    LIVENESS = "liveness"  # its IKE exchanges went unanswered
+    SILENCE = "silence"  # packets out, none in, confirmed by IKE or a probe
+    TELEMETRY = "telemetry"  # the Platform API (AWS telemetry) reports it DOWN: a late confirmation
     DRAIN = "drain"  # the operator drained it
     FAILBACK = "failback"  # back to the preferred tunnel after a stable hold-down
 
 
-_KIND_OF_PROBLEM = {TunnelProblem.PROBES_LOST: FailoverKind.PROBE, TunnelProblem.INBOUND_SILENT: FailoverKind.SILENCE}
+_KIND_OF_PROBLEM = {TunnelProblem.PROBES_LOST: FailoverKind.PROBE, TunnelProblem.IKE_UNANSWERED: FailoverKind.LIVENESS,
+                    TunnelProblem.INBOUND_SILENT: FailoverKind.SILENCE}
 
 
 @dataclass(frozen=True)
@@ -68,12 +76,13 @@ class TunnelHealth:
 
     usable: bool  # its SAs could carry traffic right now (or it is still coming up)
     healthy: bool = True  # no failure signal: probes answered, no inbound silence
-    announced_down: bool = False  # the Platform API says DOWN after our SA came up
+    announced_down: bool = False  # AWS telemetry (Platform API) says DOWN, stamped after our SA came up
     drained: bool = False  # the operator asked to move traffic away
     problem: TunnelProblem | None = None  # set whenever the tunnel is not up and healthy
     detail: str = ""  # the problem for people, with figures
     up: bool = True  # usable without any start-up grace
     carrying: bool = False  # holds an installed CHILD_SA
+    doubtful: bool = False  # not failed, but not answering right now either (a probe lost, an IKE request out)
 
     @property
     def can_carry(self) -> bool:
@@ -100,9 +109,6 @@ class FailoverPolicy:
     hold_down: float = 60.0  # s the preferred tunnel must stay wanted before failback
     flap_window: float = 600.0  # s over which failures of a tunnel are counted
     max_hold_down: float = 600.0  # s, cap of the damped hold-down
-    # If probes fail on the new tunnel too within this long, the probe target (not the
-    # tunnels) is the likely problem: no more probe-driven switching until it answers.
-    probe_blame_window: float = 60.0  # s
 
 
 @dataclass(frozen=True)
@@ -131,20 +137,22 @@ def step(
     state = replace(state, failures=failures, preferred_wanted_since=_wanted_since(state, health, policy, now))
 
     if not here.can_carry and there.can_carry:
-        soft = here.usable  # up, but its probes (or inbound packets) say otherwise
-        blamed_before = any(n == other and f_soft and now - t < policy.probe_blame_window
-                            for n, t, f_soft in failures)
-        if not (soft and blamed_before):
+        soft = here.usable  # up, but its probes (or IKE, or inbound packets) say otherwise
+        # Judge the present: a soft failure moves traffic only to a path that answers now.
+        # Both paths failing at once (the customer's uplink, the probe target) is no
+        # reason to move: stay, and say so in status.
+        if not (soft and there.doubtful):
             # ACTIVE -> STANDBY (current), STANDBY -> ACTIVE (other): an emergency, so
-            # even a drained or announced tunnel takes the traffic rather than lose it.
+            # even a drained tunnel, or one AWS reports DOWN, takes the traffic rather than lose it.
             kind = _KIND_OF_PROBLEM.get(here.problem, FailoverKind.DOWN)  # type: ignore[arg-type]
             reason = FailoverReason(kind, here.describe or "tunnel unusable")
             return _switch(state, other, now, failures + ((current, now, soft),)), reason
     if here.can_carry and (here.drained or here.announced_down) and there.wanted:
-        # ACTIVE -> STANDBY, STANDBY -> ACTIVE: move before the announced loss bites.
+        # ACTIVE -> STANDBY, STANDBY -> ACTIVE: the operator's drain, or AWS telemetry
+        # confirming the tunnel is down (DOWN arrives after the loss, never before it).
         reason = (FailoverReason(FailoverKind.DRAIN, "drained by the operator") if here.drained else
-                  FailoverReason(FailoverKind.ANNOUNCED, "maintenance announced (Platform API: DOWN)"))
-        flap = () if here.drained else ((current, now, False),)  # an announced tunnel may flap
+                  FailoverReason(FailoverKind.TELEMETRY, "AWS telemetry (Platform API): tunnel DOWN"))
+        flap = () if here.drained else ((current, now, False),)  # a tunnel AWS reports DOWN may flap
         return _switch(state, other, now, failures + flap), reason
     preferred = policy.preferred
     if preferred == other and here.can_carry and there.wanted and state.preferred_wanted_since is not None:
@@ -182,15 +190,20 @@ def assess(
     sa_established_at: float | None,
     drained: bool,
     now: float,
+    exchange_pending_since: float | None = None,
 ) -> TunnelHealth:
     """Fold what is known of one tunnel into TunnelHealth. Times: `now` and
-    `unusable_since` monotonic; `api_down_since` and `sa_established_at` unix.
+    `unusable_since` and `exchange_pending_since` (an IKE request of ours has been in
+    flight since) monotonic; `api_down_since` and `sa_established_at` unix.
 
     usable: route mode needs an installed CHILD_SA; policy mode an established IKE SA
     (the active tunnel's child is re-initiated on it in one Quick Mode). A tunnel never
     usable since the agent started counts as usable for STARTUP_GRACE: still coming up
     (IKEv1 has its IKE SA a Quick Mode before its CHILD_SA).
-    announced_down: the API turned DOWN after our SA came up. A DOWN older than our SA
+    healthy: no failure signal: probes answered, no IKE request unanswered for
+    LIVENESS_DEADLINE, no confirmed inbound silence (outbound without any inbound packet
+    for SILENCE_TIMEOUT while IKE or a probe is in doubt: a one-way stream alone is fine).
+    announced_down: AWS telemetry turned DOWN after our SA came up. A DOWN older than our SA
     is stale telemetry (e.g. at start), and in policy mode a standby without CHILD_SA
     is DOWN for AWS by nature: neither announces anything."""
     if route_mode:
@@ -200,12 +213,17 @@ def assess(
     usable = up
     if not up and not ever_usable and unusable_since is not None:
         usable = now - unusable_since < STARTUP_GRACE
+    pending = now - exchange_pending_since if exchange_pending_since is not None else None
+    doubtful = pending is not None or (probes is not None and probes.consecutive_failures > 0)
     healthy, detail = True, ""
     if not probe_healthy(probes, probe_failures):
         assert probes is not None  # probe_healthy says None is healthy
         healthy, problem = False, TunnelProblem.PROBES_LOST
         detail = f"{probes.consecutive_failures} probes lost"
-    elif inbound is not None and inbound.silent_for(now) >= SILENCE_TIMEOUT:
+    elif pending is not None and pending >= LIVENESS_DEADLINE:
+        healthy, problem = False, TunnelProblem.IKE_UNANSWERED
+        detail = f"IKE request unanswered for {pending:.1f} s"
+    elif inbound is not None and inbound.silent_for(now) >= SILENCE_TIMEOUT and doubtful:
         healthy, problem = False, TunnelProblem.INBOUND_SILENT
     announced = (
         api_status is TunnelApiStatus.DOWN
@@ -217,4 +235,4 @@ def assess(
     fine = up and healthy
     return TunnelHealth(usable=usable, healthy=healthy, announced_down=announced, drained=drained,
                         problem=None if fine else problem, detail="" if fine else detail, up=up,
-                        carrying=sas.installed_child is not None)
+                        carrying=sas.installed_child is not None, doubtful=doubtful)

@@ -122,6 +122,12 @@ class TunnelSas:
         return ChildState.parse(self.children[0].state) if self.children else ChildState.NONE
 
     @property
+    def request_in_flight(self) -> bool:
+        """An established IKE SA of ours waits for the peer's answer to a request of ours
+        (DPD, rekey, Quick Mode...): charon lists it among the active tasks until then."""
+        return any(sa.state == IkeState.ESTABLISHED and sa.tasks_active for sa in self.ike_sas)
+
+    @property
     def negotiating_child(self) -> bool:
         """An established IKE SA is negotiating a CHILD_SA (and none is installed yet)."""
         return self.installed_child is None and any(sa.negotiating_child for sa in self.ike_sas)

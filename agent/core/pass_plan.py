@@ -26,6 +26,10 @@ from agent.core.route_mode import Reroute, RouteAction, mss_rules, plan_interfac
 from agent.core.snapshot import Health
 
 PROBE_TIMEOUT_CAP = 1.0  # s: a probe unanswered this long is lost, whatever the interval
+# While an IKE request is in flight the loop looks again this soon: an answered one is
+# gone by then, so an exchange seen in flight at every look is one the peer left
+# unanswered (charon lists no message ids to tell one DPD from the next).
+LIVENESS_SAMPLE = 0.25  # s
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class PassPlan:
     mss_rules: Mapping[str, int] | None  # interface -> MSS; None: no route mode, leave nft alone
     reroutes: tuple[Reroute, ...]
     probe_targets: tuple[ProbeTarget, ...]
+    next_pass_in: float | None = None  # s; None: the loop's own tick
 
     @property
     def starting_over(self) -> frozenset[str]:
@@ -82,7 +87,12 @@ def plan_pass(inputs: PassInputs) -> PassPlan:
     rules = mss_rules(routed) if any(r.settings.mode is Mode.ROUTE for r in inputs.records) else None
     reroutes = tuple(plan for plan in (plan_reroute(s.memory.desired, charon, s.memory.active)
                                        for s in steps if s.memory.desired is not None) if plan is not None)
-    return PassPlan(tuple(setup), steps, rules, reroutes, _probe_targets(steps, inputs.records))
+    return PassPlan(tuple(setup), steps, rules, reroutes, _probe_targets(steps, inputs.records),
+                    LIVENESS_SAMPLE if _request_in_flight(steps) else None)
+
+
+def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
+    return any(t.exchange_pending_since is not None for s in steps for t in s.memory.timing.values())
 
 
 def _step(record: ConnectionRecord, conn: DesiredConnection | None, inputs: PassInputs) -> ConnectionStep:

@@ -60,7 +60,7 @@ class FailoverView:
     from_tunnel: int
     to_tunnel: int
     reason: str  # for people
-    kind: str = "down"  # down | probe | silence | announced | drain | failback (FailoverKind)
+    kind: str = "down"  # a FailoverKind value: down, probe, liveness, silence, telemetry, drain, failback
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class TunnelTiming:
     installed_at: float | None = None  # monotonic s the installed CHILD_SA was first seen (None: none now)
     connecting_since: float | None = None  # monotonic s an IKE SA was first seen CONNECTING
     child_negotiating_since: float | None = None  # monotonic s a CHILD_SA was first seen in negotiation
+    exchange_pending_since: float | None = None  # monotonic s an IKE request of ours was first seen in flight
 
     def may_initiate(self, now: float) -> bool:
         """The backoff gate: no initiate before next_attempt_at."""
@@ -54,6 +55,7 @@ def observe_timing(timing: TunnelTiming, sas: TunnelSas, now: float) -> TunnelTi
         installed_at=(timing.installed_at or now) if installed else None,
         connecting_since=(timing.connecting_since or now) if connecting else None,
         child_negotiating_since=(timing.child_negotiating_since or now) if sas.negotiating_child else None,
+        exchange_pending_since=(timing.exchange_pending_since or now) if sas.request_in_flight else None,
     )
 
 

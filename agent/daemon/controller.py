@@ -66,6 +66,7 @@ class Controller:
         self._on_pass = on_pass
         self._on_probe_targets = on_probe_targets
         self._probe_targets: tuple[ProbeTarget, ...] = ()
+        self._next_pass_in = TICK  # the last plan may ask for an earlier look
         self._clock = clock
         self._wall = wall
         self._rand = rand
@@ -81,7 +82,7 @@ class Controller:
         """Loop until Stop. Returns the process exit code."""
         while True:
             try:
-                message = self.inbox.get(timeout=TICK)
+                message = self.inbox.get(timeout=self._next_pass_in)
             except queue.Empty:
                 message = None
             try:
@@ -206,6 +207,7 @@ class Controller:
         if plan.probe_targets != self._probe_targets:
             self._probe_targets = plan.probe_targets
             self._on_probe_targets(list(plan.probe_targets))
+        self._next_pass_in = min(TICK, plan.next_pass_in or TICK)
         state.ready = True
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)

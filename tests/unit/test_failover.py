@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dataclasses import replace
+
 from agent.core.failover import (
+    LIVENESS_DEADLINE,
     STARTUP_GRACE,
     FailoverKind,
     FailoverPolicy,
@@ -23,7 +26,8 @@ from agent.core.observation import ChildSa, IkeSa, TunnelSas
 NOW = 1000.0
 GOOD = TunnelHealth(usable=True)
 DOWN = TunnelHealth(usable=False, up=False, problem=TunnelProblem.IKE_DOWN)
-PROBES_LOST = TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.PROBES_LOST, detail="3 probes lost")
+PROBES_LOST = TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.PROBES_LOST, detail="3 probes lost",
+                           doubtful=True)
 SILENT = TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.INBOUND_SILENT)
 ANNOUNCED = TunnelHealth(usable=True, announced_down=True)
 DRAINED = TunnelHealth(usable=True, drained=True)
@@ -32,7 +36,7 @@ PREFER_1 = FailoverPolicy(preferred=1, hold_down=60.0)
 R_DOWN = FailoverReason(FailoverKind.DOWN, "IKE SA down")
 R_PROBES = FailoverReason(FailoverKind.PROBE, "3 probes lost")
 R_SILENCE = FailoverReason(FailoverKind.SILENCE, "no inbound packets while sending")
-R_ANNOUNCED = FailoverReason(FailoverKind.ANNOUNCED, "maintenance announced (Platform API: DOWN)")
+R_TELEMETRY = FailoverReason(FailoverKind.TELEMETRY, "AWS telemetry (Platform API): tunnel DOWN")
 R_DRAIN = FailoverReason(FailoverKind.DRAIN, "drained by the operator")
 R_FAILBACK_1 = FailoverReason(FailoverKind.FAILBACK, "failback to preferred tunnel 1")
 
@@ -45,7 +49,7 @@ R_FAILBACK_1 = FailoverReason(FailoverKind.FAILBACK, "failback to preferred tunn
         (1, PROBES_LOST, GOOD, 2, R_PROBES),
         (1, SILENT, GOOD, 2, R_SILENCE),
         (1, DOWN, DOWN, 1, None),  # both bad: stay, keep trying both
-        (1, ANNOUNCED, GOOD, 2, R_ANNOUNCED),
+        (1, ANNOUNCED, GOOD, 2, R_TELEMETRY),
         (1, ANNOUNCED, ANNOUNCED, 1, None),  # nowhere better to go
         (1, DRAINED, GOOD, 2, R_DRAIN),
         (1, DRAINED, DOWN, 1, None),  # a drain never moves traffic onto a dead tunnel
@@ -103,15 +107,22 @@ def test_failures_age_out_of_the_flap_window():
     assert state.failures == ((1, NOW - 10, False),)
 
 
-def test_probe_target_blamed_when_probes_fail_on_both_tunnels():
-    state, why = step(FailoverState(active=1), {1: PROBES_LOST, 2: GOOD}, NO_PREFERENCE, NOW)
+def test_a_soft_failure_moves_only_to_a_path_that_answers_now():
+    """Judge the present, not a memory: both paths failing at once (the uplink, the
+    probe target) keeps the traffic where it is; the active failing while the other
+    answers moves it at once, however recently the last burst was."""
+    both_failing = {1: PROBES_LOST, 2: replace(GOOD, doubtful=True)}
+    state, why = step(FailoverState(active=1), both_failing, NO_PREFERENCE, NOW)
+    assert (state.active, why) == (1, None)
+    state, why = step(state, {1: GOOD, 2: GOOD}, NO_PREFERENCE, NOW + 5)  # the burst is over
+    state, why = step(state, {1: PROBES_LOST, 2: GOOD}, NO_PREFERENCE, NOW + 20)  # a real loss of 1
     assert (state.active, why) == (2, R_PROBES)
-    # 20 s later tunnel 2's probes fail as well: the far host, not the tunnels, is the
-    # likely problem, so traffic stays instead of ping-ponging.
-    state, why = step(state, {1: GOOD, 2: PROBES_LOST}, NO_PREFERENCE, NOW + 20)
+    # Policy mode after that move: tunnel 1's last word is still "probes lost", so a burst
+    # that now hits tunnel 2 as well keeps the traffic on 2 instead of ping-ponging.
+    state, why = step(state, {1: PROBES_LOST, 2: PROBES_LOST}, NO_PREFERENCE, NOW + 25)
     assert (state.active, why) == (2, None)
-    # A hard failure still moves traffic.
-    state, why = step(state, {1: GOOD, 2: DOWN}, NO_PREFERENCE, NOW + 25)
+    # A hard failure (no SA) moves even to a doubtful path: it may answer, the dead one never.
+    state, why = step(state, {1: replace(GOOD, doubtful=True), 2: DOWN}, NO_PREFERENCE, NOW + 30)
     assert (state.active, why) == (1, R_DOWN)
 
 
@@ -149,8 +160,17 @@ def health(**overrides) -> TunnelHealth:
          TunnelHealth(usable=True, up=False, problem=TunnelProblem.NO_CHILD_SA)),  # first CHILD_SA a Quick Mode away
         ({"route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True, carrying=True)),
         ({"probes": ProbeStats(sa_id="3", sent=9, lost=3, consecutive_failures=3)}, PROBES_LOST),
-        ({"probes": ProbeStats(sa_id="3", sent=9, lost=2, consecutive_failures=2)}, TunnelHealth(usable=True)),
-        ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW)}, SILENT),
+        ({"probes": ProbeStats(sa_id="3", sent=9, lost=2, consecutive_failures=2)}, TunnelHealth(usable=True, doubtful=True)),
+        ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW)}, TunnelHealth(usable=True)),  # one-way: IKE answers
+        ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW), "exchange_pending_since": NOW - 0.5},
+         replace(SILENT, doubtful=True)),  # silent, and IKE is waiting for an answer: confirmed
+        ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW),
+          "probes": ProbeStats(sa_id="3", sent=9, lost=1, consecutive_failures=1)},
+         replace(SILENT, doubtful=True)),  # silent, and a probe was just lost: confirmed
+        ({"exchange_pending_since": NOW - LIVENESS_DEADLINE + 0.1}, TunnelHealth(usable=True, doubtful=True)),
+        ({"exchange_pending_since": NOW - LIVENESS_DEADLINE},
+         TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.IKE_UNANSWERED,
+                      detail="IKE request unanswered for 1.5 s", doubtful=True)),
         ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW - 5.5)}, TunnelHealth(usable=True)),  # went idle
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10},
          TunnelHealth(usable=True, announced_down=True)),
@@ -167,7 +187,8 @@ def health(**overrides) -> TunnelHealth:
         ({"drained": True}, TunnelHealth(usable=True, drained=True)),
     ],
     ids=["fine", "no-ike", "startup-grace", "grace-over", "route-no-child", "route-child-coming", "route-child", "probes-lost",
-         "probes-almost", "silence", "idle-not-silence", "announced", "stale-down", "down-same-second",
+         "probes-almost", "one-way-not-silence", "silence-ike-confirms", "silence-probe-confirms",
+         "ike-request-out", "ike-unanswered", "idle-not-silence", "announced", "stale-down", "down-same-second",
          "down-before-sa", "policy-standby-down",
          "route-standby-announced", "drained"],
 )

@@ -52,7 +52,7 @@ OFFICE = connection("office", Health.OK, (
     tunnel_view(2, established_seconds=75, established_at=1699999985.0, drained=True,
                 initiates={"success": 1}),
 ), api_last_success=1700000050.0, api_errors={"rate_limited": 2, "unavailable": 5},
-    failover_counts={"announced": 1, "failback": 1})
+    failover_counts={"telemetry": 1, "failback": 1})
 
 # Configured but down: API maintenance on tunnel 1, tunnel 2 in a state the list lacks.
 LAB = connection("lab", Health.DOWN, (
@@ -121,7 +121,7 @@ def test_counters_end_in_total_and_never_decrease():
                     bytes_in_total=1600000, bytes_out_total=530000, packets_in_total=1300, packets_out_total=1000,
                     probe_sent=130, probe_lost=1, initiates={"success": 3, "timeout": 2}),
         tunnel_view(2, initiates={"success": 1}),
-    ), api_errors={"rate_limited": 2, "unavailable": 6}, failover_counts={"announced": 2, "failback": 1}))
+    ), api_errors={"rate_limited": 2, "unavailable": 6}, failover_counts={"telemetry": 2, "failback": 1}))
     before, after = exposition(snapshot(OFFICE)), exposition(later)
     counters = [f for f in text_string_to_metric_families(before) if f.type == "counter"]
     assert counters

@@ -40,9 +40,15 @@ def verdict_of(route: bool, one: dict, two: dict, active: int = 1) -> tuple[Heal
         (False, {"sas": sas(child=True)}, {"sas": sas(None)},
          (Health.DEGRADED, "redundancy lost: tunnel 2: IKE SA down")),
         (False, {"sas": sas()}, {"sas": sas()}, (Health.DOWN, "no tunnel carries traffic")),
-        # The failover holds a silent active tunnel unhealthy: so does the status.
-        (False, {"sas": sas(child=True), "inbound": InboundWatch("5", 10, 99, NOW - 6, NOW)}, {"sas": sas()},
+        # The failover holds a silent active tunnel unhealthy (IKE confirms): so does the status.
+        (False, {"sas": sas(child=True), "inbound": InboundWatch("5", 10, 99, NOW - 6, NOW),
+                 "exchange_pending_since": NOW - 0.5}, {"sas": sas()},
          (Health.DOWN, "no tunnel carries traffic")),
+        # A one-way stream with IKE answering is no failure.
+        (False, {"sas": sas(child=True), "inbound": InboundWatch("5", 10, 99, NOW - 6, NOW)}, {"sas": sas()},
+         (Health.OK, "tunnel 1 active, redundancy ok")),
+        (True, {"sas": sas(child=True), "exchange_pending_since": NOW - 2}, {"sas": sas(child=True)},
+         (Health.DEGRADED, "redundancy lost: tunnel 1: IKE request unanswered for 2.0 s")),
         (False, {"sas": sas(child=True)}, {"sas": sas(), "probes": ProbeStats("3", 9, 3, 3)},
          (Health.DEGRADED, "redundancy lost: tunnel 2: 3 probes lost")),
         (True, {"sas": sas(child=True)}, {"sas": sas(child=True)}, (Health.OK, "tunnel 1 active, redundancy ok")),
@@ -52,7 +58,8 @@ def verdict_of(route: bool, one: dict, two: dict, active: int = 1) -> tuple[Heal
         (True, {"sas": sas(child=True), "probes": ProbeStats("3", 9, 3, 3)},
          {"sas": sas(child=True), "probes": ProbeStats("3", 9, 3, 3)}, (Health.DOWN, "no tunnel carries traffic")),
     ],
-    ids=["policy-ok", "policy-standby-connecting", "policy-standby-down", "policy-no-child", "policy-active-silent",
+    ids=["policy-ok", "policy-standby-connecting", "policy-standby-down", "policy-no-child", "policy-active-silent", "policy-one-way",
+         "route-ike-unanswered",
          "policy-standby-probes", "route-ok", "route-standby-no-child", "route-carried-by-2", "route-both-probes"],
 )
 def test_connection_verdict(route, one, two, expected):
