@@ -61,8 +61,8 @@ def test_one_way_traffic_is_no_failure_while_ike_answers(lab, make_agent):
     # longer than the silence timeout, and IKE keeps answering: nothing moves.
     # The space host drops the requests after decryption (the table goes with the lab's namespace).
     subprocess.run(["ip", "netns", "exec", lab.topology.space_ns, "nft", "-f", "-"], check=True, input=(
-        "table inet svt_one_way { chain input { type filter hook input priority 0; policy accept;\n"
-        f"  ip daddr {SPACE_HOST_IP} icmp type echo-request drop\n}} }}\n"), text=True)
+        "table inet svt_one_way {\n  chain input {\n    type filter hook input priority 0; policy accept;\n"
+        f"    ip daddr {SPACE_HOST_IP} icmp type echo-request drop\n  }}\n}}\n"), text=True)
     with Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=80, interval=0.1) as pinger:
         result = pinger.wait()
     status = agent.status()
