@@ -55,8 +55,9 @@ def test_charon_holds_the_seed_parameters(lab, make_agent):
     for number, name in ((1, T1), (2, T2)):
         conn = conns[name]
         assert decode_text(conn["version"]) == "IKEv1"
-        assert decode_text(conn["dpd_delay"]) == "10"
-        assert decode_text(conn["dpd_timeout"]) == "30"
+        # The agent's own liveness settings, not the seed's 10 s / 30 s (core/desired).
+        assert decode_text(conn["dpd_delay"]) == "1"
+        assert decode_text(conn["dpd_timeout"]) == "3"
         assert decode_text(conn["reauth_time"]) == "28800"
         assert [decode_text(a) for a in conn["remote_addrs"]] == [lab.tunnel_ips[number - 1]]
         child = conn["children"][name]
