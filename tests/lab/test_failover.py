@@ -1,5 +1,5 @@
 """Maintenance of the active tunnel, in policy mode against real charon daemons:
-silent, graceful with the endpoint's return, announced by the API, operator drain.
+silent, graceful with the endpoint's return, AWS telemetry DOWN (late, as AWS reports it), operator drain.
 Behaviour only (traffic continues, the right tunnel is active, the downed tunnel comes
 back as standby); outage figures live in `space-vpn-lab bench`. Also the probe as a
 real Private Space needs it: a TCP connect to the internal-routing app by host name,
@@ -82,19 +82,38 @@ def test_graceful_maintenance_and_the_endpoints_return(lab, make_agent):
     assert customer_sas(lab)[T1].established_ike is not None
 
 
-def test_announced_maintenance_moves_traffic_before_the_tunnel_goes(lab, make_agent, fake_api):
+def test_telemetry_down_on_the_active_tunnel_moves_traffic_away(lab, make_agent, fake_api):
+    """AWS telemetry (the Platform API's tunnel status) says DOWN while our SAs still look
+    up: a late confirmation of a loss, so traffic leaves that tunnel."""
     agent = start(make_agent)
-    fake_api.set_tunnel_status(SPACE, VPN, 1, "DOWN", "maintenance")
-    with Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=500, interval=0.01) as pinger:
+    fake_api.set_tunnel_status(SPACE, VPN, 1, "DOWN", "")
+    with Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=300, interval=0.01) as pinger:
         status = agent.wait_for(active_is(2), 20)
-        assert last_failover(status)["reason"] == "maintenance announced (Platform API: DOWN)"
-        lab.space.silent_down(1)  # the announced maintenance happens
         result = pinger.wait()
+    assert (last_failover(status)["kind"], last_failover(status)["reason"]) == (
+        "telemetry", "AWS telemetry (Platform API): tunnel DOWN")
     assert result.received > 0 and lab.customer_ping(count=5, interval=0.1).received == 5
     assert customer_sas(lab)[T2].installed_child is not None
     fake_api.set_tunnel_status(SPACE, VPN, 1, "UP")
-    lab.space.restore(1)
     agent.wait_for(redundant_on(2), 60)
+
+
+def test_telemetry_down_arrives_after_the_agent_moved(lab, make_agent, fake_api):
+    """As AWS does it: the tunnel drops first, its status turns DOWN seconds later. The
+    agent has moved by then (its probes), and the late DOWN changes nothing."""
+    agent = start(make_agent)
+    with Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=400, interval=0.01) as pinger:
+        time.sleep(0.5)
+        lab.space.silent_down(1)
+        status = agent.wait_for(active_is(2), 20)
+        assert last_failover(status)["kind"] == "probe"
+        time.sleep(2)
+        fake_api.set_tunnel_status(SPACE, VPN, 1, "DOWN", "")
+        time.sleep(2)  # the API is polled every second in the lab
+        result = pinger.wait()
+    status = agent.status()
+    assert len(status["connections"][0]["failovers"]) == 1 and tunnels_of(status)[2]["role"] == "active"
+    assert result.received > 0 and lab.customer_ping(count=5, interval=0.1).received == 5
 
 
 def agentctl(agent, *args) -> subprocess.CompletedProcess:
