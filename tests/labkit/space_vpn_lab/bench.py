@@ -136,19 +136,20 @@ def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float) -> dic
 
 
 def run_one(mode: str, spec: ScenarioSpec, system_name: str, interval_s: float, workroot: Path,
-            lab_options: dict[str, Any], up_timeout: float, log_dir: Path | None, attempt: int = 1) -> dict[str, Any]:
+            lab_options: dict[str, Any], up_timeout: float, log_dir: Path | None, attempt: int = 1,
+            probe: str = "icmp", ike_version: int = IKE_VERSION) -> dict[str, Any]:
     """One run in a fresh lab; any failure becomes record["error"], never an exception."""
     record = new_record(mode, spec, system_name, interval_s)
-    record["attempt"] = attempt
+    record.update(attempt=attempt, probe=probe, ike_version=ike_version)
     workdir = workroot / (f"{mode}-{spec.key}-{system_name}" + (f"-{attempt}" if attempt > 1 else ""))
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     began = time.monotonic()
     try:
         with ExitStack() as stack:
-            lab = stack.enter_context(Lab(workdir / "lab", prefix=PREFIX, ike_version=IKE_VERSION, **lab_options))
+            lab = stack.enter_context(Lab(workdir / "lab", prefix=PREFIX, ike_version=ike_version, **lab_options))
             record["lab"] = lab_details(lab, mode)
-            system = SYSTEM_CLASSES[system_name](lab, workdir, stack, mode)
+            system = SYSTEM_CLASSES[system_name](lab, workdir, stack, mode, probe=probe)
             try:
                 system.start(up_timeout)
                 record.update(measure(lab, system, spec, interval_s))
@@ -189,13 +190,13 @@ def keep_logs(workdir: Path, dest: Path) -> None:
 
 def iter_runs(mode: str, scenarios: list[str], systems: list[str], interval_s: float, workroot: Path, *,
               lab_options: dict[str, Any], up_timeout: float, log_dir: Path | None,
-              repeat: int = 1) -> Iterator[dict[str, Any]]:
+              repeat: int = 1, probe: str = "icmp", ike_version: int = IKE_VERSION) -> Iterator[dict[str, Any]]:
     for key in scenarios:
         for attempt in range(1, repeat + 1):
             for system_name in systems:
                 print(f"bench: {mode} {key} {SCENARIOS[key].name} {system_name} ...", flush=True)
                 yield run_one(mode, SCENARIOS[key], system_name, interval_s, workroot, lab_options, up_timeout,
-                              log_dir, attempt)
+                              log_dir, attempt, probe, ike_version)
 
 
 # --- host entry point ------------------------------------------------------------------------------
@@ -205,12 +206,13 @@ VM_PER_RUN_S = 240.0
 
 
 def route_runs(scenarios: list[str], interval_s: float, results_dir: Path,
-               repeat: int = 1) -> tuple[list[dict], list[str]]:
+               repeat: int = 1, probe: str = "icmp", ike_version: int = IKE_VERSION) -> tuple[list[dict], list[str]]:
     """Route mode in the kernel VM (bench_kernel); a VM failure becomes notes, not a crash."""
     reason = kernel_vm.vng_available()
     if reason:
         return [], [f"route mode skipped: {reason}"]
-    args = ["--scenarios", ",".join(scenarios), "--interval", repr(interval_s), "--repeat", str(repeat)]
+    args = ["--scenarios", ",".join(scenarios), "--interval", repr(interval_s), "--repeat", str(repeat),
+            "--probe", probe, "--ike-version", str(ike_version)]
     timeout = VM_BOOT_S + VM_PER_RUN_S * len(scenarios) * len(SYSTEMS) * repeat
     try:
         results = kernel_vm.run_in_vm("space_vpn_lab.bench_kernel", args, results_dir, timeout)
@@ -225,7 +227,7 @@ def route_runs(scenarios: list[str], interval_s: float, results_dir: Path,
 
 
 def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_path: Path | None,
-              interval: float, repeat: int = 1) -> int:
+              interval: float, repeat: int = 1, probe: str = "icmp", ike_version: int = IKE_VERSION) -> int:
     """The `space-vpn-lab bench` command: runs, prints the table, writes JSON and markdown."""
     if interval < MIN_INTERVAL_S:
         print(f"bench: --interval must be at least {MIN_INTERVAL_S} s", file=sys.stderr)
@@ -253,15 +255,18 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
     runs: list[dict[str, Any]] = []
     if "policy" in chosen_modes:
         runs += list(iter_runs("policy", chosen, list(SYSTEMS), interval, workroot, lab_options={},
-                               up_timeout=60.0, log_dir=out_dir / "logs", repeat=repeat))
+                               up_timeout=60.0, log_dir=out_dir / "logs", repeat=repeat, probe=probe,
+                               ike_version=ike_version))
     if "route" in chosen_modes:
         route_set = [k for k in chosen if k in ROUTE_SCENARIOS] if scenarios is None else chosen
         print(f"bench: route mode in the kernel VM ({','.join(route_set)}), this takes minutes ...", flush=True)
-        vm_runs, vm_notes = route_runs(route_set, interval, out_dir / "vm", repeat)
+        vm_runs, vm_notes = route_runs(route_set, interval, out_dir / "vm", repeat, probe, ike_version)
         runs += vm_runs
         notes += vm_notes
     notes += summarize_repeats(runs) + [text for run in runs if (text := describe(run))]
-    document = report_document(runs, interval_s=interval, started=started, finished=time.time(), notes=notes)
+    notes.insert(0, f"agent probe: {probe}; IKEv{ike_version}")
+    document = report_document(runs, interval_s=interval, started=started, finished=time.time(), notes=notes,
+                               ike_version=ike_version)
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     rows = [build_row(r) for r in runs]
     (out_dir / "bench.md").write_text(format_markdown(rows, markdown_notes(document)))

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(bench.SYSTEMS))
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--probe", choices=("icmp", "tcp", "none"), default="icmp")
+    parser.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     # Unix sockets cannot live on the 9p share: work dirs go to a guest-local tmpfs.
     workroot = ks.make_local_root() / "bench"
     for record in bench.iter_runs("route", scenarios, systems, interval, workroot, lab_options=LAB_OPTIONS,
-                                  up_timeout=UP_TIMEOUT_S, log_dir=args.results / "logs", repeat=max(1, args.repeat)):
+                                  up_timeout=UP_TIMEOUT_S, log_dir=args.results / "logs", repeat=max(1, args.repeat),
+                                  probe=args.probe, ike_version=args.ike_version):
         data["runs"].append(record)
         _write(path, data)
     data["complete"] = True

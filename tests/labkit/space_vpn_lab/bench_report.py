@@ -86,11 +86,11 @@ def markdown_notes(document: dict[str, Any]) -> list[str]:
 
 
 def report_document(runs: list[dict[str, Any]], *, interval_s: float, started: float, finished: float,
-                    notes: list[str]) -> dict[str, Any]:
+                    notes: list[str], ike_version: int = IKE_VERSION) -> dict[str, Any]:
     """The JSON written next to the table: every raw figure of every run."""
     return {"schema": 1, "generated_at": utc_iso(finished), "started_at": utc_iso(started),
             "duration_s": round(finished - started, 1), "interval_s": interval_s,
-            "ike_version": IKE_VERSION, "redundancy_cap_s": REDUNDANCY_CAP_S,
+            "ike_version": ike_version, "redundancy_cap_s": REDUNDANCY_CAP_S,
             "baseline": BASELINE_DATA_PATH, "notes": notes, "runs": runs}
 
 

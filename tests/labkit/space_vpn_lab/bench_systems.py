@@ -33,6 +33,8 @@ from space_vpn_lab.topology import (
     CUSTOMER_PUBLIC_IP,
     ROUTABLE_CIDR,
     SPACE_CIDR,
+    APP_HOST_IPS,
+    APP_PORT,
     SPACE_HOST_IP,
     TUNNEL_IPS,
 )
@@ -41,7 +43,15 @@ from space_vpn_lab.traffic import ping
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("agent", "strongswan")
-PROBE = {"target": SPACE_HOST_IP, "interval": "100ms", "failures": 3}
+# The agent's data-path probe per --probe: ICMP at a host that answers ping, a TCP
+# connect to the internal-routing app (as in a real Private Space), or none at all
+# (liveness from IKE only).
+PROBES: dict[str, dict[str, Any] | None] = {
+    "icmp": {"target": SPACE_HOST_IP, "interval": "100ms", "failures": 3},
+    "tcp": {"target": APP_HOST_IPS[0], "port": APP_PORT, "interval": "100ms", "failures": 3},
+    "none": None,
+}
+PROBE = PROBES["icmp"]
 INITIATE_TIMEOUT_MS = 20_000
 POLL_S = 0.1
 
@@ -62,8 +72,8 @@ class AgentSystem:
 
     name = "agent"
 
-    def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str) -> None:
-        self.lab, self.workdir, self.stack, self.mode = lab, workdir, stack, mode
+    def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str, probe: str = "icmp") -> None:
+        self.lab, self.workdir, self.stack, self.mode, self.probe = lab, workdir, stack, mode, probe
         self.api = None
         self.agent: AgentProcess | None = None
 
@@ -74,7 +84,8 @@ class AgentSystem:
         config = heroku_agent_config(
             self.workdir, api_url=self.api.url, vici_socket=self.lab.customer_charon.vici_socket,
             space=SPACE, vpn=VPN, local_address=CUSTOMER_PUBLIC_IP, mode=self.mode, poll_interval="1s")
-        config["connections"][0]["probe"] = dict(PROBE)
+        if PROBES[self.probe] is not None:
+            config["connections"][0]["probe"] = dict(PROBES[self.probe])
         self.agent = AgentProcess(self.workdir, self.lab.topology.cust_ns, config)
         self.stack.callback(self.agent.stop)
         self.agent.start()
@@ -121,13 +132,13 @@ def seed_name(number: int) -> str:
     return f"vpn{number}"
 
 
-def seed_conn(number: int) -> dict[str, Any]:
+def seed_conn(number: int, ike_version: int = IKE_VERSION) -> dict[str, Any]:
     """The article's `conn vpnN`, translated per strongswan-vici.md (lab addresses)."""
     tunnel_ip = TUNNEL_IPS[number - 1]
     child = {"mode": "tunnel", "local_ts": [ROUTABLE_CIDR], "remote_ts": [SPACE_CIDR],
              "esp_proposals": [PROPOSAL], "life_time": "3600s", "rekey_time": "3060s",
              "dpd_action": "restart", "close_action": "none", "start_action": "trap"}
-    return {"version": str(IKE_VERSION), "local_addrs": [CUSTOMER_PUBLIC_IP], "remote_addrs": [tunnel_ip],
+    return {"version": str(ike_version), "local_addrs": [CUSTOMER_PUBLIC_IP], "remote_addrs": [tunnel_ip],
             "proposals": [PROPOSAL], "reauth_time": "28800s", "dpd_delay": "10s", "dpd_timeout": "30s",
             "keyingtries": "0", "unique": "no",
             "local": {"auth": "psk", "id": CUSTOMER_PUBLIC_IP}, "remote": {"auth": "psk", "id": tunnel_ip},
@@ -139,8 +150,8 @@ class SeedSystem:
 
     name = "strongswan"
 
-    def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str) -> None:
-        self.lab, self.mode = lab, mode
+    def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str, probe: str = "icmp") -> None:
+        self.lab, self.mode = lab, mode  # the article's config has no probe: `probe` changes nothing
         self.drained: int | None = None
 
     def start(self, timeout: float) -> None:
@@ -149,7 +160,7 @@ class SeedSystem:
                 # The PSK goes inline: no local variable ever holds it.
                 session.load_shared({"id": seed_name(number), "type": "IKE", "data": self.lab.psks[number - 1],
                                      "owners": [CUSTOMER_PUBLIC_IP, TUNNEL_IPS[number - 1]]})
-                session.load_conn({seed_name(number): seed_conn(number)})
+                session.load_conn({seed_name(number): seed_conn(number, lab.ike_version)})
         if self.lab.kernel_ipsec:
             # Backstop as in kernel_scenarios: a route to the space whatever charon installs.
             subprocess.run(["ip", "-n", self.lab.topology.cust_ns, "route", "replace", SPACE_CIDR,

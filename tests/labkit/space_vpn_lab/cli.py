@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     failover.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
     failover.add_argument("--repeat", type=int, default=1,
                           help="runs of each scenario and system (the notes give median and range)")
+    failover.add_argument("--probe", choices=("icmp", "tcp", "none"), default="icmp",
+                          help="the agent's data-path probe: icmp (a host that answers ping), tcp (a TCP connect "
+                               "to the internal-routing app, as in a real space) or none (liveness from IKE only)")
+    failover.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
     return parser
 
 
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="space-vpn-lab-") as tmp:
         if args.command == "bench":
             return bench.run_bench(Path(tmp), modes=args.modes, scenarios=args.scenarios,
-                                   json_path=args.json, interval=args.interval, repeat=args.repeat)
+                                   json_path=args.json, interval=args.interval, repeat=args.repeat,
+                                   probe=args.probe, ike_version=args.ike_version)
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout)
