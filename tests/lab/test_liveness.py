@@ -11,29 +11,17 @@ import subprocess
 import time
 
 import pytest
-import yaml
-
-from space_vpn_lab.agent_process import is_redundant, tunnels_of
+from space_vpn_lab.agent_process import tunnels_of
 from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
 from space_vpn_lab.traffic import Pinger
-from tests.lab.helpers import BRINGUP_TIMEOUT, T2, customer_sas
+from tests.lab.helpers import T2, customer_sas
+from tests.lab.test_failover import active_is, start
 
 pytestmark = pytest.mark.lab
 
 
 def start_without_probe(make_agent):
-    agent = make_agent()
-    config = yaml.safe_load(agent.config_path.read_text())
-    config["connections"][0].pop("probe", None)
-    config["connections"][0]["mode"] = "policy"
-    agent.write_config(config)
-    agent.start()
-    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
-    return agent
-
-
-def active_is(number: int):
-    return lambda status: tunnels_of(status)[number]["role"] == "active"
+    return start(make_agent, probe=None)  # the failover tests' start, with no probe at all
 
 
 @pytest.mark.parametrize("lab", [1, 2], indirect=True, ids=["ikev1", "ikev2"])
