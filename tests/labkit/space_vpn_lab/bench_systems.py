@@ -160,7 +160,7 @@ class SeedSystem:
                 # The PSK goes inline: no local variable ever holds it.
                 session.load_shared({"id": seed_name(number), "type": "IKE", "data": self.lab.psks[number - 1],
                                      "owners": [CUSTOMER_PUBLIC_IP, TUNNEL_IPS[number - 1]]})
-                session.load_conn({seed_name(number): seed_conn(number, lab.ike_version)})
+                session.load_conn({seed_name(number): seed_conn(number, self.lab.ike_version)})
         if self.lab.kernel_ipsec:
             # Backstop as in kernel_scenarios: a route to the space whatever charon installs.
             subprocess.run(["ip", "-n", self.lab.topology.cust_ns, "route", "replace", SPACE_CIDR,
