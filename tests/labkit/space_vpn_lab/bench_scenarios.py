@@ -1,5 +1,5 @@
 """Maintenance scenarios of the failover benchmark: a Timeline clocks one run from its first
-ping, and each driver (silent, graceful, announced, drain) acts on the space side or the
+ping, and each driver (silent, graceful, telemetry, drain) acts on the space side or the
 system under test at fixed offsets, marking when the maintenance ends.
 """
 
@@ -70,13 +70,18 @@ def graceful(run: Timeline) -> None:
     run.restored(f"space: tunnel {run.active} endpoint back")
 
 
-def announced(run: Timeline) -> None:
+TELEMETRY_DELAY_S = 10.0  # AWS telemetry turns a replaced tunnel DOWN after it dropped
+
+
+def telemetry(run: Timeline) -> None:
+    """As AWS does it: the tunnel drops silently, its status in the Platform API turns
+    DOWN seconds later, and the agent polls the API at its default 30 s."""
     run.at(LEAD_S)
-    run.mark(run.system.announce(run.active, down=True))
-    run.at(LEAD_S + 5)
     run.block(run.active)
     run.mark(f"space: tunnel {run.active} silently dropped")
-    run.at(LEAD_S + 15)
+    run.at(LEAD_S + TELEMETRY_DELAY_S)
+    run.mark(run.system.announce(run.active, down=True))
+    run.at(LEAD_S + 20)
     run.lab.space.restore(run.active)
     run.mark(run.system.announce(run.active, down=False))
     run.restored(f"space: tunnel {run.active} blackhole lifted")
@@ -100,6 +105,6 @@ class ScenarioSpec:
 SCENARIOS = {s.key: s for s in (
     ScenarioSpec("a", "silent", silent, 45.0),
     ScenarioSpec("b", "graceful", graceful, 15.0),
-    ScenarioSpec("c", "announced", announced, 50.0),
+    ScenarioSpec("c", "telemetry", telemetry, 50.0),
     ScenarioSpec("d", "drain", drain, 12.0),
 )}

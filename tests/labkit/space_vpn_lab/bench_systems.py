@@ -83,7 +83,7 @@ class AgentSystem:
         write_secret_file(self.workdir / "heroku-token", token)
         config = heroku_agent_config(
             self.workdir, api_url=self.api.url, vici_socket=self.lab.customer_charon.vici_socket,
-            space=SPACE, vpn=VPN, local_address=CUSTOMER_PUBLIC_IP, mode=self.mode, poll_interval="1s")
+            space=SPACE, vpn=VPN, local_address=CUSTOMER_PUBLIC_IP, mode=self.mode)  # API polled at the default 30 s
         if PROBES[self.probe] is not None:
             config["connections"][0]["probe"] = dict(PROBES[self.probe])
         self.agent = AgentProcess(self.workdir, self.lab.topology.cust_ns, config)

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     failover.add_argument("--modes", default=None,
                           help="policy,route (default: both where the kernel VM can run, else policy)")
     failover.add_argument("--scenarios", default=None,
-                          help="a silent, b graceful, c announced, d drain (default: all)")
+                          help="a silent, b graceful, c telemetry (DOWN 10 s after a silent loss), d drain (default: all)")
     failover.add_argument("--json", type=Path, default=None, help="results file (default bench-results/bench.json)")
     failover.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
     failover.add_argument("--repeat", type=int, default=1,
