@@ -61,7 +61,7 @@ def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: Desired
             sas=sas[t.number], route_mode=route, is_active=t.number == previous,
             ever_usable=timing[t.conn_name].ever_installed if route else timing[t.conn_name].ever_established,
             unusable_since=timing[t.conn_name].uninstalled_since if route else timing[t.conn_name].unestablished_since,
-            probes=current_probes(memory.probes.get(t.number), sas[t.number]),
+            probes=_fresh(current_probes(memory.probes.get(t.number), sas[t.number]), now),
             probe_failures=settings.probe.failures,
             inbound=inbound if t.number == previous else None,
             api_status=t.api_status, api_down_since=_api_down_since(conn, t.number),
@@ -108,6 +108,12 @@ def current_probes(stats: ProbeStats | None, sas: TunnelSas) -> ProbeStats | Non
     if stats is None or ike is None or stats.sa_id != ike.uniqueid:
         return None
     return stats
+
+
+def _fresh(stats: ProbeStats | None, now: float) -> ProbeStats | None:
+    """Judge the present: a tunnel no longer probed (policy mode's standby after a move)
+    keeps its last results for status, but they stop counting for its health."""
+    return None if stats is None or stats.stale(now) else stats
 
 
 def _traffic(traffic: Mapping[int, TrafficTotals], conn: DesiredConnection,

@@ -43,6 +43,10 @@ class ProbeResult:
     sent_at: float
 
 
+# Probe results older than this say nothing about a tunnel now (it is no longer probed).
+PROBES_STALE_AFTER = 5.0  # s
+
+
 @dataclass(frozen=True)
 class ProbeStats:
     sa_id: str = ""  # the IKE SA the probes went through: a new SA starts a clean slate
@@ -51,12 +55,18 @@ class ProbeStats:
     consecutive_failures: int = 0
     last_rtt: float | None = None  # s, of the last answered probe
     last_ok_at: float | None = None  # monotonic s
+    last_at: float | None = None  # monotonic s the last probe counted here was sent
 
     def record(self, ok: bool, rtt: float | None, at: float) -> "ProbeStats":
         if ok:
-            return replace(self, sent=self.sent + 1, consecutive_failures=0, last_rtt=rtt, last_ok_at=at)
+            return replace(self, sent=self.sent + 1, consecutive_failures=0, last_rtt=rtt, last_ok_at=at, last_at=at)
         return replace(self, sent=self.sent + 1, lost=self.lost + 1,
-                       consecutive_failures=self.consecutive_failures + 1)
+                       consecutive_failures=self.consecutive_failures + 1, last_at=at)
+
+    def stale(self, now: float) -> bool:
+        """No probe went through this tunnel lately (policy mode probes only the active
+        one): what they said then is no verdict on the present."""
+        return self.last_at is None or now - self.last_at > PROBES_STALE_AFTER
 
 
 def probe_healthy(stats: ProbeStats | None, failures: int) -> bool:

@@ -57,3 +57,24 @@ def test_one_way_traffic_is_no_failure_while_ike_answers(lab, make_agent):
     assert result.received == 0  # the stream really was one-way
     assert status["connections"][0]["failovers"] == []
     assert tunnels_of(status)[1]["role"] == "active" and status["connections"][0]["health"] == "ok"
+
+
+def test_a_loss_burst_on_both_tunnels_then_a_real_loss_moves_at_once(lab, make_agent):
+    """The customer's uplink drops everything for a moment (both tunnels at once), then,
+    well within a minute, the active tunnel is lost for real: the agent judges the
+    present, so the burst leaves no memory that holds back the real failover."""
+    agent = start(make_agent)  # with the failover tests' 100 ms x 3 probe
+    for number in (1, 2):
+        lab.space.block(number)
+    time.sleep(1.0)
+    for number in (1, 2):
+        lab.space.restore(number)
+    time.sleep(3.0)  # both answer again
+    status = agent.status()
+    active = next(n for n, t in tunnels_of(status).items() if t["role"] == "active")
+    began = time.monotonic()
+    lab.space.silent_down(active)
+    status = agent.wait_for(active_is(3 - active), 10)  # probes: well under a second; DPD alone: 30 s
+    assert time.monotonic() - began < 5
+    assert status["connections"][0]["failovers"][-1]["kind"] in ("probe", "liveness", "down")
+    assert lab.customer_ping(count=5, interval=0.2).received == 5

@@ -133,3 +133,18 @@ def test_tunnels_whose_far_end_changed_start_over():
     assert [type(a).__name__ for a in plan.setup] == ["LoadTunnel", "TerminateIke"]
     assert plan.starting_over == frozenset({T1})
     assert plan_pass(inputs(rec, charon=charon, loaded=loaded)).starting_over == frozenset()
+
+
+def test_probe_results_of_a_tunnel_no_longer_probed_stop_counting():
+    """Policy mode probes only the active tunnel: after a move, the old one's last word
+    ("probes lost", from a burst that hit both) must not hold it unhealthy for ever."""
+    from agent.core.health import ProbeStats
+
+    rec = record()
+    failing = ProbeStats(sa_id="7", sent=4, lost=3, consecutive_failures=3, last_at=100.0 - 1.0)
+    memory = replace(rec.memory, failover=FailoverState(active=2), probes={1: failing})
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(False), T2: up(True)})
+    fresh = plan_pass(inputs(replace(rec, memory=memory), charon=charon, loaded=loaded_fingerprints(rec)))
+    assert fresh.steps[0].memory.health[1].problem is not None  # a second ago: it counts
+    stale = replace(inputs(replace(rec, memory=memory), charon=charon, loaded=loaded_fingerprints(rec)), now=110.0)
+    assert plan_pass(stale).steps[0].memory.health[1].ready  # ten seconds on: no verdict any more
