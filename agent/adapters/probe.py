@@ -20,14 +20,11 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.adapters.probe_icmp import PAYLOAD, IcmpProbes, checksum, echo_request, parse_echo_reply
+from agent.adapters.probe_icmp import IcmpProbes
 from agent.adapters.probe_names import NameResolver, host_name_problem
 from agent.adapters.probe_tcp import TcpProbes
 from agent.core.addresses import PRIVATE_NETWORKS_TEXT, is_private_address
 from agent.core.health import ProbeResult, ProbeTarget
-
-__all__ = ["MIN_INTERVAL", "PAYLOAD", "Prober", "ProbeResult", "ProbeTarget", "check_target", "checksum",
-           "echo_request", "parse_echo_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +192,9 @@ class Prober:
             if slot not in self._targets:
                 self._targets[slot] = target
                 self._next_due[slot] = self._clock()
-        self._icmp.want_receiver(any(t.port is None for t in self._targets.values()))
+        targets = self._targets.values()
+        self._icmp.want_receiver(any(t.port is None for t in targets))
+        self._tcp.want_watcher(any(t.port is not None and t.interface is not None for t in targets))
 
     def _follow_names(self) -> None:
         """A probe on its way to an address its name no longer has counts for nothing;

@@ -76,7 +76,7 @@ class TunnelHealth:
 
     usable: bool  # its SAs could carry traffic right now (or it is still coming up)
     healthy: bool = True  # no failure signal: probes answered, no inbound silence
-    announced_down: bool = False  # AWS telemetry (Platform API) says DOWN, stamped after our SA came up
+    telemetry_down: bool = False  # AWS telemetry (Platform API) says DOWN, stamped after our SA came up
     drained: bool = False  # the operator asked to move traffic away
     problem: TunnelProblem | None = None  # set whenever the tunnel is not up and healthy
     detail: str = ""  # the problem for people, with figures
@@ -96,7 +96,7 @@ class TunnelHealth:
     @property
     def wanted(self) -> bool:
         """A tunnel traffic may be moved to by choice (not only in an emergency)."""
-        return self.can_carry and not self.announced_down and not self.drained
+        return self.can_carry and not self.telemetry_down and not self.drained
 
     @property
     def describe(self) -> str:
@@ -147,7 +147,7 @@ def step(
             kind = _KIND_OF_PROBLEM.get(here.problem, FailoverKind.DOWN)  # type: ignore[arg-type]
             reason = FailoverReason(kind, here.describe or "tunnel unusable")
             return _switch(state, other, now, failures + ((current, now, soft),)), reason
-    if here.can_carry and (here.drained or here.announced_down) and there.wanted:
+    if here.can_carry and (here.drained or here.telemetry_down) and there.wanted:
         # ACTIVE -> STANDBY, STANDBY -> ACTIVE: the operator's drain, or AWS telemetry
         # confirming the tunnel is down (DOWN arrives after the loss, never before it).
         reason = (FailoverReason(FailoverKind.DRAIN, "drained by the operator") if here.drained else
@@ -203,7 +203,7 @@ def assess(
     healthy: no failure signal: probes answered, no IKE request unanswered for
     LIVENESS_DEADLINE, no confirmed inbound silence (outbound without any inbound packet
     for SILENCE_TIMEOUT while IKE or a probe is in doubt: a one-way stream alone is fine).
-    announced_down: AWS telemetry turned DOWN after our SA came up. A DOWN older than our SA
+    telemetry_down: AWS telemetry turned DOWN after our SA came up. A DOWN older than our SA
     is stale telemetry (e.g. at start), and in policy mode a standby without CHILD_SA
     is DOWN for AWS by nature: neither announces anything."""
     if route_mode:
@@ -225,7 +225,7 @@ def assess(
         detail = f"IKE request unanswered for {pending:.1f} s"
     elif inbound is not None and inbound.silent_for(now) >= SILENCE_TIMEOUT and doubtful:
         healthy, problem = False, TunnelProblem.INBOUND_SILENT
-    announced = (
+    telemetry_down = (
         api_status is TunnelApiStatus.DOWN
         and (route_mode or is_active)
         and api_down_since is not None
@@ -233,6 +233,6 @@ def assess(
         and sa_established_at < api_down_since + TIMESTAMP_SLACK
     )
     fine = up and healthy
-    return TunnelHealth(usable=usable, healthy=healthy, announced_down=announced, drained=drained,
+    return TunnelHealth(usable=usable, healthy=healthy, telemetry_down=telemetry_down, drained=drained,
                         problem=None if fine else problem, detail="" if fine else detail, up=up,
                         carrying=sas.installed_child is not None, doubtful=doubtful)

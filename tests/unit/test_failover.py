@@ -29,7 +29,7 @@ DOWN = TunnelHealth(usable=False, up=False, problem=TunnelProblem.IKE_DOWN)
 PROBES_LOST = TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.PROBES_LOST, detail="3 probes lost",
                            doubtful=True)
 SILENT = TunnelHealth(usable=True, healthy=False, problem=TunnelProblem.INBOUND_SILENT)
-ANNOUNCED = TunnelHealth(usable=True, announced_down=True)
+ANNOUNCED = TunnelHealth(usable=True, telemetry_down=True)
 DRAINED = TunnelHealth(usable=True, drained=True)
 NO_PREFERENCE = FailoverPolicy()
 PREFER_1 = FailoverPolicy(preferred=1, hold_down=60.0)
@@ -57,7 +57,7 @@ R_FAILBACK_1 = FailoverReason(FailoverKind.FAILBACK, "failback to preferred tunn
         (2, GOOD, DOWN, 1, R_DOWN),
         (2, GOOD, GOOD, 2, None),  # no preference: no failback
     ],
-    ids=["steady", "down", "probes", "silence", "both-down", "announced", "both-announced", "drain",
+    ids=["steady", "down", "probes", "silence", "both-down", "telemetry-down", "both-telemetry-down", "drain",
          "drain-onto-dead", "emergency-onto-drained", "down-from-2", "no-failback"],
 )
 def test_step(active, one, two, expected_active, reason):
@@ -173,24 +173,24 @@ def health(**overrides) -> TunnelHealth:
                       detail="IKE request unanswered for 1.5 s", doubtful=True)),
         ({"inbound": InboundWatch("5", 10, 99, NOW - 6, NOW - 5.5)}, TunnelHealth(usable=True)),  # went idle
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10},
-         TunnelHealth(usable=True, announced_down=True)),
+         TunnelHealth(usable=True, telemetry_down=True)),
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 200},
          TunnelHealth(usable=True)),  # DOWN older than our SA: stale telemetry
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 101},
-         TunnelHealth(usable=True, announced_down=True)),  # same second as our SA, give or take
+         TunnelHealth(usable=True, telemetry_down=True)),  # same second as our SA, give or take
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 102},
          TunnelHealth(usable=True)),
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10, "is_active": False},
          TunnelHealth(usable=True)),  # policy standby: DOWN for AWS by nature
         ({"api_status": TunnelApiStatus.DOWN, "api_down_since": NOW - 10, "is_active": False,
-          "route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True, announced_down=True, carrying=True)),
+          "route_mode": True, "sas": sas(child=True)}, TunnelHealth(usable=True, telemetry_down=True, carrying=True)),
         ({"drained": True}, TunnelHealth(usable=True, drained=True)),
     ],
     ids=["fine", "no-ike", "startup-grace", "grace-over", "route-no-child", "route-child-coming", "route-child", "probes-lost",
          "probes-almost", "one-way-not-silence", "silence-ike-confirms", "silence-probe-confirms",
-         "ike-request-out", "ike-unanswered", "idle-not-silence", "announced", "stale-down", "down-same-second",
+         "ike-request-out", "ike-unanswered", "idle-not-silence", "telemetry-down", "stale-down", "down-same-second",
          "down-before-sa", "policy-standby-down",
-         "route-standby-announced", "drained"],
+         "route-standby-telemetry-down", "drained"],
 )
 def test_assess(overrides, expected):
     assert health(**overrides) == expected

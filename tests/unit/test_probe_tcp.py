@@ -12,6 +12,7 @@ import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.adapters.probe_tcp import TcpProbes, describe
+from agent.adapters.probe_icmp import checksum
+from agent.adapters.probe_tcp import TcpProbes, describe, parse_answer
 from agent.core.health import ProbeTarget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,6 +185,110 @@ def test_failures_decided_at_once():
                                         (errno.EHOSTUNREACH, "EHOSTUNREACH"), (99999, "errno 99999")])
 def test_describe(code, text):
     assert describe(code) == text
+
+
+# --- answers that arrive on another interface: the watcher --------------------------------------
+
+SYN, RST, ACK, PSH = 0x02, 0x04, 0x10, 0x08
+
+
+def segment(src: str, sport: int, dst: str, dport: int, flags: int, *, options: bytes = b"",
+            fragment: int = 0) -> bytes:
+    """An IPv4 packet carrying one TCP segment, checksums filled in."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2001, 5 << 4, flags, 65535, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+    ihl = (20 + len(options)) // 4
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(tcp), 7, fragment, 64,
+                         socket.IPPROTO_TCP, 0, socket.inet_aton(src), socket.inet_aton(dst)) + options
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    return header + tcp
+
+
+@pytest.mark.parametrize("flags, kind", [(SYN | ACK, "SYN-ACK"), (RST, "RST"), (RST | ACK, "RST"),
+                                         (ACK, None), (SYN, None), (PSH | ACK, None), (0, None)])
+def test_parse_answer(flags, kind):
+    parsed = parse_answer(segment("10.0.0.20", 443, "172.16.0.2", 40000, flags))
+    assert parsed == (None if kind is None else (("10.0.0.20", 443, "172.16.0.2", 40000), kind))
+
+
+def test_parse_answer_honours_ip_options_and_refuses_the_rest():
+    packet = segment("10.0.0.20", 443, "172.16.0.2", 40000, SYN | ACK, options=b"\x01\x01\x01\x00")
+    assert parse_answer(packet) == (("10.0.0.20", 443, "172.16.0.2", 40000), "SYN-ACK")
+    assert parse_answer(segment("10.0.0.20", 443, "172.16.0.2", 40000, RST, fragment=1)) is None
+    udp = bytearray(segment("10.0.0.20", 443, "172.16.0.2", 40000, RST))
+    udp[9] = socket.IPPROTO_UDP
+    assert parse_answer(bytes(udp)) is None
+    for length in (0, 19, 20, 33):
+        assert parse_answer(segment("10.0.0.20", 443, "172.16.0.2", 40000, RST)[:length]) is None
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root")
+
+
+def inject(packet: bytes) -> None:
+    """Hand a crafted packet to the local stack through lo (IP_HDRINCL)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        raw.sendto(packet, (LOOPBACK, 0))
+
+
+@needs_root
+def test_the_watcher_takes_an_answer_the_bound_socket_never_sees():
+    """A bound probe whose SYN the far side drops; an answer for its flow arrives
+    (crafted here, as if over the other tunnel): the watcher matches it, the probe's
+    socket goes. Segments that answer nothing, or another flow, do not count."""
+    server, clients = full_backlog()
+    port = server.getsockname()[1]
+    probes = TcpProbes()
+    probes.want_watcher(True)
+    baseline = open_fds()
+    try:
+        assert probes.start(target(port, interface="lo"), LOOPBACK) is None
+        local_port = probes._sockets[("acme-office", 1)].getsockname()[1]
+        inject(segment(LOOPBACK, port, LOOPBACK, local_port, ACK))  # filtered out in the kernel
+        inject(segment(LOOPBACK, port + 1, LOOPBACK, local_port, SYN | ACK))  # another flow
+        time.sleep(0.1)
+        watcher = probes._watcher.fileno()
+        assert probes.on_ready(watcher) == [] and probes.in_flight() == 1
+        inject(segment(LOOPBACK, port, LOOPBACK, local_port, SYN | ACK))
+        time.sleep(0.1)
+        outcome, = probes.on_ready(watcher)
+        assert (outcome.ok, outcome.detail, outcome.slot) == (True, "SYN-ACK", ("acme-office", 1))
+        assert probes.in_flight() == 0 and open_fds() == baseline
+    finally:
+        probes.close()
+        for sock in (server, *clients):
+            sock.close()
+    assert probes._watcher is None
+
+
+@needs_root
+def test_the_watcher_filter_keeps_only_syn_ack_and_rst():
+    probes = TcpProbes()
+    probes.want_watcher(True)
+    try:
+        for flags in (ACK, PSH | ACK, SYN, SYN | ACK, RST):
+            inject(segment(LOOPBACK, 9, LOOPBACK, 9, flags))
+        time.sleep(0.1)
+        seen = []
+        while True:
+            try:
+                seen.append(probes._watcher.recv(65535))
+            except BlockingIOError:
+                break
+        flags_seen = sorted(packet[(packet[0] & 0x0F) * 4 + 13] for packet in seen
+                            if packet[9] == socket.IPPROTO_TCP and packet[12:16] == socket.inet_aton(LOOPBACK)
+                            and struct.unpack_from("!H", packet, (packet[0] & 0x0F) * 4)[0] == 9)
+        # The local stack resets what it gets for port 9 (RST, RST-ACK): those come round too.
+        assert {SYN | ACK, RST} <= set(flags_seen) <= {SYN | ACK, RST, RST | ACK}, flags_seen
+    finally:
+        probes.close()
+
+
+def test_without_bound_probes_there_is_no_watcher():
+    probes = TcpProbes()
+    probes.want_watcher(False)
+    assert probes._watcher is None and probes.poll_fds() == {}
 
 
 # --- the Prober in a namespace of its own ------------------------------------------------------

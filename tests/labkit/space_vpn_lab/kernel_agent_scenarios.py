@@ -1,5 +1,6 @@
 """Kernel-lab scenarios that drive the real agent (inside the VM, Debian's kernel):
-route mode end to end, its restart and failover, and policy mode on kernel ESP.
+route mode end to end with TCP probes at the space's internal-routing app (answered
+over either tunnel), its restart and failover, and policy mode on kernel ESP.
 
 Run as `python -m space_vpn_lab.kernel_agent_scenarios --results DIR`: registers these
 next to the manual scenarios of kernel_scenarios and runs them all, one VM boot.
@@ -18,17 +19,21 @@ from space_vpn_lab import kernel_scenarios as ks
 from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
 from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
 from space_vpn_lab.lab import Lab
-from space_vpn_lab.topology import CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR, SPACE_HOST_IP
+from space_vpn_lab.topology import (APP_HOST_IPS, APP_PORT, CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR,
+                                    SPACE_HOST_IP)
 from space_vpn_lab.traffic import Pinger
 
 KEY = f"{SPACE}-{VPN}"
 IF1, IF2 = interface_name(KEY, VPN, 1), interface_name(KEY, VPN, 2)
 T1, T2 = f"svpn-{KEY}-t1", f"svpn-{KEY}-t2"
 UP_TIMEOUT = 120  # s; TCG emulation makes modp2048 and Python start-up slow
+#: Route mode probes like a real Private Space needs: TCP to the app (which answers no ping).
+TCP_PROBE = {"target": APP_HOST_IPS[0], "port": APP_PORT, "interval": "300ms", "failures": 3}
+ICMP_PROBE = {"target": SPACE_HOST_IP, "interval": "300ms", "failures": 3}
 
 
 def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *,
-                mode: str) -> tuple[AgentProcess, FakePlatformApi]:
+                mode: str, probe: dict = ICMP_PROBE) -> tuple[AgentProcess, FakePlatformApi]:
     token = "HRKU-" + secrets.token_hex(16)
     api = stack.enter_context(start_fake_api(lab, token))
     workdir = ctx.workdir / "agent"
@@ -38,7 +43,7 @@ def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *,
         workdir, api_url=api.url, vici_socket=lab.customer_charon.vici_socket, space=SPACE, vpn=VPN,
         local_address=CUSTOMER_PUBLIC_IP, mode=mode,
     )
-    config["connections"][0]["probe"] = {"target": SPACE_HOST_IP, "interval": "300ms", "failures": 3}
+    config["connections"][0]["probe"] = dict(probe)
     agent = AgentProcess(workdir, lab.topology.cust_ns, config)
     stack.callback(agent.stop)
     agent.start()
@@ -91,7 +96,7 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
     with ExitStack() as stack:
         lab = stack.enter_context(ctx.lab(space_route_based=True))
         ns = lab.topology.cust_ns
-        agent, api = start_agent(stack, ctx, lab, mode="auto")
+        agent, api = start_agent(stack, ctx, lab, mode="auto", probe=TCP_PROBE)
         ok, detail = wait(agent, lambda s: both_children(s) and routes(ns) and len(routes(ns)) == 2)
         if not ctx.check("both_children_installed", ok, detail):
             return
@@ -119,14 +124,33 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
         ok, detail = wait(agent, lambda s: all(t["probe_sent"] > 2 and t["probe_healthy"]
                                               for t in tunnels_of(s).values()), 30)
         ctx.check("probes_pass_on_both_tunnels", ok, detail)
+        _tcp_probes_answered_over_the_other_tunnel(ctx, lab, agent)
 
         _restart_adopts(ctx, lab, agent)
         _silent_failover(ctx, lab, agent)
         _endpoint_returns(ctx, lab, agent)
-        _announced(ctx, lab, agent, api)
+        _telemetry_down(ctx, lab, agent, api)
         _drain(ctx, lab, agent)
         _graceful(ctx, lab, agent)
         _forgotten_before_quick_mode(ctx, lab, agent)
+
+
+def _tcp_probes_answered_over_the_other_tunnel(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    """AWS answers over the tunnel it picks: a probe sent through one tunnel's interface
+    is answered over the other, and still counts (the probe thread's watcher sees the
+    SYN-ACK on whichever interface it arrives). The SYNs reach the app; its pings would not."""
+    for answering, probed in ((2, 1), (1, 2)):
+        lab.space.answer_via(answering)
+        time.sleep(1)  # probes in flight when the route changed settle first
+        before, syns = tunnels_of(agent.status())[probed], lab.app.syns(APP_HOST_IPS[0])
+        time.sleep(3)
+        after = tunnels_of(agent.status())[probed]
+        sent, lost = after["probe_sent"] - before["probe_sent"], after["probe_lost"] - before["probe_lost"]
+        ctx.check(f"tcp_probe_tunnel{probed}_answered_via_tunnel{answering}",
+                  sent >= 5 and lost == 0 and after["probe_rtt_ms"] is not None,
+                  f"{sent} sent, {lost} lost, rtt {after['probe_rtt_ms']} ms")
+        ctx.check(f"tcp_probe_syns_reach_the_app_via_tunnel{answering}", lab.app.syns(APP_HOST_IPS[0]) - syns >= sent,
+                  f"{lab.app.syns(APP_HOST_IPS[0]) - syns} SYNs for {sent} probes of one tunnel")
 
 
 def _restart_adopts(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
@@ -195,9 +219,10 @@ def _moves(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, name: str, to
               f"{after.received}/{after.transmitted} after")
 
 
-def _announced(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
-    """The API marks the active tunnel (2) DOWN: the route moves before it disappears."""
-    _moves(ctx, lab, agent, "announced", 1, lambda: api.set_tunnel_status(SPACE, VPN, 2, "DOWN", "maintenance"))
+def _telemetry_down(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
+    """AWS telemetry (the API's tunnel status) turns the active tunnel (2) DOWN while it
+    still passes traffic: the route moves away from it all the same."""
+    _moves(ctx, lab, agent, "telemetry_down", 1, lambda: api.set_tunnel_status(SPACE, VPN, 2, "DOWN", "maintenance"))
     api.set_tunnel_status(SPACE, VPN, 2, "UP")
 
 
