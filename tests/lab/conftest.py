@@ -3,6 +3,7 @@ Platform API inside the customer namespace, and the agent as a real process."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ from tests.lab.helpers import assert_no_secret
 def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
     """A fresh lab; parametrize indirectly with the IKE version (default 1)."""
     # Own prefix: a test run never tears down a demo's lab, and vice versa.
-    with Lab(tmp_path / "lab", prefix="svt", ike_version=getattr(request, "param", 1)) as built:
+    # SPACE_VPN_LAB_PREFIX lets two checkouts run their lab tests side by side.
+    with Lab(tmp_path / "lab", prefix=os.environ.get("SPACE_VPN_LAB_PREFIX", "svt"), ike_version=getattr(request, "param", 1)) as built:
         yield built
 
 
