@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent.core import desired as seed
-from agent.core.desired import DesiredConnection
+from agent.core.desired import DesiredConnection, DesiredTunnel
 from agent.core.observation import ChildSa, ChildState, IkeSa, IkeState, TunnelSas
 
 
@@ -18,7 +18,7 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
     """The load-conn message for tunnel `number`, mapping the seed's ipsec.conf."""
     tunnel = conn.tunnel(number)
     ike: dict[str, Any] = {
-        "version": str(conn.ike_version),
+        "version": str(tunnel.ike_version),
         "local_addrs": [conn.local_address],
         "remote_addrs": [tunnel.remote_ip],
         "proposals": [seed.IKE_PROPOSAL],
@@ -27,9 +27,9 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
         "unique": "no",
         "local": {"auth": "psk", "id": conn.local_id},
         "remote": {"auth": "psk", "id": tunnel.remote_ip},
-        "children": {tunnel.conn_name: _child(conn, tunnel.if_id)},
+        "children": {tunnel.conn_name: _child(tunnel)},
     }
-    if conn.ike_version == 1:
+    if tunnel.ike_version == 1:
         # IKEv1 has no real IKE rekeying: ikelifetime means reauthentication.
         ike["reauth_time"] = f"{seed.IKE_LIFETIME}s"
         ike["rekey_time"] = "0"
@@ -40,11 +40,12 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
     return {tunnel.conn_name: ike}
 
 
-def _child(conn: DesiredConnection, if_id: int | None) -> dict[str, Any]:
+def _child(tunnel: DesiredTunnel) -> dict[str, Any]:
+    if_id = tunnel.if_id
     child = {
         "mode": "tunnel",
-        "local_ts": list(conn.local_ts),
-        "remote_ts": list(conn.remote_ts),
+        "local_ts": list(tunnel.local_ts),
+        "remote_ts": list(tunnel.remote_ts),
         "esp_proposals": [seed.ESP_PROPOSAL],  # with PFS group modp2048
         "life_time": f"{seed.CHILD_LIFETIME}s",
         "rekey_time": f"{seed.CHILD_REKEY}s",

@@ -18,8 +18,8 @@ import tenacity
 
 from agent import __version__
 from agent.core.addresses import is_loopback_host
-from agent.core.model import Secret, VpnConnection
-from agent.core.payload import PayloadError, parse_vpn_connection
+from agent.core.model import Secret, VpnAnswer
+from agent.core.payload import PayloadError, parse_vpn_answer
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ class ApiHttpError(PlatformApiError):
 
 @dataclass(frozen=True)
 class FetchResult:
-    """One GET: `connection` and `raw` are None on 304 Not Modified."""
+    """One GET: `answer` and `raw` are None on 304 Not Modified."""
 
-    connection: VpnConnection | None
+    answer: VpnAnswer | None
     raw: dict | None = field(repr=False)  # the body as received, PSKs in clear
     etag: str | None
     rate_limit_remaining: int | None
@@ -199,7 +199,7 @@ class PlatformApi:
         self._client.close()
 
     def get_vpn_connection(self, space: str, vpn: str, etag: str | None = None) -> FetchResult:
-        """The connection, or connection=None when `etag` is still current (304)."""
+        """The answer, or answer=None when `etag` is still current (304)."""
         path = f"/spaces/{_segment(space)}/vpn-connections/{_segment(vpn)}"
         what = f"space {space} vpn {vpn}"
         return self._retrying(self._get_once, path, what, etag)
@@ -225,17 +225,17 @@ class PlatformApi:
         if status == 304:
             return FetchResult(None, None, new_etag or etag, remaining)
         if status == 200:
-            raw, connection = self._parse(response, what)
-            return FetchResult(connection, raw, new_etag, remaining)
+            raw, answer = self._parse(response, what)
+            return FetchResult(answer, raw, new_etag, remaining)
         raise self._status_error(response, what)
 
-    def _parse(self, response: httpx.Response, what: str) -> tuple[dict, VpnConnection]:
+    def _parse(self, response: httpx.Response, what: str) -> tuple[dict, VpnAnswer]:
         try:
             raw = response.json()
         except ValueError as e:
             raise ApiPayloadError(f"{what}: answer is not JSON ({e})") from e
         try:
-            return raw, parse_vpn_connection(raw)
+            return raw, parse_vpn_answer(raw)
         except PayloadError as e:
             raise ApiPayloadError(f"{what}: {e}") from e
 

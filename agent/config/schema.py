@@ -30,6 +30,13 @@ class ApiConfig:
     poll_interval: float = 30.0
     #: Timeout of one API request, in seconds.
     timeout: float = 10.0
+    #: A connection the API does not know (404) counts as still being created for this
+    #: long (the API is eventually consistent right after a create), then as an error.
+    not_found_grace: float = 300.0
+    #: A connection Heroku deleted (status deleted/deleting/deprovisioning, or 404 after
+    #: it was active) keeps its tunnels this long, then they are unloaded: a re-creation
+    #: (new keys) usually follows, and an API glitch must not cut the space off.
+    forget_deleted_after: float = 900.0
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from agent.core.modes import Mode
 
 _TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level",
              "connections")
-_API_KEYS = ("url", "token_file", "poll_interval", "timeout")
+_API_KEYS = ("url", "token_file", "poll_interval", "timeout", "not_found_grace", "forget_deleted_after")
 _STRONGSWAN_KEYS = ("vici_socket", "connect_timeout")
 _METRICS_KEYS = ("listen",)
 _CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe", "static",
@@ -77,6 +77,9 @@ def _api(raw: object, problems: list[str], base_dir: Path) -> ApiConfig:
         token_file=token_file,
         poll_interval=_duration(section, "poll_interval", "api", problems, ApiConfig.poll_interval),
         timeout=_duration(section, "timeout", "api", problems, ApiConfig.timeout),
+        not_found_grace=_duration(section, "not_found_grace", "api", problems, ApiConfig.not_found_grace),
+        forget_deleted_after=_duration(section, "forget_deleted_after", "api", problems,
+                                       ApiConfig.forget_deleted_after),
     )
 
 

@@ -37,6 +37,8 @@ def redacted(config: AgentConfig) -> dict:
             "token_file": config.api.token_file,
             "poll_interval": format_duration(config.api.poll_interval),
             "timeout": format_duration(config.api.timeout),
+            "not_found_grace": format_duration(config.api.not_found_grace),
+            "forget_deleted_after": format_duration(config.api.forget_deleted_after),
         },
         "strongswan": {
             "vici_socket": config.strongswan.vici_socket,

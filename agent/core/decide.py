@@ -42,9 +42,10 @@ class ConnectionStep:
 
 def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: DesiredConnection,
            charon: CharonState, net: NetState, now: float, wall_now: float,
-           jitter: Mapping[str, float]) -> ConnectionStep:
+           jitter: Mapping[str, float], retiring: int | None = None) -> ConnectionStep:
     """One pass for one connection whose far end is known. `now` monotonic, `wall_now`
-    unix time, `jitter` (by conn name, in [0, 1)) spreads retries. No side effects."""
+    unix time, `jitter` (by conn name, in [0, 1)) spreads retries, `retiring` the tunnel
+    a settings roll moves traffic off (core/rolling). No side effects."""
     route = conn.mode is Mode.ROUTE
     sas = {t.number: charon.tunnel(t.conn_name) for t in conn.tunnels}
     timing = {t.conn_name: observe_timing(memory.timing.get(t.conn_name, TunnelTiming()), sas[t.number], now)
@@ -67,7 +68,7 @@ def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: Desired
             api_status=t.api_status, api_down_since=_api_down_since(conn, t.number),
             sa_established_at=_established_at(sas[t.number], wall_now),
             drained=t.number in memory.drained, now=now,
-            exchange_pending_since=timing[t.conn_name].exchange_pending_since,
+            exchange_pending_since=timing[t.conn_name].exchange_pending_since, retiring=t.number == retiring,
         )
         for t in conn.tunnels
     }

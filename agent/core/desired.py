@@ -6,11 +6,13 @@ Platform API or a static config describes (far side, PSKs, selectors).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.core.model import Secret, TunnelApiStatus, VpnConnection, object_name
 from agent.core.modes import Mode
 from agent.core.netstate import interface_id, interface_name
+from agent.core.rolling import TunnelSettings, published
 
 # The seed article's ipsec.conf, with `sha2` spelled as strongSwan wants it.
 IKE_PROPOSAL = "aes256-sha256-modp2048"
@@ -32,11 +34,18 @@ TCP_MSS = 1379  # bytes, AWS samples clamp SYNs to this
 
 @dataclass(frozen=True)
 class DesiredTunnel:
+    """One tunnel as charon gets it. Its far-end settings (IP, PSK, IKE version,
+    selectors) are those of the generation it runs: during a roll the two differ."""
+
     number: int
     conn_name: str  # charon connection, child and shared-key id all use this name
     remote_ip: str
     psk: Secret
     api_status: TunnelApiStatus
+    ike_version: int
+    local_ts: tuple[str, ...]  # routable_cidrs (customer side)
+    remote_ts: tuple[str, ...]  # space_cidr_block
+    generation: int = 1  # of the far end's settings (core/rolling)
     last_status_change: str = ""  # the API's timestamp of the last UP/DOWN change
     interface: str | None = None  # route mode: this tunnel's XFRM interface
     if_id: int | None = None  # route mode: the interface's and the child's if_id
@@ -49,9 +58,9 @@ class DesiredConnection:
     vpn: str
     local_address: str
     local_id: str
-    local_ts: tuple[str, ...]  # routable_cidrs (customer side)
-    remote_ts: tuple[str, ...]  # space_cidr_block
-    ike_version: int
+    local_ts: tuple[str, ...]  # routable_cidrs (customer side), latest generation
+    remote_ts: tuple[str, ...]  # space_cidr_block, latest generation
+    ike_version: int  # latest generation; each tunnel has the one it runs
     mode: Mode  # resolved: ROUTE or POLICY, never AUTO
     tunnels: tuple[DesiredTunnel, ...]
     source_address: str | None = None  # ours inside local_ts: src of probes and routes
@@ -78,18 +87,26 @@ def desired_connection(
     source_address: str | None = None,
     tunnel_mtu: int = TUNNEL_MTU,
     tcp_mss: int = TCP_MSS,
+    settings: Mapping[int, TunnelSettings] | None = None,
 ) -> DesiredConnection:
-    """Combine the local side with what the far end published. No side effects."""
+    """Combine the local side with what the far end published; `settings` says which
+    generation each tunnel runs (core/rolling; default: the published one). Telemetry
+    (UP/DOWN) is always the latest. No side effects."""
     if mode is Mode.AUTO:
         raise ValueError("mode must be resolved (route or policy) before planning")
     route = mode is Mode.ROUTE
+    runs = settings if settings is not None else published(connection, 1)
     tunnels = tuple(
         DesiredTunnel(
             number=t.number,
             conn_name=object_name(key, t.number),
-            remote_ip=t.ip,
-            psk=t.psk,
+            remote_ip=runs[t.number].ip,
+            psk=runs[t.number].psk,
             api_status=t.status,
+            ike_version=runs[t.number].ike_version,
+            local_ts=runs[t.number].routable_cidrs,
+            remote_ts=(runs[t.number].space_cidr_block,),
+            generation=runs[t.number].generation,
             last_status_change=t.last_status_change,
             interface=interface_name(key, vpn, t.number) if route else None,
             if_id=interface_id(key, t.number) if route else None,

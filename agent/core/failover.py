@@ -56,6 +56,7 @@ class FailoverKind(enum.StrEnum):
     SILENCE = "silence"  # packets out, none in, confirmed by IKE or a probe
     TELEMETRY = "telemetry"  # the Platform API (AWS telemetry) reports it DOWN: a late confirmation
     DRAIN = "drain"  # the operator drained it
+    ROLL = "roll"  # it runs settings the far end replaced; the other runs the new ones
     FAILBACK = "failback"  # back to the preferred tunnel after a stable hold-down
 
 
@@ -78,6 +79,7 @@ class TunnelHealth:
     healthy: bool = True  # no failure signal: probes answered, no inbound silence
     telemetry_down: bool = False  # AWS telemetry (Platform API) says DOWN, stamped after our SA came up
     drained: bool = False  # the operator asked to move traffic away
+    retiring: bool = False  # runs settings the far end replaced, while the other runs the new ones
     problem: TunnelProblem | None = None  # set whenever the tunnel is not up and healthy
     detail: str = ""  # the problem for people, with figures
     up: bool = True  # usable without any start-up grace
@@ -96,7 +98,7 @@ class TunnelHealth:
     @property
     def wanted(self) -> bool:
         """A tunnel traffic may be moved to by choice (not only in an emergency)."""
-        return self.can_carry and not self.telemetry_down and not self.drained
+        return self.can_carry and not self.telemetry_down and not self.drained and not self.retiring
 
     @property
     def describe(self) -> str:
@@ -147,12 +149,17 @@ def step(
             kind = _KIND_OF_PROBLEM.get(here.problem, FailoverKind.DOWN)  # type: ignore[arg-type]
             reason = FailoverReason(kind, here.describe or "tunnel unusable")
             return _switch(state, other, now, failures + ((current, now, soft),)), reason
-    if here.can_carry and (here.drained or here.telemetry_down) and there.wanted:
-        # ACTIVE -> STANDBY, STANDBY -> ACTIVE: the operator's drain, or AWS telemetry
-        # confirming the tunnel is down (DOWN arrives after the loss, never before it).
-        reason = (FailoverReason(FailoverKind.DRAIN, "drained by the operator") if here.drained else
-                  FailoverReason(FailoverKind.TELEMETRY, "AWS telemetry (Platform API): tunnel DOWN"))
-        flap = () if here.drained else ((current, now, False),)  # a tunnel AWS reports DOWN may flap
+    if here.can_carry and (here.drained or here.telemetry_down or here.retiring) and there.wanted:
+        # ACTIVE -> STANDBY, STANDBY -> ACTIVE: the operator's drain, a settings roll (the
+        # other tunnel is up on the far end's new settings), or AWS telemetry confirming
+        # the tunnel is down (DOWN arrives after the loss, never before it).
+        if here.drained:
+            reason = FailoverReason(FailoverKind.DRAIN, "drained by the operator")
+        elif here.retiring:
+            reason = FailoverReason(FailoverKind.ROLL, f"new far-end settings: tunnel {other} is up on them")
+        else:
+            reason = FailoverReason(FailoverKind.TELEMETRY, "AWS telemetry (Platform API): tunnel DOWN")
+        flap = () if here.drained or here.retiring else ((current, now, False),)  # a DOWN tunnel may flap
         return _switch(state, other, now, failures + flap), reason
     preferred = policy.preferred
     if preferred == other and here.can_carry and there.wanted and state.preferred_wanted_since is not None:
@@ -191,6 +198,7 @@ def assess(
     drained: bool,
     now: float,
     exchange_pending_since: float | None = None,
+    retiring: bool = False,
 ) -> TunnelHealth:
     """Fold what is known of one tunnel into TunnelHealth. Times: `now` and
     `unusable_since` and `exchange_pending_since` (an IKE request of ours has been in
@@ -234,5 +242,5 @@ def assess(
     )
     fine = up and healthy
     return TunnelHealth(usable=usable, healthy=healthy, telemetry_down=telemetry_down, drained=drained,
-                        problem=None if fine else problem, detail="" if fine else detail, up=up,
+                        retiring=retiring, problem=None if fine else problem, detail="" if fine else detail, up=up,
                         carrying=sas.installed_child is not None, doubtful=doubtful)

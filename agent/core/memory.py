@@ -16,6 +16,7 @@ from agent.core.failover import FailoverKind, FailoverPolicy, FailoverReason, Fa
 from agent.core.health import InboundWatch, ProbeStats, TrafficTotals
 from agent.core.model import VpnConnection
 from agent.core.modes import Mode
+from agent.core.rolling import TunnelSettings
 from agent.core.snapshot import Health
 from agent.core.tunnel_timing import TunnelTiming
 
@@ -48,6 +49,8 @@ class ConnectionSettings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     policy: FailoverPolicy = field(default_factory=FailoverPolicy)
     connect_timeout: float = 5.0  # s a negotiation may take before it is dropped
+    not_found_grace: float = 300.0  # s a 404 counts as "still being created"
+    forget_deleted_after: float = 900.0  # s a deleted connection keeps its tunnels
 
     @property
     def label(self) -> str:
@@ -58,9 +61,13 @@ class ConnectionSettings:
 class FarEnd:
     """The far end as last described, and how the Platform API is doing."""
 
-    vpn: VpnConnection | None = None  # last good description
+    vpn: VpnConnection | None = None  # last good description, tunnels numbered by IP (core/lifecycle)
     source: str = "none"  # api | cache | static | none
     connection_status: str = "unknown"
+    status_message: str = ""  # Heroku's, e.g. "supplied CIDR block already in use"
+    generation: int = 0  # of `vpn`'s settings: 1 for the first, +1 for each change
+    missing_since: float | None = None  # unix s: 404 for a connection never seen active
+    gone_since: float | None = None  # unix s: deleted at Heroku (or 404 after it was active)
     api_error: str | None = None
     api_error_kind: str | None = None
     api_last_success: float | None = None  # unix s
@@ -90,6 +97,7 @@ class ConnectionMemory:
     initiates: Mapping[int, Mapping[str, int]] = field(default_factory=dict)  # tunnel -> result -> count
     failovers: tuple[FailoverRecord, ...] = ()  # most recent last, at most FAILOVERS_KEPT
     failover_counts: Mapping[FailoverKind, int] = field(default_factory=dict)  # since start
+    running: Mapping[int, TunnelSettings] = field(default_factory=dict)  # far-end settings each tunnel runs
 
     @property
     def active(self) -> int | None:

@@ -60,6 +60,8 @@ class ConnectionStatus(Lenient, enum.Enum):
     PROVISIONING = "provisioning"
     ACTIVE = "active"
     DEPROVISIONING = "deprovisioning"
+    DELETING = "deleting"  # the CLI knows these two, the schema does not
+    DELETED = "deleted"
     FAILED = "failed"
     UNKNOWN = "unknown"
 
@@ -67,6 +69,11 @@ class ConnectionStatus(Lenient, enum.Enum):
     def is_waiting(self) -> bool:
         """Still being built: poll like `heroku spaces:vpn:wait`."""
         return self in (ConnectionStatus.PENDING, ConnectionStatus.PROVISIONING)
+
+    @property
+    def is_gone(self) -> bool:
+        """Being destroyed, or destroyed: what runs is unloaded after a grace."""
+        return self in (ConnectionStatus.DEPROVISIONING, ConnectionStatus.DELETING, ConnectionStatus.DELETED)
 
 
 class TunnelApiStatus(enum.Enum):
@@ -116,6 +123,22 @@ class VpnConnection:
 
     def tunnel(self, number: int) -> Tunnel:
         return self.tunnels[number - 1]
+
+
+@dataclass(frozen=True)
+class VpnAnswer:
+    """One answer of the Platform API: the connection's life-cycle status first, and the
+    connection itself only once it is usable (active, every field valid). A pending or
+    failed connection has no tunnels yet: that is a state, not an invalid answer."""
+
+    status: ConnectionStatus
+    status_message: str = ""
+    connection: VpnConnection | None = None
+    status_name: str = ""  # the value as sent (an UNKNOWN status keeps its name for people)
+
+    @property
+    def status_text(self) -> str:
+        return self.status_name or self.status.value
 
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -17,11 +17,12 @@ from agent.core.charon_objects import CharonAction, TerminateIke, plan_objects
 from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.health import ProbeTarget
+from agent.core.lifecycle import Life, Stage, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord
-from agent.core.model import ConnectionStatus
 from agent.core.modes import Mode
 from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
+from agent.core.rolling import RollPlan, plan_roll, published
 from agent.core.route_mode import Reroute, RouteAction, mss_rules, plan_interfaces, plan_reroute, plan_stale_interfaces
 from agent.core.snapshot import Health
 
@@ -67,23 +68,36 @@ class PassPlan:
         return bool(self.setup)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """One connection before its decision: its stage at Heroku, the settings roll, and
+    the charon setup wanted (None: far end or local address unknown, or forgotten)."""
+
+    life: Life
+    roll: RollPlan | None
+    desired: DesiredConnection | None
+
+
 def plan_pass(inputs: PassInputs) -> PassPlan:
     """The whole pass. No side effects."""
     charon, net = inputs.charon, inputs.net
-    desired = {r.key: _desired(r, inputs) for r in inputs.records}
+    prepared = {r.key: _prepare(r, inputs) for r in inputs.records}
+    desired = {key: p.desired for key, p in prepared.items()}
     if not charon.reachable:
-        steps = tuple(_waiting(r, inputs, desired[r.key], _why_unknown(r, "charon unreachable")
+        steps = tuple(_waiting(r, inputs, desired[r.key], _why_unknown(r, prepared[r.key].life, "charon unreachable")
                                if desired[r.key] is None else "charon unreachable") for r in inputs.records)
         return PassPlan((), steps, None, (), _probe_targets(steps, inputs.records))
     wanted = [conn for conn in desired.values() if conn is not None]
     routed = [conn for conn in wanted if conn.mode is Mode.ROUTE]
+    # A connection Heroku deleted long enough ago is unloaded like one no longer configured.
+    kept = [r for r in inputs.records if prepared[r.key].life.stage is not Stage.FORGOTTEN]
     setup: list[RouteAction | CharonAction] = []
     if any(r.settings.mode is Mode.ROUTE for r in inputs.records):
-        setup += plan_stale_interfaces([(r.key, r.settings.vpn) for r in inputs.records], net)
+        setup += plan_stale_interfaces([(r.key, r.settings.vpn) for r in kept], net)
         for conn in routed:
             setup += plan_interfaces(conn, net)
-    setup += plan_objects(wanted, {r.key for r in inputs.records}, inputs.loaded, charon)
-    steps = tuple(_step(r, desired[r.key], inputs) for r in inputs.records)
+    setup += plan_objects(wanted, {r.key for r in kept}, inputs.loaded, charon)
+    steps = tuple(_step(r, prepared[r.key], inputs) for r in inputs.records)
     rules = mss_rules(routed) if any(r.settings.mode is Mode.ROUTE for r in inputs.records) else None
     reroutes = tuple(plan for plan in (plan_reroute(s.memory.desired, charon, s.memory.active)
                                        for s in steps if s.memory.desired is not None) if plan is not None)
@@ -95,37 +109,47 @@ def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
     return any(t.exchange_pending_since is not None for s in steps for t in s.memory.timing.values())
 
 
-def _step(record: ConnectionRecord, conn: DesiredConnection | None, inputs: PassInputs) -> ConnectionStep:
-    if conn is None:
-        return _waiting(record, inputs, None, _why_unknown(record, "VPN connection not known yet (Platform API)"))
-    memory = replace(record.memory, local_address=_local_address(record, inputs))
-    return decide(record.settings, memory, conn, inputs.charon, inputs.net, inputs.now, inputs.wall_now,
-                  inputs.jitter)
+def _step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
+    conn, roll, life = prepared.desired, prepared.roll, prepared.life
+    if conn is None or roll is None:
+        return _waiting(record, inputs, None, _why_unknown(record, life, "VPN connection not known yet (Platform API)"))
+    memory = replace(record.memory, local_address=_local_address(record, inputs), running=roll.settings)
+    step = decide(record.settings, memory, conn, inputs.charon, inputs.net, inputs.now, inputs.wall_now,
+                  inputs.jitter, retiring=roll.retiring)
+    if life.stage is Stage.FAILED:
+        # The operator must act at Heroku, whatever the tunnels still do.
+        health, summary = step.memory.verdict
+        memory = replace(step.memory, verdict=(Health.DOWN, f"{life.note} (tunnels: {health.value}, {summary})"))
+        step = replace(step, memory=memory)
+    return step
 
 
 def _local_address(record: ConnectionRecord, inputs: PassInputs) -> str | None:
     return record.settings.local_address or record.memory.local_address or inputs.detected.get(record.key)
 
 
-def _desired(record: ConnectionRecord, inputs: PassInputs) -> DesiredConnection | None:
-    vpn, settings = record.far_end.vpn, record.settings
-    local_address = _local_address(record, inputs)
-    if vpn is None or local_address is None:
-        return None
+def _prepare(record: ConnectionRecord, inputs: PassInputs) -> _Prepared:
+    far_end, settings, memory = record.far_end, record.settings, record.memory
+    life = life_of(far_end, settings, inputs.wall_now)
+    vpn, local_address = far_end.vpn, _local_address(record, inputs)
+    if vpn is None or local_address is None or life.stage is Stage.FORGOTTEN:
+        return _Prepared(life, None, None)
+    roll = plan_roll(published(vpn, far_end.generation), memory.running, memory.active, memory.health)
     source = settings.source_address or source_inside(tuple(vpn.routable_cidrs), inputs.net.addresses)
-    return desired_connection(
+    conn = desired_connection(
         key=record.key, space=settings.space, vpn=settings.vpn, local_address=local_address,
         local_id=settings.local_id, mode=settings.mode, connection=vpn, source_address=source,
-        tunnel_mtu=settings.tunnel_mtu, tcp_mss=settings.tcp_mss,
+        tunnel_mtu=settings.tunnel_mtu, tcp_mss=settings.tcp_mss, settings=roll.settings,
     )
+    return _Prepared(life, roll, conn)
 
 
-def _why_unknown(record: ConnectionRecord, otherwise: str) -> str:
+def _why_unknown(record: ConnectionRecord, life: Life, otherwise: str) -> str:
     far_end = record.far_end
+    if life.stage in (Stage.WAITING, Stage.FAILED, Stage.NOT_FOUND, Stage.GONE, Stage.FORGOTTEN):
+        return life.note
     if far_end.api_error:
         return f"waiting for the Platform API: {far_end.api_error}"
-    if far_end.connection_status not in (ConnectionStatus.UNKNOWN.value, ConnectionStatus.ACTIVE.value):
-        return f"VPN connection is {far_end.connection_status}; waiting until it is active"
     if far_end.vpn is not None:
         return f"no route to tunnel 1 ({far_end.vpn.tunnel(1).ip}); set local_address"
     return otherwise

@@ -10,11 +10,14 @@ import ipaddress
 from collections.abc import Callable
 
 from agent.core.addresses import is_private_network
-from agent.core.model import ConnectionStatus, Secret, Tunnel, TunnelApiStatus, VpnConnection
+from agent.core.model import ConnectionStatus, Secret, Tunnel, TunnelApiStatus, VpnAnswer, VpnConnection
 
 _TUNNEL_COUNT = 2
 # Long junk values would make one bad field drown the rest of the report.
 _MAX_SHOWN = 60
+# Heroku's messages are a sentence ("supplied CIDR block already in use"); more is junk.
+MAX_STATUS_MESSAGE = 500
+_MAX_STATUS_NAME = 40
 
 
 class PayloadError(ValueError):
@@ -142,7 +145,7 @@ def _tunnel(problems: list[str], raw: object, index: int) -> Tunnel | None:
         ip=ip,
         psk=Secret(psk),
         status=TunnelApiStatus.parse(status),
-        status_message=status_message,
+        status_message=_bounded_text(status_message, MAX_STATUS_MESSAGE),
         last_status_change=last_change,
     )
 
@@ -154,8 +157,12 @@ def _tunnels(problems: list[str], data: dict) -> tuple[Tunnel, ...]:
         return ()
     if len(value) != _TUNNEL_COUNT:
         problems.append(f"tunnels: expected {_TUNNEL_COUNT} tunnels, got {len(value)}")
-    parsed = (_tunnel(problems, raw, i) for i, raw in enumerate(value))
-    return tuple(t for t in parsed if t is not None)
+    tunnels = tuple(t for t in (_tunnel(problems, raw, i) for i, raw in enumerate(value)) if t is not None)
+    # Tunnels are told apart by their IP (they carry no id): two with one IP are one.
+    for later in tunnels[1:]:
+        if any(t.ip == later.ip for t in tunnels[: later.number - 1]):
+            problems.append(f"tunnels[{later.number - 1}].ip: {later.ip} is the IP of another tunnel")
+    return tunnels
 
 
 def parse_vpn_connection(data: object) -> VpnConnection:
@@ -184,5 +191,35 @@ def parse_vpn_connection(data: object) -> VpnConnection:
         ike_version=ike_version,
         status=ConnectionStatus.parse(status),
         tunnels=tunnels,
-        status_message=status_message,
+        status_message=_bounded_text(status_message, MAX_STATUS_MESSAGE),
     )
+
+
+def parse_vpn_answer(data: object) -> VpnAnswer:
+    """Read the life-cycle status first. An active connection is validated fully (raise
+    PayloadError listing every problem); a pending, failed or deleted one needs no
+    tunnels yet. A status this agent does not know is used when the body is a complete
+    connection (Heroku may add names, like the CLI's `available`), else waited on."""
+    if not isinstance(data, dict):
+        raise PayloadError([f"<root>: expected an object, got {_type_name(data)}"])
+    raw_status, raw_message = data.get("status"), data.get("status_message")
+    if not isinstance(raw_status, str):
+        raise PayloadError([f"status: expected a string, got {_type_name(raw_status)}"])
+    status = ConnectionStatus.parse(raw_status.lower())
+    message = _bounded_text(raw_message if isinstance(raw_message, str) else "", MAX_STATUS_MESSAGE)
+    name = _bounded_text(raw_status, _MAX_STATUS_NAME) if status is ConnectionStatus.UNKNOWN else ""
+    if status is ConnectionStatus.ACTIVE:
+        return VpnAnswer(status, message, parse_vpn_connection(data))
+    if status is ConnectionStatus.UNKNOWN:
+        try:
+            return VpnAnswer(status, message, parse_vpn_connection(data), status_name=name)
+        except PayloadError:
+            return VpnAnswer(status, message, status_name=name)
+    return VpnAnswer(status, message)
+
+
+def _bounded_text(text: str, limit: int) -> str:
+    """One printable line of at most `limit` characters: API text reaches logs,
+    sd_notify and terminals."""
+    line = "".join(c if c.isprintable() else " " for c in text).strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -49,7 +49,7 @@ def plan_policy_mode(
     # (make-before-break; also cleans up what dpd_action=restart brings back).
     if standby_sas.ike_state is IkeState.DOWN:
         if standby_timing.may_initiate(now):
-            if conn.ike_version == 2 and standby_timing.attempts >= CHILDLESS_ATTEMPTS:
+            if standby_tunnel.ike_version == 2 and standby_timing.attempts >= CHILDLESS_ATTEMPTS:
                 actions.append(InitiateChild(standby_tunnel.conn_name))
             else:
                 actions.append(InitiateIke(standby_tunnel.conn_name))

@@ -82,6 +82,8 @@ class ApiPoller:
         try:
             result = self._api.get_vpn_connection(target.space, target.vpn, etag=self._etags.get(target.key))
         except PlatformApiError as e:
+            # A connection not found may be one created a moment ago: look again soon.
+            self._mark_waiting(target.key, e.kind == "not_found")
             self._post(ApiFailure(target.key, e.kind, str(e)))
             return
         except Exception as e:  # a bug here must not kill polling for good
@@ -90,6 +92,6 @@ class ApiPoller:
             return
         if result.etag:
             self._etags[target.key] = result.etag
-        if result.connection is not None:
-            self._mark_waiting(target.key, result.connection.status.is_waiting)
+        if result.answer is not None:
+            self._mark_waiting(target.key, result.answer.status.is_waiting)
         self._post(ApiAnswer(target.key, result))

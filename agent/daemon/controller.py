@@ -18,7 +18,7 @@ from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEve
 from agent.config import AgentConfig, redacted
 from agent.core.health import ProbeResult, ProbeTarget
 from agent.core.memory import ConnectionRecord
-from agent.core.model import ConnectionStatus, object_name
+from agent.core.model import object_name
 from agent.core.pass_plan import PassInputs, PassPlan, plan_pass
 from agent.core.snapshot import Snapshot
 from agent.core.views import connection_view
@@ -123,12 +123,12 @@ class Controller:
                 reply.put(self._on_control(command, args))
             case ApiAnswer(key=key):
                 self._update(key, lambda r: with_api_answer(r, message, self._wall()))
-                vpn, raw = message.result.connection, message.result.raw
-                if key in state.records and vpn is not None and vpn.status is ConnectionStatus.ACTIVE and raw:
+                answer, raw = message.result.answer, message.result.raw
+                if key in state.records and answer is not None and answer.connection is not None and raw:
                     settings = state.records[key].settings
                     self._cache.save(settings.space, settings.vpn, raw)
             case ApiFailure(key=key):
-                self._update(key, lambda r: with_api_failure(r, message))
+                self._update(key, lambda r: with_api_failure(r, message, self._wall()))
             case Reload():
                 self._reload()
             case ThreadCrashed(name=name, error=error):

@@ -13,6 +13,7 @@ from agent.config import AgentConfig, ConnectionConfig, static_vpn_connection
 from agent.core.decide import current_probes
 from agent.core.failover import FailoverPolicy
 from agent.core.health import ProbeResult, ProbeStats
+from agent.core.lifecycle import Stage, far_end_after_answer, far_end_after_not_found, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord, ConnectionSettings, FarEnd, ProbeSettings
 from agent.core.model import ConnectionStatus
 from agent.core.modes import resolve_mode
@@ -49,6 +50,7 @@ def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported:
                             resolve_interval=conn.probe.resolve_interval),
         policy=FailoverPolicy(preferred=conn.preferred_tunnel, hold_down=conn.failback_hold_down),
         connect_timeout=config.strongswan.connect_timeout,
+        not_found_grace=config.api.not_found_grace, forget_deleted_after=config.api.forget_deleted_after,
     )
 
 
@@ -62,7 +64,7 @@ def records_for(config: AgentConfig, old: dict[str, ConnectionRecord], cache: Ca
         previous = old.get(conn.key)
         if conn.static is not None:
             far_end = FarEnd(vpn=static_vpn_connection(conn), source="static",
-                             connection_status=ConnectionStatus.ACTIVE.value)
+                             connection_status=ConnectionStatus.ACTIVE.value, generation=1)
             memory = ConnectionMemory()
         elif previous is not None and previous.far_end.source != "static":
             far_end = replace(previous.far_end, api_error=None, api_error_kind=None)
@@ -72,37 +74,49 @@ def records_for(config: AgentConfig, old: dict[str, ConnectionRecord], cache: Ca
             cached = cache.load(conn.space, conn.vpn)
             if cached is not None:
                 log.info("%s: using the cached VPN connection until the API answers", conn.label)
-                far_end = FarEnd(vpn=cached, source="cache", connection_status=cached.status.value)
+                far_end = FarEnd(vpn=cached, source="cache", connection_status=cached.status.value, generation=1)
         records[conn.key] = ConnectionRecord(settings, far_end, memory)
     return records
 
 
 def with_api_answer(record: ConnectionRecord, answer: ApiAnswer, wall_now: float) -> ConnectionRecord:
     """A Platform API answer; a 304 only says that what we have is current."""
-    label = record.settings.label
-    if record.far_end.api_error:
+    label, before = record.settings.label, record.far_end
+    if before.api_error:
         log.info("%s: Platform API reachable again", label)
-    far_end = replace(record.far_end, api_error=None, api_error_kind=None, api_last_success=wall_now)
-    vpn = answer.result.connection
-    if vpn is not None:
-        far_end = replace(far_end, connection_status=vpn.status.value)
-        if vpn.status is not ConnectionStatus.ACTIVE:
-            log.info("%s: VPN connection is %s %s", label, vpn.status.value, vpn.status_message)
-        else:
-            if far_end.vpn != vpn:
-                log.info("%s: VPN connection updated from the Platform API", label)
-            far_end = replace(far_end, vpn=vpn, source="api")
+    far_end = far_end_after_answer(before, answer.result.answer, wall_now)
+    _log_life(label, before, far_end, record.settings, wall_now)
+    if far_end.generation != before.generation and before.generation:
+        log.warning("%s: the far end's settings changed (generation %d): rolling the tunnels over, one at a time",
+                    label, far_end.generation)
     return replace(record, far_end=far_end)
 
 
-def with_api_failure(record: ConnectionRecord, failure: ApiFailure) -> ConnectionRecord:
-    far_end = record.far_end
-    if failure.message != far_end.api_error:
+def with_api_failure(record: ConnectionRecord, failure: ApiFailure, wall_now: float) -> ConnectionRecord:
+    before = record.far_end
+    if failure.message != before.api_error:
         log.error("%s: Platform API: %s (tunnels are left as they are)", record.settings.label, failure.message)
-    counts = dict(far_end.api_errors)
+    counts = dict(before.api_errors)
     counts[failure.kind] = counts.get(failure.kind, 0) + 1
-    return replace(record, far_end=replace(far_end, api_error=failure.message, api_error_kind=failure.kind,
-                                           api_errors=counts))
+    far_end = replace(before, api_error=failure.message, api_error_kind=failure.kind, api_errors=counts)
+    if failure.kind == "not_found":
+        far_end = far_end_after_not_found(far_end, wall_now)
+        _log_life(record.settings.label, before, far_end, record.settings, wall_now)
+    return replace(record, far_end=far_end)
+
+
+def _log_life(label: str, before: FarEnd, after: FarEnd, settings: ConnectionSettings, wall_now: float) -> None:
+    """Each change of stage once, loudly for the ones that need a person."""
+    was, now = life_of(before, settings, wall_now), life_of(after, settings, wall_now)
+    if (was.stage, before.connection_status, before.status_message) == (
+            now.stage, after.connection_status, after.status_message):
+        return
+    if now.stage in (Stage.GONE, Stage.FAILED, Stage.NOT_FOUND):
+        log.error("%s: %s", label, now.note)
+    elif now.note:
+        log.info("%s: %s", label, now.note)
+    elif was.stage is not Stage.ACTIVE and now.stage is Stage.ACTIVE:
+        log.info("%s: the VPN connection is active", label)
 
 
 def with_probe_result(record: ConnectionRecord, result: ProbeResult, charon: CharonState) -> ConnectionRecord:

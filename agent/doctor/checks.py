@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from agent.config import ConnectionConfig
 from agent.core.addresses import is_private_network
 from agent.core.desired import TCP_MSS
-from agent.core.model import ConnectionStatus, VpnConnection
+from agent.core.model import ConnectionStatus, VpnAnswer, VpnConnection
 from agent.core.modes import Mode
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -109,12 +109,18 @@ def check_mss(conn: ConnectionConfig, mode: Mode | None, space_cidr: str | None)
                  f"nft add rule inet mss fwd ip daddr {space} {rule}; nft add rule inet mss fwd ip saddr {space} {rule}")
 
 
-def check_api_answer(label: str, vpn: VpnConnection) -> Check:
+def check_api_answer(label: str, vpn_name: str, space: str, answer: VpnAnswer) -> Check:
+    message = f" ({answer.status_message})" if answer.status_message else ""
+    vpn = answer.connection
+    if vpn is None:
+        detail = f"{label}: token accepted; VPN connection {answer.status_text}{message}"
+        if answer.status is ConnectionStatus.FAILED:
+            return Check("token", FAIL, detail, f"fix it in Heroku, e.g. re-create it: heroku spaces:vpn:connect "
+                                                f"{vpn_name} -s {space} --ip ... --cidrs ...")
+        return Check("token", WARN, detail, f"wait for it: heroku spaces:vpn:wait {vpn_name} -s {space}")
     tunnels = ", ".join(f"tunnel {t.number} {t.status.value}" for t in vpn.tunnels)
-    detail = f"{label}: token accepted; status {vpn.status.value}, {len(vpn.tunnels)} tunnels ({tunnels})"
-    if vpn.status is ConnectionStatus.ACTIVE and len(vpn.tunnels) == 2:
-        return Check("token", OK, detail)
-    return Check("token", WARN, detail, f"wait for it: heroku spaces:vpn:wait {vpn.name} -s <space>")
+    return Check("token", OK, f"{label}: token accepted; status {answer.status_text}{message}, "
+                              f"{len(vpn.tunnels)} tunnels ({tunnels})")
 
 
 def check_api_error(label: str, kind: str, message: str, cache_state: str) -> Check:

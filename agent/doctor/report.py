@@ -105,8 +105,8 @@ def _check_api(config: AgentConfig, environ: Mapping[str, str], token_loader, ap
                 result.append(checks.check_api_error(conn.label, e.kind, str(e), state))
                 _from_cache([conn], cache, vpns, sources)
                 continue
-            vpns[conn.key], sources[conn.key] = answer.connection, "API"
-            result.append(checks.check_api_answer(conn.label, answer.connection))
+            vpns[conn.key], sources[conn.key] = answer.answer.connection, "API"
+            result.append(checks.check_api_answer(conn.label, conn.vpn, conn.space, answer.answer))
     finally:
         api.close()
     return result, vpns, sources

@@ -15,7 +15,7 @@ from agent.adapters.mss_clamp import MssClamp
 from agent.adapters.route_socket import PreparedRoute
 from agent.core.netstate import Link, NetState
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
-from agent.core.payload import parse_vpn_connection
+from agent.core.payload import parse_vpn_answer, parse_vpn_connection
 from agent.core.snapshot import Health
 from agent.daemon.controller import Controller
 from agent.daemon.edges import Edges
@@ -133,7 +133,7 @@ def make_controller(config_file: Path, charon: FakeCharon, clock: Clock | None =
 
 
 def answer(raw: dict) -> ApiAnswer:
-    return ApiAnswer("acme-space-office", FetchResult(parse_vpn_connection(raw), raw, '"etag"', 4499))
+    return ApiAnswer("acme-space-office", FetchResult(parse_vpn_answer(raw), raw, '"etag"', 4499))
 
 
 def test_nothing_is_loaded_before_the_api_answers(config_file):

@@ -21,7 +21,7 @@ from agent.config import AgentConfig, ApiConfig, ConnectionConfig, StaticConfig,
 from agent.core.desired import TCP_MSS
 from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
 from agent.core.modes import Mode
-from agent.core.payload import parse_vpn_connection
+from agent.core.payload import parse_vpn_answer, parse_vpn_connection
 from agent.daemon import main as daemon_main
 from agent.doctor import checks as dc, facts, firewall as fw, report
 from agent.doctor.checks import Check
@@ -73,7 +73,7 @@ class FakeApi:
         answer = self.answers[(space, vpn_name)]
         if isinstance(answer, Exception):
             raise answer
-        return FetchResult(parse_vpn_connection(answer), answer, None, None)
+        return FetchResult(parse_vpn_answer(answer), answer, None, None)
 
     def close(self):
         self.closed = True
@@ -335,7 +335,7 @@ def test_token_ok(tmp_path):
 
 def test_token_ok_but_connection_not_active(tmp_path):
     [result], _, _ = api_checks(tmp_path, raw_vpn(status="provisioning"))
-    assert result.status == "WARN" and "status provisioning" in result.detail
+    assert result.status == "WARN" and "VPN connection provisioning" in result.detail
 
 
 def test_token_refused(tmp_path):

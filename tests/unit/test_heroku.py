@@ -63,15 +63,15 @@ def test_200_with_etag_then_304(fake, make_api):
     api = make_api()
     first = api.get_vpn_connection("my-space", "office")
     assert isinstance(first, FetchResult)
-    assert first.connection is not None
-    assert first.connection.tunnel(1).psk.reveal() == PSKS[0]
-    assert first.connection.tunnel(1).status is TunnelApiStatus.UP
+    assert first.answer.connection is not None
+    assert first.answer.connection.tunnel(1).psk.reveal() == PSKS[0]
+    assert first.answer.connection.tunnel(1).status is TunnelApiStatus.UP
     assert first.raw == fake.connection("my-space", "office")
     assert first.etag
     assert 0 < first.rate_limit_remaining < 4500
 
     second = api.get_vpn_connection("my-space", "office", etag=first.etag)
-    assert second.connection is None and second.raw is None
+    assert second.answer is None and second.raw is None
     assert second.etag == first.etag
     assert second.rate_limit_remaining < first.rate_limit_remaining
     assert [s for _, _, s in fake.requests] == [200, 304]
@@ -82,14 +82,14 @@ def test_changed_connection_gives_200_despite_etag(fake, make_api):
     first = api.get_vpn_connection("my-space", "office")
     fake.set_tunnel_status("my-space", "office", 2, "DOWN", "maintenance")
     second = api.get_vpn_connection("my-space", "office", etag=first.etag)
-    assert second.connection.tunnel(2).status is TunnelApiStatus.DOWN
+    assert second.answer.connection.tunnel(2).status is TunnelApiStatus.DOWN
     assert second.etag != first.etag
 
 
 def test_vpn_id_works_and_names_are_quoted(fake, make_api):
     api = make_api()
     conn_id = fake.connection("my-space", "office")["id"]
-    assert api.get_vpn_connection("my-space", conn_id).connection.name == "office"
+    assert api.get_vpn_connection("my-space", conn_id).answer.connection.name == "office"
     with pytest.raises(ApiNotFound):
         api.get_vpn_connection("my space/../x", "office")
     assert fake.requests[-1][1] == "/spaces/my%20space%2F..%2Fx/vpn-connections/office"
@@ -143,7 +143,7 @@ def test_503_twice_then_200_succeeds(fake, make_api, sleeps, caplog):
     fake.fail_next(2, status=503)
     with caplog.at_level(logging.WARNING, logger="agent.adapters.heroku"):
         result = make_api(max_backoff=30).get_vpn_connection("my-space", "office")
-    assert result.connection is not None
+    assert result.answer.connection is not None
     assert [s for _, _, s in fake.requests] == [503, 503, 200]
     # Exponential with up to 1 s of jitter: ~1 s then ~2 s.
     assert len(sleeps) == 2
@@ -166,7 +166,7 @@ def test_backoff_is_capped(fake, make_api, sleeps):
 def test_429_retry_after_is_honoured(fake, make_api, sleeps):
     fake.fail_next(1, status=429, error_id="rate_limit", retry_after=7)
     result = make_api().get_vpn_connection("my-space", "office")
-    assert result.connection is not None
+    assert result.answer.connection is not None
     assert sleeps == [7]
 
 
@@ -250,7 +250,7 @@ def test_exception_tree():
 def test_request_headers(fake, make_api):
     # The fake answers 406 without the exact Accept and 401 without the Bearer token, so a
     # 200 proves both were sent.
-    assert make_api(user_agent="probe/1").get_vpn_connection("my-space", "office").connection
+    assert make_api(user_agent="probe/1").get_vpn_connection("my-space", "office").answer.connection
 
 
 def test_no_secret_in_messages_logs_or_reprs(fake, make_api, sleeps, caplog):

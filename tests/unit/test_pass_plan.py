@@ -89,7 +89,7 @@ def test_a_connection_without_its_far_end_waits_and_the_others_go_on():
     plan = plan_pass(inputs(waiting, rec, loaded=loaded_fingerprints(rec)))
     assert [s.key for s in plan.steps] == ["acme-space-lab", KEY]
     assert plan.steps[0].charon_actions == ()
-    assert plan.steps[0].memory.verdict == (Health.DOWN, "VPN connection is provisioning; waiting until it is active")
+    assert plan.steps[0].memory.verdict == (Health.DOWN, "waiting for Heroku: the VPN connection is provisioning")
     assert plan.steps[1].charon_actions == (InitiateChild(T1), InitiateIke(T2))
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given, strategies as st
 
 from agent.core.model import ConnectionStatus, Secret, TunnelApiStatus
-from agent.core.payload import PayloadError, parse_vpn_connection
+from agent.core.payload import MAX_STATUS_MESSAGE, PayloadError, parse_vpn_answer, parse_vpn_connection
 
 PSK1 = "psk-one-Xq9Lr2"
 PSK2 = "psk-two-Zk4Tn7"
@@ -57,7 +58,7 @@ def test_cidrs_are_normalised_and_unknown_status_tolerated():
     data = good()
     data["routable_cidrs"] = ["192.168.1.7/24", "172.20.0.0/16"]
     data["space_cidr_block"] = "10.0.0.1/16"
-    data["status"] = "deleting"
+    data["status"] = "available"
     data["ike_version"] = 2
     for t in data["tunnels"]:
         t["status"] = "weird"
@@ -181,3 +182,54 @@ def test_messages_and_reprs_never_show_psks():
     conn = parse_vpn_connection(good())
     assert PSK1 not in repr(conn) and PSK2 not in repr(conn)
     assert PSK1 not in str(conn.tunnel(1))
+
+
+# --- the answer's life-cycle status first ---------------------------------------------------
+
+@pytest.mark.parametrize("status", ["pending", "provisioning", "failed", "deprovisioning", "deleting", "deleted"])
+def test_an_incomplete_answer_is_a_stage_not_an_error(status):
+    """Heroku answers a connection being built (or failed) without tunnels."""
+    answer = parse_vpn_answer({"id": "1", "name": "office", "status": status,
+                               "status_message": "supplied CIDR block already in use", "tunnels": []})
+    assert answer.status is ConnectionStatus(status)
+    assert answer.connection is None
+    assert answer.status_message == "supplied CIDR block already in use"
+
+
+def test_an_active_answer_is_validated_fully():
+    assert parse_vpn_answer(good()).connection == parse_vpn_connection(good())
+    data = good()
+    data["tunnels"] = []
+    with pytest.raises(PayloadError, match="tunnels: expected 2 tunnels"):
+        parse_vpn_answer(data)
+
+
+def test_an_unknown_status_is_used_when_complete_and_waited_on_otherwise():
+    data = good()
+    data["status"] = "available"
+    answer = parse_vpn_answer(data)
+    assert answer.status is ConnectionStatus.UNKNOWN and answer.status_text == "available"
+    assert answer.connection is not None
+    data["tunnels"] = []
+    assert parse_vpn_answer(data).connection is None
+
+
+def test_a_missing_status_is_refused_by_name():
+    data = good()
+    del data["status"]
+    with pytest.raises(PayloadError, match="status: expected a string, got null"):
+        parse_vpn_answer(data)
+
+
+def test_two_tunnels_with_one_ip_are_refused():
+    data = good()
+    data["tunnels"][1]["ip"] = data["tunnels"][0]["ip"]
+    with pytest.raises(PayloadError, match=r"tunnels\[1\]\.ip: 198.51.100.1 is the IP of another tunnel"):
+        parse_vpn_connection(data)
+
+
+@given(st.text(max_size=3000))
+def test_status_messages_are_one_bounded_printable_line(message):
+    answer = parse_vpn_answer({"status": "failed", "status_message": message})
+    assert len(answer.status_message) <= MAX_STATUS_MESSAGE
+    assert answer.status_message.isprintable()
