@@ -23,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.core.failover import FailoverKind, TunnelRole
+from agent.core.lifecycle import Stage
 from agent.core.model import TunnelApiStatus
 from agent.core.observation import ChildState, IkeState
 from agent.core.snapshot import ConnectionView, Snapshot, TunnelView
@@ -41,6 +42,7 @@ IKE_STATES = tuple(s.value for s in (IkeState.ESTABLISHED, IkeState.CONNECTING, 
 CHILD_STATES = tuple(s.value for s in (ChildState.INSTALLED, ChildState.REKEYING, ChildState.NONE))
 # Failover kinds, exported at 0 before the first failover so rate() sees the first increase.
 FAILOVER_REASONS = tuple(kind.value for kind in FailoverKind)
+STAGES = tuple(stage.value for stage in Stage)
 API_UP = {TunnelApiStatus.UP.value: 1, TunnelApiStatus.DOWN.value: 0}  # UNKNOWN: no sample
 
 
@@ -83,9 +85,18 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
     failovers = CounterMetricFamily(PREFIX + "failovers_total",
                                     "Traffic moves from one tunnel to the other since start, by reason.",
                                     labels=(*CONNECTION_LABELS, "reason"))
+    stage = GaugeMetricFamily(PREFIX + "connection_stage",
+                              "1 for the connection's stage at Heroku (waiting, active, failed, gone...), 0 for the others.",
+                              labels=(*CONNECTION_LABELS, "stage"))
+    generation = GaugeMetricFamily(PREFIX + "settings_generation",
+                                   "Generation of the far end's settings: 1 for the first seen, +1 for each change.",
+                                   labels=CONNECTION_LABELS)
     for conn in connections:
         labels = [conn.space, conn.vpn]
         health.add_metric(labels, int(conn.health))
+        for name in STAGES:
+            stage.add_metric([*labels, name], int(conn.stage == name))
+        generation.add_metric(labels, conn.generation)
         if conn.api_last_success is not None:
             last_success.add_metric(labels, conn.api_last_success)
         for kind, count in sorted(conn.api_errors.items()):
@@ -93,7 +104,7 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
         counts = {reason: 0 for reason in FAILOVER_REASONS} | conn.failover_counts
         for reason, count in sorted(counts.items()):
             failovers.add_metric([*labels, reason], count)
-    yield from (health, last_success, api_errors, failovers)
+    yield from (health, stage, generation, last_success, api_errors, failovers)
 
 
 def tunnel_families(connections: tuple[ConnectionView, ...]) -> Iterator[Metric]:

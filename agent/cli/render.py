@@ -31,8 +31,11 @@ def render_status(status: dict[str, object]) -> str:
         lines.append(f"=== {conn['space']}/{conn['vpn']}  {conn['health'].upper()}: {conn['summary']}")
         lines.append(f"Mode: {conn['mode']} ({conn['mode_reason']})")
         lines.append(f"Source: {conn['source']}   Connection status: {conn['connection_status']}")
+        if conn.get("heroku_note"):
+            lines.append(f"Heroku: {conn['heroku_note']}")
         if conn.get("api_error"):
             lines.append(f"API error: {conn['api_error']}")
+        lines += _rolling(conn)
         interfaces = [f"tunnel {t['number']} {t['interface']}" for t in conn["tunnels"] if t.get("interface")]
         if interfaces:
             lines.append(f"Interfaces: {', '.join(interfaces)}")
@@ -47,6 +50,16 @@ def render_status(status: dict[str, object]) -> str:
             lines += [f"  {_timestamp(f['at'])}  tunnel {f['from_tunnel']} -> {f['to_tunnel']}  {f['reason']}"
                       for f in failovers]
     return "\n".join(lines) + "\n"
+
+
+def _rolling(conn: dict) -> list[str]:
+    """While a change of the far end's settings rolls: which tunnel runs which."""
+    latest = conn.get("generation", 0)
+    behind = [t for t in conn["tunnels"] if t.get("generation", latest) != latest]
+    if not behind:
+        return []
+    runs = ", ".join(f"tunnel {t['number']} generation {t['generation']}" for t in conn["tunnels"])
+    return [f"Settings: rolling to generation {latest} ({runs})"]
 
 
 def exit_code(status: dict[str, object]) -> int:

@@ -49,6 +49,7 @@ class TunnelView:
     packets_in_total: int = 0
     packets_out_total: int = 0
     initiates: dict[str, int] = field(default_factory=dict)  # initiate requests by result
+    generation: int = 0  # of the far-end settings it runs (below the connection's while rolling)
     problem: str = ""  # why the tunnel cannot carry traffic now, if it cannot
 
 
@@ -79,6 +80,10 @@ class ConnectionView:
     api_errors: dict[str, int] = field(default_factory=dict)  # Platform API failures by kind
     failovers: tuple[FailoverView, ...] = ()  # most recent last
     failover_counts: dict[str, int] = field(default_factory=dict)  # by kind, since start
+    status_message: str = ""  # Heroku's
+    stage: str = "unknown"  # a lifecycle.Stage value
+    heroku_note: str = ""  # what Heroku says and what the agent does about it
+    generation: int = 0  # of the far end's settings
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from agent.core.decide import current_probes
 from agent.core.failover import TunnelRole
 from agent.core.health import ProbeStats, TrafficTotals, probe_healthy
+from agent.core.lifecycle import life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.observation import CharonState
 from agent.core.snapshot import ConnectionView, FailoverView, TunnelView
@@ -19,6 +20,7 @@ def connection_view(record: ConnectionRecord, charon: CharonState, wall_now: flo
     if memory.desired is not None:
         tunnels = tuple(_tunnel_view(record, t.number, charon, wall_now) for t in memory.desired.tunnels)
     health, summary = memory.verdict
+    life = life_of(far_end, settings, wall_now)
     return ConnectionView(
         space=settings.space,
         vpn=settings.vpn,
@@ -35,6 +37,10 @@ def connection_view(record: ConnectionRecord, charon: CharonState, wall_now: flo
         failovers=tuple(FailoverView(f.at, f.from_tunnel, f.to_tunnel, f.reason.detail, f.reason.kind.value)
                         for f in memory.failovers),
         failover_counts={kind.value: count for kind, count in memory.failover_counts.items()},
+        status_message=far_end.status_message,
+        stage=life.stage.value,
+        heroku_note=life.note,
+        generation=far_end.generation,
     )
 
 
@@ -66,6 +72,7 @@ def _tunnel_view(record: ConnectionRecord, number: int, charon: CharonState, wal
         interface=desired.interface,
         drained=number in memory.drained,
         initiates=dict(memory.initiates.get(number, {})),
+        generation=desired.generation,
         **_traffic_fields(memory.traffic.get(number)),
         problem=health.describe if health is not None else "",
         **_probe_fields(current_probes(memory.probes.get(number), sas), record.settings.probe.failures),

@@ -33,7 +33,8 @@ def tunnel_view(number: int, **fields) -> TunnelView:
 
 def connection(vpn: str, health: Health, tunnels: tuple[TunnelView, ...], **fields) -> ConnectionView:
     defaults = {"space": "acme-space", "vpn": vpn, "mode": "policy", "mode_reason": "configured", "source": "api",
-                "connection_status": "active", "health": health, "summary": "", "tunnels": tunnels}
+                "connection_status": "active", "stage": "active", "generation": 1, "health": health, "summary": "",
+                "tunnels": tunnels}
     return ConnectionView(**{**defaults, **fields})
 
 

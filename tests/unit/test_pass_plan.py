@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.core.charon_objects import InitiateChild, InitiateIke, LoadTunnel, UnloadConn
+from agent.core.charon_objects import InitiateChild, InitiateIke, LoadTunnel, TerminateIke, UnloadConn
 from agent.core.failover import FailoverKind, FailoverState
 from agent.core.health import ProbeTarget
+from agent.core.lifecycle import far_end_after_answer
 from agent.core.memory import ConnectionRecord, ConnectionSettings, FarEnd, ProbeSettings
-from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
+from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnAnswer, VpnConnection
 from agent.core.modes import Mode
 from agent.core.netstate import Link, NetState, interface_name
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
@@ -148,3 +149,77 @@ def test_probe_results_of_a_tunnel_no_longer_probed_stop_counting():
     assert fresh.steps[0].memory.health[1].problem is not None  # a second ago: it counts
     stale = replace(inputs(replace(rec, memory=memory), charon=charon, loaded=loaded_fingerprints(rec)), now=110.0)
     assert plan_pass(stale).steps[0].memory.health[1].ready  # ten seconds on: no verdict any more
+
+
+# --- the far end's life: rolls and deletions ---------------------------------------------------
+
+
+def settled(rec: ConnectionRecord, charon: CharonState, loaded: dict) -> ConnectionRecord:
+    """The record after a pass over a steady state: memory as the loop keeps it."""
+    (step,) = plan_pass(inputs(rec, charon=charon, loaded=loaded)).steps
+    return replace(rec, memory=step.memory)
+
+
+def rotated(vpn: VpnConnection) -> VpnConnection:
+    return replace(vpn, tunnels=tuple(replace(t, psk=Secret(t.psk.reveal() + "-new")) for t in vpn.tunnels))
+
+
+def test_new_keys_roll_the_standby_first_then_move_then_the_other():
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
+    rec = record(generation=1)
+    loaded = loaded_fingerprints(rec)
+    rec = settled(rec, charon, loaded)
+    assert rec.memory.active == 1
+
+    # Heroku re-created the VPN: new keys for both tunnels (generation 2).
+    rec = replace(rec, far_end=replace(rec.far_end, vpn=rotated(VPN), generation=2))
+    plan = plan_pass(inputs(rec, charon=charon, loaded=loaded))
+    assert [(type(a).__name__, getattr(a, "conn_name", None) or a.connection.tunnel(a.number).conn_name)
+            for a in plan.setup] == [("LoadTunnel", T2), ("TerminateIke", T2)]
+    assert plan.starting_over == {T2}
+    new_t2 = next(a.fingerprint for a in plan.setup if isinstance(a, LoadTunnel))
+
+    # Tunnel 2 is up on the new keys: traffic moves to it (make-before-break).
+    loaded = {**loaded, T2: new_t2}
+    (step,) = plan_pass(inputs(rec, charon=charon, loaded=loaded)).steps
+    rec = replace(rec, memory=step.memory)
+    plan = plan_pass(inputs(rec, charon=charon, loaded=loaded))
+    assert plan.setup == ()
+    (step,) = plan.steps
+    assert step.failover is not None and step.failover.reason.kind is FailoverKind.ROLL
+    assert step.memory.active == 2 and InitiateChild(T2) in step.charon_actions
+
+    # Once tunnel 2 carries the traffic, tunnel 1 takes the new keys.
+    rec = replace(rec, memory=step.memory)
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(False), T2: up(True)})
+    rec = settled(rec, charon, loaded)
+    plan = plan_pass(inputs(rec, charon=charon, loaded=loaded))
+    assert [type(a) for a in plan.setup] == [LoadTunnel, TerminateIke]
+    assert plan.setup[0].connection.tunnel(1).psk == Secret("k1.xxxxxxxx-new")
+    assert plan.setup[1].conn_name == T1
+
+
+def test_a_reordered_answer_loads_nothing():
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
+    rec = record(generation=1)
+    loaded = loaded_fingerprints(rec)
+    rec = settled(rec, charon, loaded)
+    swapped = replace(VPN, tunnels=tuple(replace(t, number=3 - t.number) for t in reversed(VPN.tunnels)))
+    far_end = far_end_after_answer(rec.far_end, VpnAnswer(ConnectionStatus.ACTIVE, "", swapped), 1_800_000_000.0)
+    plan = plan_pass(inputs(replace(rec, far_end=far_end), charon=charon, loaded=loaded))
+    assert plan.setup == () and far_end.generation == 1
+
+
+def test_a_connection_deleted_long_enough_is_unloaded():
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
+    rec = record(generation=1)
+    loaded = loaded_fingerprints(rec)
+    gone = replace(rec, far_end=replace(rec.far_end, gone_since=1_800_000_000.0 - 100, connection_status="deleted"))
+    plan = plan_pass(inputs(gone, charon=charon, loaded=loaded))
+    assert plan.setup == ()  # within forget_deleted_after: kept
+    forgotten = replace(gone, far_end=replace(gone.far_end, gone_since=1_800_000_000.0 - 901))
+    plan = plan_pass(inputs(forgotten, charon=charon, loaded=loaded))
+    assert UnloadConn(T1) in plan.setup and UnloadConn(T2) in plan.setup
+    assert TerminateIke(T1, "7") in plan.setup
+    (step,) = plan.steps
+    assert step.memory.verdict[0] is Health.DOWN and "unloaded" in step.memory.verdict[1]

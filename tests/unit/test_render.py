@@ -245,3 +245,18 @@ def test_agentctl_help_is_laid_out_as_argparse_would(monkeypatch, capsys, column
     ours = help_text()
     monkeypatch.setattr(agentctl, "_formatter", argparse.HelpFormatter)
     assert ours == help_text() and ours.startswith("usage: agentctl")
+
+
+def test_render_says_what_heroku_says_and_which_tunnel_runs_which_settings():
+    rolling = office(Health.OK, "redundant", (tunnel_view(1, role="active", generation=1),
+                                              tunnel_view(2, generation=2)),
+                     generation=2, stage="active",
+                     heroku_note="")
+    text = render_status(json.loads(json.dumps(snapshot(rolling).to_dict())))
+    assert "Settings: rolling to generation 2 (tunnel 1 generation 1, tunnel 2 generation 2)" in text
+    assert "Heroku:" not in text
+    failed = office(Health.DOWN, "x", (), stage="failed", generation=1,
+                    heroku_note="Heroku reports the VPN connection failed: supplied CIDR block already in use")
+    text = render_status(json.loads(json.dumps(snapshot(failed).to_dict())))
+    assert "Heroku: Heroku reports the VPN connection failed: supplied CIDR block already in use" in text
+    assert "Settings:" not in text

@@ -82,7 +82,7 @@ def test_to_dict_round_trips_through_json():
             "source": "cache", "connection_status": "active", "health": "degraded",
             "summary": "redundancy lost: tunnel 2 not established",
             "api_error": "Platform API unreachable", "api_last_success": 1699999000.0,
-            "api_errors": {}, "failovers": [], "failover_counts": {},
+            "api_errors": {}, "failovers": [], "failover_counts": {}, "status_message": "", "stage": "unknown", "heroku_note": "", "generation": 0,
             "tunnels": [
                 {"number": 1, "ip": "203.0.113.11", "api_status": "UP", "ike_state": "ESTABLISHED",
                  "child_state": "INSTALLED", "role": "active", "established_seconds": 3725,
@@ -91,7 +91,7 @@ def test_to_dict_round_trips_through_json():
                  "probe_sent": 0, "probe_lost": 0, "probe_consecutive_failures": 0, "probe_rtt_ms": None,
                  "probe_healthy": True, "drained": False, "problem": "", "established_at": None,
                  "bytes_in_total": 0, "bytes_out_total": 0, "packets_in_total": 0, "packets_out_total": 0,
-                 "initiates": {}},
+                 "initiates": {}, "generation": 0},
                 {"number": 2, "ip": "203.0.113.12", "api_status": "DOWN", "ike_state": "CONNECTING",
                  "child_state": "NONE", "role": "standby", "established_seconds": None,
                  "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
@@ -99,7 +99,7 @@ def test_to_dict_round_trips_through_json():
                  "probe_sent": 0, "probe_lost": 0, "probe_consecutive_failures": 0, "probe_rtt_ms": None,
                  "probe_healthy": True, "drained": False, "problem": "", "established_at": None,
                  "bytes_in_total": 0, "bytes_out_total": 0, "packets_in_total": 0, "packets_out_total": 0,
-                 "initiates": {}},
+                 "initiates": {}, "generation": 0},
             ],
         }],
     }
