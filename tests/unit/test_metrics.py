@@ -22,7 +22,7 @@ from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 ALLOWED_LABELS = {"space", "vpn", "tunnel", "tunnel_ip", "state", "kind", "reason", "result", "version",
-                  "strongswan_version"}
+                  "strongswan_version", "stage"}
 
 
 def tunnel_view(number: int, **fields) -> TunnelView:
