@@ -152,15 +152,36 @@ def test_tunnel_and_connection_knobs(fake, client):
     before = fake.connection("my-space", "office")["tunnels"][0]["last_status_change"]
     fake.set_tunnel_status("my-space", "office", 1, "DOWN", "maintenance")
     fake.set_tunnel_ip("my-space", "office", 2, "198.51.100.3")
-    fake.set_connection_status("my-space", "office", "failed", "boom")
     body = client.get("/spaces/my-space/vpn-connections/office").json()
     assert body["tunnels"][0]["status"] == "DOWN"
     assert body["tunnels"][0]["status_message"] == "maintenance"
     assert body["tunnels"][0]["last_status_change"] >= before
     assert body["tunnels"][1]["ip"] == "198.51.100.3"
-    assert (body["status"], body["status_message"]) == ("failed", "boom")
+    fake.set_connection_status("my-space", "office", "failed", "boom")
+    body = client.get("/spaces/my-space/vpn-connections/office").json()
+    assert (body["status"], body["status_message"], body["tunnels"]) == ("failed", "boom", [])
     with pytest.raises(ValueError):
         fake.set_psk("my-space", "office", 3, "x")
+
+
+def test_life_cycle_knobs(fake, client):
+    url = "/spaces/my-space/vpn-connections/office"
+    first = client.get(url).json()
+    fake.reorder_tunnels("my-space", "office")
+    assert client.get(url).json()["tunnels"] == first["tunnels"][::-1]
+    fake.set_routable_cidrs("my-space", "office", ["172.16.0.0/12"])
+    assert client.get(url).json()["routable_cidrs"] == ["172.16.0.0/12"]
+    fake.hide("my-space", "office")
+    assert client.get(url).status_code == 404
+    assert client.get("/spaces/my-space/vpn-connections").json() == []
+    fake.hide("my-space", "office", False)
+    fake.recreate("my-space", "office", psks=["n1", "n2"], tunnel_ips=["198.51.100.7", "198.51.100.8"])
+    pending = client.get(url).json()
+    assert (pending["status"], pending["tunnels"]) == ("pending", [])
+    assert pending["id"] != first["id"]
+    fake.set_connection_status("my-space", "office", "active")
+    active = client.get(url).json()
+    assert [(t["ip"], t["pre_shared_key"]) for t in active["tunnels"]] == [("198.51.100.7", "n1"), ("198.51.100.8", "n2")]
 
 
 def test_delay_makes_clients_time_out(fake):

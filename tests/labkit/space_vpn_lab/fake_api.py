@@ -72,6 +72,7 @@ class _State:
         self.token = token
         self.connections: dict[tuple[str, str], dict] = {}
         self.spaces: set[str] = set()  # a space outlives its last connection
+        self.hidden: set[tuple[str, str]] = set()  # answered 404 (see FakePlatformApi.hide)
         self.failure: _Failure | None = None
         self.delay = 0.0
         self.unreachable = False
@@ -281,8 +282,39 @@ class FakePlatformApi:
             self._tunnel(space, vpn, n)["ip"] = ip
 
     def set_connection_status(self, space: str, vpn: str, status: str, message: str = "") -> None:
+        """While not active (pending, provisioning, failed...) the body has no tunnels,
+        as Heroku's has none before AWS made them; they come back with `active`."""
         with self._state.lock:
             self._state.connections[(space, vpn)].update(status=status, status_message=message)
+
+    # -- the connection's life (each stage as Heroku plays it) ------------------------------
+
+    def hide(self, space: str, vpn: str, hidden: bool = True) -> None:
+        """404 for this connection, as right after a create (eventual consistency) or
+        after a destroy; the body stays for `hide(..., False)`."""
+        with self._state.lock:
+            (self._state.hidden.add if hidden else self._state.hidden.discard)((space, vpn))
+
+    def reorder_tunnels(self, space: str, vpn: str) -> None:
+        """The same tunnels, listed the other way round."""
+        with self._state.lock:
+            self._state.connections[(space, vpn)]["tunnels"].reverse()
+
+    def set_routable_cidrs(self, space: str, vpn: str, cidrs: list[str]) -> None:
+        """`heroku spaces:vpn:update --cidrs`: both tunnels' selectors change at once."""
+        with self._state.lock:
+            self._state.connections[(space, vpn)]["routable_cidrs"] = list(cidrs)
+
+    def recreate(self, space: str, vpn: str, *, psks: list[str], tunnel_ips: list[str] | None = None,
+                 status: str = "pending") -> dict:
+        """`spaces:vpn:destroy` then `spaces:vpn:connect`: a new id, new PSKs, maybe
+        new tunnel IPs; `status` pending until `set_connection_status(..., "active")`."""
+        with self._state.lock:
+            old = copy.deepcopy(self._state.connections[(space, vpn)])
+        ips = tunnel_ips or [t["ip"] for t in old["tunnels"]]
+        return self.add_connection(space, vpn, public_ip=old["public_ip"], routable_cidrs=old["routable_cidrs"],
+                                   space_cidr_block=old["space_cidr_block"], ike_version=old["ike_version"],
+                                   tunnel_ips=ips, psks=psks, status=status)
 
     # -- failure knobs -------------------------------------------------------------------
 
@@ -371,12 +403,18 @@ class FakePlatformApi:
         if space not in self._state.spaces:
             return _error(404, message="Couldn't find that space.")
         if len(parts) == 4:
-            return _json_reply(list(in_space.values()), handler.headers.get("If-None-Match"))
+            shown = [_as_served(body) for name, body in in_space.items() if (space, name) not in self._state.hidden]
+            return _json_reply(shown, handler.headers.get("If-None-Match"))
         wanted = parts[4]
         for name, body in in_space.items():
-            if wanted in (name, body["id"]):
-                return _json_reply(body, handler.headers.get("If-None-Match"))
+            if wanted in (name, body["id"]) and (space, name) not in self._state.hidden:
+                return _json_reply(_as_served(body), handler.headers.get("If-None-Match"))
         return _error(404, message="Couldn't find that VPN connection.")
+
+
+def _as_served(body: dict) -> dict:
+    """A connection that is not active has no tunnels yet (or any more)."""
+    return body if body["status"] == "active" else {**body, "tunnels": []}
 
 
 def start_fake_api(lab: Lab, token: str) -> FakePlatformApi:

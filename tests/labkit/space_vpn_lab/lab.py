@@ -11,6 +11,7 @@ kernel_ipsec / space_route_based need a kernel with ESP and XFRM interfaces (ker
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import logging
 import os
 import secrets
@@ -22,7 +23,8 @@ from pathlib import Path
 from space_vpn_lab.app_host import AppHost
 from space_vpn_lab.charon_instance import DEFAULT_BINARY, CharonInstance
 from space_vpn_lab.space_side import SpaceSide, SpaceTunnel
-from space_vpn_lab.topology import APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, SPACE_HOST_IP, Topology
+from space_vpn_lab.topology import (APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, SPACE_HOST_IP, TUNNEL_CIDR,
+                                    Topology, ip)
 from space_vpn_lab.traffic import PingResult, ping
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,21 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def recreate_vpn(self, psks: Sequence[str], tunnel_ips: Sequence[str] | None = None) -> None:
+        """Heroku destroys the VPN and connects it again: both endpoints say DELETE and
+        forget everything, then answer with new PSKs (and maybe new IPs, which must be
+        in the documentation range 198.51.100.0/24 the customer routes to the space)."""
+        for number in (1, 2):
+            self.space.graceful_down(number)
+        if tunnel_ips is not None:
+            for address in tunnel_ips:
+                if ipaddress.ip_address(address) not in ipaddress.ip_network(TUNNEL_CIDR):
+                    raise ValueError(f"tunnel IP {address} is outside the lab's {TUNNEL_CIDR}")
+                ip("-n", self.topology.space_ns, "addr", "replace", f"{address}/32", "dev", "lo")
+            self.tunnel_ips = tuple(tunnel_ips)
+        self.space.reconfigure(psks=psks, tunnel_ips=tunnel_ips)
+        self.psks = tuple(psks)
 
     def name_app(self, address: str = APP_HOST_IPS[0], name: str = APP_NAME) -> None:
         """Resolve `name` to `address` in the customer namespace (its own hosts file):

@@ -109,16 +109,21 @@ class SpaceSide:
                  len(self.tunnels), self.ike_version)
 
     def reconfigure(self, ike_version: int | None = None, psks: Sequence[str] | None = None,
-                    customer_id: str | None = None, remote_ts: str | None = None,
-                    childless: str | None = None) -> None:
+                    customer_id: str | None = None, remote_ts: str | Sequence[str] | None = None,
+                    childless: str | None = None, tunnel_ips: Sequence[str] | None = None) -> None:
         """Change settings and reload conns + shared keys. Existing SAs are kept
-        (as on AWS, new settings apply to the next negotiation)."""
+        (as on AWS, new settings apply to the next negotiation). New `tunnel_ips` must
+        already be addresses of the space namespace (Lab.add_tunnel_ips)."""
         if ike_version is not None:
             self.ike_version = ike_version
         if psks is not None:
             if len(psks) != len(self.tunnels):
                 raise ValueError("one PSK per tunnel expected")
             self.tunnels = tuple(SpaceTunnel(t.ip, p) for t, p in zip(self.tunnels, psks))
+        if tunnel_ips is not None:
+            if len(tunnel_ips) != len(self.tunnels):
+                raise ValueError("one IP per tunnel expected")
+            self.tunnels = tuple(SpaceTunnel(ip, t.psk) for t, ip in zip(self.tunnels, tunnel_ips))
         if customer_id is not None:
             self.customer_id = customer_id
         if remote_ts is not None:
@@ -163,7 +168,7 @@ class SpaceSide:
         child = {
             "mode": "tunnel",
             "local_ts": [self.local_ts],
-            "remote_ts": [self.remote_ts],
+            "remote_ts": [self.remote_ts] if isinstance(self.remote_ts, str) else list(self.remote_ts),
             "esp_proposals": [PROPOSAL],
             "life_time": "3600s",
             "rekey_time": "3330s",
