@@ -134,7 +134,8 @@ def _prepare(record: ConnectionRecord, inputs: PassInputs) -> _Prepared:
     vpn, local_address = far_end.vpn, _local_address(record, inputs)
     if vpn is None or local_address is None or life.stage is Stage.FORGOTTEN:
         return _Prepared(life, None, None)
-    roll = plan_roll(published(vpn, far_end.generation), memory.running, memory.active, memory.health)
+    roll = plan_roll(published(vpn, far_end.generation), memory.running, memory.active, memory.health,
+                     route_mode=settings.mode is Mode.ROUTE)
     source = settings.source_address or source_inside(tuple(vpn.routable_cidrs), inputs.net.addresses)
     conn = desired_connection(
         key=record.key, space=settings.space, vpn=settings.vpn, local_address=local_address,

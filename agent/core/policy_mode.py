@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from agent.core.charon_objects import CharonAction, InitiateChild, InitiateIke, TerminateChild
-from agent.core.desired import DesiredConnection
+from agent.core.desired import DesiredConnection, DesiredTunnel
 from agent.core.observation import CharonState, IkeState
 from agent.core.tunnel_timing import TunnelTiming, needs_child_initiate
 
@@ -42,6 +42,12 @@ def plan_policy_mode(
     standby_sas = charon.tunnel(standby_tunnel.conn_name)
     standby_timing = timing.get(standby_tunnel.conn_name, TunnelTiming())
     actions: list[CharonAction] = []
+    if _selectors(standby_tunnel) != _selectors(active_tunnel) and active_sas.installed_child is None:
+        # A roll to new selectors (core/rolling) breaks before it makes: charon gives a
+        # route that two policies share to the first one only, and takes it away with it,
+        # so a new child installed while the old one lives would be left without a route.
+        # One Quick Mode of loss instead of an outage until the next rekey.
+        actions += [TerminateChild(standby_tunnel.conn_name, c.uniqueid) for c in standby_sas.children]
     if needs_child_initiate(active_sas, timing.get(active_tunnel.conn_name, TunnelTiming()), now):
         actions.append(InitiateChild(active_tunnel.conn_name))
 
@@ -56,3 +62,7 @@ def plan_policy_mode(
     elif active_sas.installed_child is not None:
         actions += [TerminateChild(standby_tunnel.conn_name, c.uniqueid) for c in standby_sas.children]
     return actions
+
+
+def _selectors(tunnel: DesiredTunnel) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tunnel.local_ts, tunnel.remote_ts

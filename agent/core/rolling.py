@@ -7,6 +7,8 @@ carries traffic while the other changes. So a change rolls: first the tunnel tha
 not carry traffic takes the new settings; once it is up and healthy on them, traffic
 moves to it (make-before-break in policy mode, a route move in route mode); then the
 other one takes them. Both change in the same pass only when neither carries traffic.
+A tunnel that carries traffic but fails (probes lost, ...) is not kept on old settings:
+the far end may have changed under it (a re-creation), and failover moves traffic anyway.
 Level-triggered: each pass re-derives this from what runs and what is published. Pure.
 """
 
@@ -55,21 +57,25 @@ class RollPlan:
 
 
 def plan_roll(target: Mapping[int, TunnelSettings], running: Mapping[int, TunnelSettings],
-              active: int | None, health: Mapping[int, TunnelHealth]) -> RollPlan:
+              active: int | None, health: Mapping[int, TunnelHealth], *, route_mode: bool) -> RollPlan:
     """`running`: what each tunnel ran in the last pass (empty at start); `active` and
-    `health` as the last pass left them."""
+    `health` as the last pass left them.
+
+    A tunnel carries traffic while it holds an installed CHILD_SA that works and the
+    traffic goes to it: in policy mode that is any tunnel with a child (right after a
+    move the old child carries until the new one is installed), in route mode the
+    active one (the route points there; the standby's child is only a ready path)."""
     stale = {n for n in target if n in running and not running[n].same_as(target[n])}
-    if not stale or active not in target or not _carries(health.get(active)):
-        return RollPlan(dict(target))  # nothing to roll, or no traffic to keep
-    standby = 3 - active
-    settings = dict(target)
-    if active in stale:
-        settings[active] = running[active]  # keeps carrying until the standby can
-    if standby in stale:
-        return RollPlan(settings)  # the standby takes the new settings first
-    standby_health = health.get(standby)
-    ready = standby_health is not None and standby_health.ready
-    return RollPlan(settings, retiring=active if active in stale and ready else None)
+    carrying = {n for n in stale if _carries(health.get(n)) and (not route_mode or n == active)}
+    settings = {n: running[n] if n in carrying else target[n] for n in target}
+    retiring = None
+    if active in carrying:
+        # The other takes the new settings first; traffic leaves once it is up on them
+        # (its health is of what it ran in the last pass).
+        other, other_ran = health.get(3 - active), running.get(3 - active)
+        if other_ran is not None and other_ran.same_as(target[3 - active]) and other is not None and other.ready:
+            retiring = active
+    return RollPlan(settings, retiring)
 
 
 def _carries(health: TunnelHealth | None) -> bool:

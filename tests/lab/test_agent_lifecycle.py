@@ -98,7 +98,7 @@ def test_reload_unloads_only_its_own_objects_that_are_no_longer_configured(lab, 
     assert status["connections"][0]["source"] == "static"
 
 
-def test_psk_rotation_reloads_and_re_establishes(lab, make_agent, fake_api, secrets_of):
+def test_psk_rotation_rolls_one_tunnel_at_a_time(lab, make_agent, fake_api, secrets_of):
     agent = make_agent()
     agent.start()
     agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
@@ -114,9 +114,12 @@ def test_psk_rotation_reloads_and_re_establishes(lab, make_agent, fake_api, secr
         sas = customer_sas(lab)
         fresh = all(n in sas and sas[n].established_ike and sas[n].established_ike.uniqueid != old_ids[n]
                     for n in (T1, T2))
-        return fresh and is_redundant(status)
+        return fresh and is_redundant(status, active=2)
 
-    agent.wait_for(re_established, BRINGUP_TIMEOUT)
+    # Tunnel 2 (standby) takes the new key first, traffic moves to it, then tunnel 1 follows.
+    status = agent.wait_for(re_established, BRINGUP_TIMEOUT)
+    assert [(f["kind"], f["from_tunnel"], f["to_tunnel"]) for f in status["connections"][0]["failovers"]] == [
+        ("roll", 1, 2)]
     assert lab.customer_ping(count=3, interval=0.2).received == 3
     assert_no_secret(agent.log_text(), (*secrets_of, *new_psks))
 

@@ -117,9 +117,10 @@ class Lab:
     def recreate_vpn(self, psks: Sequence[str], tunnel_ips: Sequence[str] | None = None) -> None:
         """Heroku destroys the VPN and connects it again: both endpoints say DELETE and
         forget everything, then answer with new PSKs (and maybe new IPs, which must be
-        in the documentation range 198.51.100.0/24 the customer routes to the space)."""
-        for number in (1, 2):
-            self.space.graceful_down(number)
+        in the documentation range 198.51.100.0/24 the customer routes to the space).
+        The new settings are loaded before the DELETEs go out, so nothing re-initiated
+        afterwards meets the old ones; old endpoint IPs vanish."""
+        old_ips = self.tunnel_ips
         if tunnel_ips is not None:
             for address in tunnel_ips:
                 if ipaddress.ip_address(address) not in ipaddress.ip_network(TUNNEL_CIDR):
@@ -128,6 +129,10 @@ class Lab:
             self.tunnel_ips = tuple(tunnel_ips)
         self.space.reconfigure(psks=psks, tunnel_ips=tunnel_ips)
         self.psks = tuple(psks)
+        for number in (1, 2):
+            self.space.graceful_down(number)
+        for address in set(old_ips) - set(self.tunnel_ips):
+            ip("-n", self.topology.space_ns, "addr", "del", f"{address}/32", "dev", "lo")
 
     def name_app(self, address: str = APP_HOST_IPS[0], name: str = APP_NAME) -> None:
         """Resolve `name` to `address` in the customer namespace (its own hosts file):
