@@ -241,3 +241,12 @@ def test_stop_is_prompt_even_with_a_slow_request_pending(fake):
 def test_url_before_start_is_an_error():
     with pytest.raises(RuntimeError):
         _ = FakePlatformApi(TOKEN).url
+
+
+def test_request_times_are_kept_in_step_with_requests(fake, client):
+    before = time.monotonic()
+    for _ in range(2):
+        client.get("/spaces/my-space/vpn-connections/office")
+    times = fake.request_times
+    assert len(times) == len(fake.requests) == 2
+    assert before <= times[0] <= times[1] <= time.monotonic()

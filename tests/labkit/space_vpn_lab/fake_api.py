@@ -77,6 +77,7 @@ class _State:
         self.delay = 0.0
         self.unreachable = False
         self.requests: list[tuple[str, str, int]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each entry of `requests`
         self.pool = float(_POOL)
         self.pool_at = time.monotonic()
         self.refill_per_second = _REFILL_PER_SECOND
@@ -332,6 +333,12 @@ class FakePlatformApi:
         with self._state.lock:
             return list(self._state.requests)
 
+    @property
+    def request_times(self) -> list[float]:
+        """When each request of `requests` was answered (time.monotonic()), to measure spacing."""
+        with self._state.lock:
+            return list(self._state.request_times)
+
     # -- request handling (handler threads) ----------------------------------------------
 
     def _refuse(self, handler: _Handler, status: int) -> _Reply:
@@ -354,6 +361,7 @@ class FakePlatformApi:
 
     def _record(self, handler: _Handler, reply: _Reply) -> _Reply:
         self._state.requests.append((handler.command, handler.path, reply.status))
+        self._state.request_times.append(time.monotonic())
         return reply
 
     def _with_rate_limit(self, answer: Callable[[], _Reply]) -> _Reply:
