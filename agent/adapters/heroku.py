@@ -26,12 +26,16 @@ log = logging.getLogger(__name__)
 ACCEPT = "application/vnd.heroku+json; version=3"
 DEFAULT_USER_AGENT = f"space-vpn-agent/{__version__}"
 _MAX_ERROR_TEXT = 200
+_MAX_COUNT_DIGITS = 9  # a rate-limit count longer than this is not one
 
 
 class PlatformApiError(Exception):
     """Any failure to get a usable answer; `kind` is a short label for metrics."""
 
     default_kind = "error"
+    # What the failed answer said of the rate-limit pool (a 429 without the header: 0);
+    # None when no answer came back.
+    rate_limit_remaining: int | None = None
 
     def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
         super().__init__(message)
@@ -110,11 +114,12 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # the HTTP-date form is not used by this API: fall back to backoff
 
 
-def _int_header(response: httpx.Response, name: str) -> int | None:
-    try:
-        return int(response.headers[name])
-    except (KeyError, ValueError):
+def _rate_limit_remaining(response: httpx.Response) -> int | None:
+    """`RateLimit-Remaining`, bounded: a value that is not a count is ignored."""
+    value = response.headers.get("RateLimit-Remaining", "").strip()
+    if not value.isascii() or not value.isdigit() or len(value) > _MAX_COUNT_DIGITS:
         return None
+    return int(value)
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -220,14 +225,17 @@ class PlatformApi:
 
     def _result(self, response: httpx.Response, what: str, etag: str | None) -> FetchResult:
         status = response.status_code
-        remaining = _int_header(response, "RateLimit-Remaining")
+        remaining = _rate_limit_remaining(response)
         new_etag = response.headers.get("ETag")
         if status == 304:
             return FetchResult(None, None, new_etag or etag, remaining)
         if status == 200:
             raw, answer = self._parse(response, what)
             return FetchResult(answer, raw, new_etag, remaining)
-        raise self._status_error(response, what)
+        error = self._status_error(response, what)
+        # A 429 means the pool is empty even where the header is missing.
+        error.rate_limit_remaining = 0 if status == 429 and remaining is None else remaining
+        raise error
 
     def _parse(self, response: httpx.Response, what: str) -> tuple[dict, VpnAnswer]:
         try:

@@ -70,6 +70,28 @@ def agent_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(PREFIX + "snapshot_timestamp_seconds",
                             "Unix time the agent's loop published the state these metrics show.",
                             value=snapshot.generated_at)
+    yield from api_budget_families(snapshot)
+
+
+def api_budget_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """Per agent, not per connection: the rate-limit pool belongs to the account behind the
+    agent's one token, and the poller polls every connection in one round on that pool.
+    Absent while nothing is polled."""
+    budget = snapshot.api_budget
+    if budget is None:
+        return
+    if budget.remaining is not None:
+        yield GaugeMetricFamily(PREFIX + "api_rate_limit_remaining",
+                                "Platform API calls left in the rate-limit pool of the agent's Heroku account "
+                                "(shared with its other API clients), as RateLimit-Remaining last said; a 429 "
+                                "counts as 0.",
+                                value=budget.remaining)
+    yield GaugeMetricFamily(PREFIX + "api_poll_interval_seconds",
+                            "Seconds the agent waits between two rounds of Platform API calls now.",
+                            value=budget.poll_interval)
+    yield GaugeMetricFamily(PREFIX + "api_poll_stretched",
+                            "1 while a low Platform API budget makes the agent poll more slowly than configured, "
+                            "else 0.", value=int(budget.stretched))
 
 
 def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Metric]:

@@ -24,6 +24,8 @@ def render_status(status: dict[str, object]) -> str:
     lines = [f"space-vpn-agent {status['agent_version']}: {status['health'].upper()}"]
     charon = f"charon {status['charon_version'] or 'reachable'}" if status["charon_reachable"] else "charon UNREACHABLE"
     lines.append(charon)
+    if status.get("api_budget"):
+        lines.append(_api_budget(status["api_budget"]))
     for error in status.get("errors", []):
         lines.append(f"! {error}")
     for conn in status["connections"]:
@@ -80,6 +82,20 @@ def _tunnel_row(tunnel: dict[str, object]) -> tuple[str, ...]:
         _duration(tunnel["last_inbound_seconds"], suffix=" ago"),
         _probe(tunnel),
     )
+
+
+def _api_budget(budget: dict[str, object]) -> str:
+    remaining = budget["remaining"]
+    left = f"{remaining} calls left" if remaining is not None else "not reported"
+    if budget["stretched"]:
+        pace = f"polling stretched to {_seconds(budget['poll_interval'])} (normally {_seconds(budget['base_interval'])})"
+    else:
+        pace = f"polling every {_seconds(budget['poll_interval'])}"
+    return f"Platform API budget: {left}, {pace}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value >= 10 or value == int(value) else f"{value:.1f} s"
 
 
 def _probe(tunnel: dict[str, object]) -> str:

@@ -87,6 +87,18 @@ class ConnectionView:
 
 
 @dataclass(frozen=True)
+class ApiBudgetView:
+    """The Platform API's rate-limit pool as the poller last saw it, and the pace it polls
+    at because of it. One pool per token, and the agent has one token: one per agent."""
+
+    remaining: int | None  # tokens left; None: no answer carried RateLimit-Remaining yet
+    poll_interval: float  # s the poller waits between two rounds now
+    base_interval: float  # s it would wait with a full pool
+    stretched: bool  # a low pool made the wait longer than base_interval
+    calls_per_round: int  # one call per Heroku connection
+
+
+@dataclass(frozen=True)
 class Snapshot:
     agent_version: str
     started_at: float  # unix time
@@ -96,6 +108,7 @@ class Snapshot:
     ready: bool = False  # the first reconcile pass completed
     connections: tuple[ConnectionView, ...] = ()
     errors: tuple[str, ...] = field(default=())  # agent-wide problems, e.g. config reload
+    api_budget: ApiBudgetView | None = None  # None: nothing polled (static connections only, or not yet)
 
     @property
     def health(self) -> Health:

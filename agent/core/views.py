@@ -1,17 +1,26 @@
 """The status of one connection, built from the loop's record and the last observation
 of charon: the immutable view that the control socket and the metrics read. Health and
-problems come from the same verdicts the failover decided on. No side effects.
+problems come from the same verdicts the failover decided on. Also the agent's Platform
+API budget, from the poller's last pace. No side effects.
 """
 
 from __future__ import annotations
 
+from agent.core.api_budget import PollPace
 from agent.core.decide import current_probes
 from agent.core.failover import TunnelRole
 from agent.core.health import ProbeStats, TrafficTotals, probe_healthy
 from agent.core.lifecycle import life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.observation import CharonState
-from agent.core.snapshot import ConnectionView, FailoverView, TunnelView
+from agent.core.snapshot import ApiBudgetView, ConnectionView, FailoverView, TunnelView
+
+
+def api_budget_view(pace: PollPace | None) -> ApiBudgetView | None:
+    if pace is None:
+        return None
+    return ApiBudgetView(remaining=pace.remaining, poll_interval=pace.interval, base_interval=pace.base_interval,
+                         stretched=pace.stretched, calls_per_round=pace.calls_per_round)
 
 
 def connection_view(record: ConnectionRecord, charon: CharonState, wall_now: float) -> ConnectionView:

@@ -2,7 +2,9 @@
 each answer (or failure) to the loop's inbox. The loop alone decides what it means.
 
 Polls every `api.poll_interval`, faster while a connection is being provisioned
-(like `heroku spaces:vpn:wait`, every 10 s). The adapter retries within one poll.
+(like `heroku spaces:vpn:wait`, every 10 s), slower while the token's rate-limit pool
+runs low (`core/api_budget.poll_pace`, from the last `RateLimit-Remaining`; a 429 counts
+as an empty pool). The adapter retries within one poll.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.adapters.heroku import PlatformApi, PlatformApiError
-from agent.daemon.messages import ApiAnswer, ApiFailure, ThreadCrashed
+from agent.core.api_budget import PollPace, poll_pace
+from agent.daemon.messages import ApiAnswer, ApiFailure, ApiPace, ThreadCrashed
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class ApiPoller:
         self._interval = interval
         self._etags: dict[str, str | None] = {}
         self._waiting: set[str] = set()  # keys whose connection is still provisioning
+        self._remaining: int | None = None  # the pool's tokens as last reported (one pool per token)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="api-poller", daemon=True)
@@ -70,13 +74,26 @@ class ApiPoller:
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
-            for target in self._targets:
-                if self._stop.is_set():
-                    return
-                self._poll(target)
-            interval = WAIT_POLL_INTERVAL if self._waiting else self._interval
-            self._wake.wait(min(interval, self._interval))
+            pace = self.poll_round()
+            if pace is None:
+                return
+            self._wake.wait(pace.interval)
             self._wake.clear()
+
+    def poll_round(self) -> PollPace | None:
+        """Poll every target once, then post and return the wait before the next
+        round (None when asked to stop half-way)."""
+        for target in self._targets:
+            if self._stop.is_set():
+                return None
+            self._poll(target)
+        pace = self.pace()
+        self._post(ApiPace(pace))
+        return pace
+
+    def pace(self) -> PollPace:
+        base = min(WAIT_POLL_INTERVAL, self._interval) if self._waiting else self._interval
+        return poll_pace(base, self._remaining, len(self._targets))
 
     def _poll(self, target: PollTarget) -> None:
         try:
@@ -84,14 +101,21 @@ class ApiPoller:
         except PlatformApiError as e:
             # A connection not found may be one created a moment ago: look again soon.
             self._mark_waiting(target.key, e.kind == "not_found")
+            self._note_budget(e.rate_limit_remaining)
             self._post(ApiFailure(target.key, e.kind, str(e)))
             return
         except Exception as e:  # a bug here must not kill polling for good
             log.exception("polling %s/%s failed unexpectedly", target.space, target.vpn)
             self._post(ApiFailure(target.key, "internal", type(e).__name__))
             return
+        self._note_budget(result.rate_limit_remaining)
         if result.etag:
             self._etags[target.key] = result.etag
         if result.answer is not None:
             self._mark_waiting(target.key, result.answer.status.is_waiting)
         self._post(ApiAnswer(target.key, result))
+
+    def _note_budget(self, remaining: int | None) -> None:
+        # Every connection draws on the same pool: the latest answer is the truth.
+        if remaining is not None:
+            self._remaining = remaining

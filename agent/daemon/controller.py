@@ -21,7 +21,7 @@ from agent.core.memory import ConnectionRecord
 from agent.core.model import object_name
 from agent.core.pass_plan import PassInputs, PassPlan, plan_pass
 from agent.core.snapshot import Snapshot
-from agent.core.views import connection_view
+from agent.core.views import api_budget_view, connection_view
 from agent.daemon.edges import Edges, Outcomes
 from agent.daemon.loop_state import (
     LoopState,
@@ -30,10 +30,11 @@ from agent.daemon.loop_state import (
     tunnels_start_over,
     with_api_answer,
     with_api_failure,
+    with_api_pace,
     with_drain,
     with_probe_result,
 )
-from agent.daemon.messages import ApiAnswer, ApiFailure, ControlRequest, Reload, Stop, ThreadCrashed
+from agent.daemon.messages import ApiAnswer, ApiFailure, ApiPace, ControlRequest, Reload, Stop, ThreadCrashed
 from agent.daemon.ports import CachePort
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class Controller:
                     self._cache.save(settings.space, settings.vpn, raw)
             case ApiFailure(key=key):
                 self._update(key, lambda r: with_api_failure(r, message, self._wall()))
+            case ApiPace(pace=pace):
+                state.api_pace = with_api_pace(state.api_pace, pace)
             case Reload():
                 self._reload()
             case ThreadCrashed(name=name, error=error):
@@ -154,6 +157,7 @@ class Controller:
             return
         state.errors = ()
         state.config, state.records = config, records
+        state.api_pace = None  # the poller starts over; its first round says its pace
         self._on_config(config)
         log.info("config reloaded: %d connection(s)", len(config.connections))
 
@@ -264,6 +268,7 @@ class Controller:
             ready=state.ready,
             connections=tuple(connection_view(r, state.charon, self._wall()) for r in state.records.values()),
             errors=state.errors,
+            api_budget=api_budget_view(state.api_pace),
         )
 
     @property

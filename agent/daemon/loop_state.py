@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from agent.config import AgentConfig, ConnectionConfig, static_vpn_connection
+from agent.core.api_budget import PollPace
 from agent.core.decide import current_probes
 from agent.core.failover import FailoverPolicy
 from agent.core.health import ProbeResult, ProbeStats
@@ -36,6 +37,7 @@ class LoopState:
     net: NetState = field(default_factory=NetState)
     errors: tuple[str, ...] = ()  # agent-wide problems, e.g. a refused reload
     ready: bool = False  # the first pass completed
+    api_pace: PollPace | None = None  # the API poller's last pace; None: no poller (yet)
 
 
 def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported: str | None) -> ConnectionSettings:
@@ -117,6 +119,20 @@ def _log_life(label: str, before: FarEnd, after: FarEnd, settings: ConnectionSet
         log.info("%s: %s", label, now.note)
     elif was.stage is not Stage.ACTIVE and now.stage is Stage.ACTIVE:
         log.info("%s: the VPN connection is active", label)
+
+
+def with_api_pace(previous: PollPace | None, pace: PollPace) -> PollPace:
+    """The poller's pace after a round; said in the log when a low budget starts or
+    stops stretching it (not every round: the stretch follows the pool)."""
+    was_stretched = previous is not None and previous.stretched
+    if pace.stretched and not was_stretched:
+        log.warning("Platform API budget low: %s calls left in the token's pool (shared with its owner's other "
+                    "tools); polling every %.0f s instead of %.0f s until it refills",
+                    pace.remaining, pace.interval, pace.base_interval)
+    elif was_stretched and not pace.stretched:
+        log.info("Platform API budget recovered (%s calls left); polling every %.0f s again",
+                 pace.remaining if pace.remaining is not None else "unknown", pace.interval)
+    return pace
 
 
 def with_probe_result(record: ConnectionRecord, result: ProbeResult, charon: CharonState) -> ConnectionRecord:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.adapters.heroku import FetchResult
+from agent.core.api_budget import PollPace
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,14 @@ class ApiFailure:
     key: str
     kind: str  # auth | not_found | unavailable | rate_limited | payload | http
     message: str
+
+
+@dataclass(frozen=True)
+class ApiPace:
+    """The API poller's wait before its next round, posted after every round, so
+    status and metrics show what it does rather than a guess of it."""
+
+    pace: PollPace
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from agent.core.modes import Mode
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
 START_CHARON = "start charon-systemd: systemctl start strongswan"
-NEW_TOKEN = "heroku authorizations:create -d 'vpn gateway agent'"
+# read-protected: read-only, and the answer's PSKs are protected data (README, Token scope).
+NEW_TOKEN = "heroku authorizations:create -d 'vpn gateway agent' -s read-protected"
 _CRYPTO_SET = ("aes", "sha2", "hmac", "gmp")  # aes256-sha256-modp2048 without openssl
 # The article: a space also uses these, whatever its space_cidr_block says.
 _SPACE_RESERVED = {"172.17.0.0/16": "a Private Space's default dyno CIDR",
@@ -129,6 +130,10 @@ def check_api_error(label: str, kind: str, message: str, cache_state: str) -> Ch
         return Check("token", FAIL, f"{label}: token refused: {message}", NEW_TOKEN + ", then put it in api.token_file")
     if kind == "not_found":
         return Check("token", FAIL, f"{label}: {message}", "check space and vpn: heroku spaces:vpn:info VPN -s SPACE")
+    if kind == "payload" and "pre_shared_key: missing" in message:
+        # A token without access to protected data may well get the answer without PSKs.
+        return Check("token", FAIL, f"{label}: the answer holds no PSKs: {message}",
+                     f"use a token that may read protected data: {NEW_TOKEN}")
     if kind == "payload":
         return Check("token", FAIL, f"{label}: unusable answer: {message}", "fix the VPN's settings in Heroku")
     return Check("token", WARN, f"{label}: API unreachable: {message}; {cache_state}",

@@ -3,6 +3,7 @@ messages in, charon calls and a Snapshot out."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,13 +14,14 @@ from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.heroku import FetchResult
 from agent.adapters.mss_clamp import MssClamp
 from agent.adapters.route_socket import PreparedRoute
+from agent.core.api_budget import poll_pace
 from agent.core.netstate import Link, NetState
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
 from agent.core.payload import parse_vpn_answer, parse_vpn_connection
 from agent.core.snapshot import Health
 from agent.daemon.controller import Controller
 from agent.daemon.edges import Edges
-from agent.daemon.messages import ApiAnswer, ApiFailure, Reload, Stop
+from agent.daemon.messages import ApiAnswer, ApiFailure, ApiPace, Reload, Stop
 
 T1, T2 = "svpn-acme-space-office-t1", "svpn-acme-space-office-t2"
 PSKS = ("first.Psk_value1", "second.Psk_value2")
@@ -465,3 +467,25 @@ def test_after_charon_went_away_the_tunnels_start_over_with_the_startup_grace(co
     assert charon.sas[T2].established_ike is not None and T1 not in charon.sas
     assert [t.role for t in controller.snapshot.connections[0].tunnels] == ["active", "standby"]
     assert controller.snapshot.connections[0].failovers == ()
+
+
+def test_the_pollers_pace_is_published_and_a_reload_clears_it(config_file, caplog):
+    controller, _ = make_controller(config_file, FakeCharon())
+    controller.reconcile_pass()
+    assert controller.snapshot.api_budget is None  # no round yet
+    with caplog.at_level(logging.INFO, logger="agent.daemon.loop_state"):
+        controller.handle(ApiPace(poll_pace(30.0, 212)))
+        controller.handle(ApiPace(poll_pace(30.0, 150)))  # still low: said once
+        controller.reconcile_pass()
+        budget = controller.snapshot.api_budget
+        assert (budget.remaining, budget.stretched, round(budget.poll_interval), budget.base_interval) == (
+            150, True, 53, 30.0)
+        controller.handle(ApiPace(poll_pace(30.0, 3000)))
+    low = [r.getMessage() for r in caplog.records if "budget low" in r.getMessage()]
+    assert low == ["Platform API budget low: 212 calls left in the token's pool (shared with its owner's other "
+                   "tools); polling every 38 s instead of 30 s until it refills"]
+    assert any("budget recovered (3000 calls left); polling every 30 s again" in r.getMessage()
+               for r in caplog.records)
+    controller.handle(Reload())
+    controller.reconcile_pass()
+    assert controller.snapshot.api_budget is None

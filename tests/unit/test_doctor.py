@@ -15,7 +15,7 @@ import pytest
 from agent.adapters.charon import CharonCommandFailed, CharonUnavailable
 from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.credentials import CredentialError, load_token
-from agent.adapters.heroku import ApiAuthError, ApiNotFound, ApiUnavailable, FetchResult, PlatformApi
+from agent.adapters.heroku import ApiAuthError, ApiNotFound, ApiPayloadError, ApiUnavailable, FetchResult, PlatformApi
 from agent.cli import agentctl
 from agent.config import AgentConfig, ApiConfig, ConnectionConfig, StaticConfig, StaticTunnelConfig
 from agent.core.desired import TCP_MSS
@@ -342,6 +342,13 @@ def test_token_refused(tmp_path):
     [result], _, _ = api_checks(tmp_path, ApiAuthError("space acme-space vpn office: HTTP 401 (unauthorized: x)", status=401))
     assert result.status == "FAIL"
     assert result.fix.startswith("heroku authorizations:create -d 'vpn gateway agent'")
+
+
+def test_an_answer_without_psks_points_at_the_token_scope(tmp_path):
+    error = ApiPayloadError("space acme-space vpn office: invalid vpn-connection: tunnels[0].pre_shared_key: missing")
+    [result], _, _ = api_checks(tmp_path, error)
+    assert result.status == "FAIL" and "holds no PSKs" in result.detail
+    assert result.fix.endswith("heroku authorizations:create -d 'vpn gateway agent' -s read-protected")
 
 
 def test_vpn_not_found(tmp_path):

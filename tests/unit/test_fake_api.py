@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import httpx
 import pytest
@@ -87,6 +88,23 @@ def test_rate_limit_remaining_decreases(client):
                   .headers["RateLimit-Remaining"]) for _ in range(3)]
     assert values[0] < 4500
     assert values[0] > values[1] > values[2]
+
+
+def test_set_rate_limit_without_refill_goes_down_to_429(fake, client):
+    path = "/spaces/my-space/vpn-connections/office"
+    fake.set_rate_limit(2, refill_per_minute=0)
+    answers = [client.get(path) for _ in range(3)]
+    assert [(r.status_code, r.headers["RateLimit-Remaining"]) for r in answers] == [
+        (200, "1"), (200, "0"), (429, "0")]
+    assert answers[2].json()["id"] == "rate_limit"
+    assert fake.rate_limit_remaining == 0
+
+
+def test_set_rate_limit_refills(fake, client):
+    fake.set_rate_limit(100, refill_per_minute=60 * 1000)  # a token every millisecond
+    time.sleep(0.05)
+    remaining = int(client.get("/spaces/my-space/vpn-connections/office").headers["RateLimit-Remaining"])
+    assert remaining > 100
 
 
 def test_missing_accept_is_406(fake):
@@ -244,3 +262,12 @@ def test_stop_is_prompt_even_with_a_slow_request_pending(fake):
 def test_url_before_start_is_an_error():
     with pytest.raises(RuntimeError):
         _ = FakePlatformApi(TOKEN).url
+
+
+def test_request_times_are_kept_in_step_with_requests(fake, client):
+    before = time.monotonic()
+    for _ in range(2):
+        client.get("/spaces/my-space/vpn-connections/office")
+    times = fake.request_times
+    assert len(times) == len(fake.requests) == 2
+    assert before <= times[0] <= times[1] <= time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import pytest
 
 from agent.adapters.heroku import (
@@ -292,3 +293,46 @@ def test_no_secret_in_messages_logs_or_reprs(fake, make_api, sleeps, caplog):
     assert "HTTP" in text  # the checks below looked at real content
     for secret in [TOKEN, *PSKS]:
         assert secret not in text
+
+
+# -- the rate-limit budget -----------------------------------------------------------
+
+def test_an_empty_pool_gives_rate_limited_with_nothing_left(fake, make_api, sleeps):
+    fake.set_rate_limit(0, refill_per_minute=0)
+    with pytest.raises(ApiUnavailable) as info:
+        make_api(attempts=2).get_vpn_connection("my-space", "office")
+    assert info.value.kind == "rate_limited" and info.value.rate_limit_remaining == 0
+
+
+def test_a_refused_answer_still_reports_the_budget(fake, make_api):
+    fake.set_rate_limit(300, refill_per_minute=0)
+    with pytest.raises(ApiNotFound) as info:
+        make_api().get_vpn_connection("my-space", "nothing")
+    assert info.value.rate_limit_remaining == 299
+
+
+def test_a_429_without_the_header_counts_as_an_empty_pool(sleeps):
+    transport = httpx.MockTransport(lambda request: httpx.Response(429, json={"id": "rate_limit", "message": ""}))
+    api = PlatformApi("https://api.example.test", Secret(TOKEN), transport=transport, sleep=sleeps, attempts=1)
+    with pytest.raises(ApiUnavailable) as info:
+        api.get_vpn_connection("my-space", "office")
+    assert info.value.rate_limit_remaining == 0
+
+
+def test_no_answer_says_nothing_of_the_budget(fake, make_api):
+    fake.set_unreachable(True)
+    with pytest.raises(ApiUnavailable) as info:
+        make_api(attempts=1).get_vpn_connection("my-space", "office")
+    assert info.value.rate_limit_remaining is None
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("212", 212), (" 7 ", 7), ("0", 0), ("-3", None), ("12.5", None), ("lots", None), ("", None),
+    ("9" * 40, None), ("٣".encode(), None),  # an Arabic-Indic digit: isdigit(), but no count
+])
+def test_rate_limit_header_is_bounded(fake, header, expected, sleeps):
+    body = fake.connection("my-space", "office")
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, json=body, headers={"RateLimit-Remaining": header, "ETag": '"e"'}))
+    api = PlatformApi("https://api.example.test", Secret(TOKEN), transport=transport, sleep=sleeps)
+    assert api.get_vpn_connection("my-space", "office").rate_limit_remaining == expected

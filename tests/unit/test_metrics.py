@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from agent.adapters.metrics import MetricsServer, SnapshotCollector
-from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView
+from agent.core.snapshot import ApiBudgetView, ConnectionView, Health, Snapshot, TunnelView
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 ALLOWED_LABELS = {"space", "vpn", "tunnel", "tunnel_ip", "state", "kind", "reason", "result", "version",
@@ -61,7 +61,9 @@ LAB = connection("lab", Health.DOWN, (
     tunnel_view(2, api_status="UNKNOWN", ike_state="PASSIVE", child_state="NONE"),
 ), mode="route", source="cache")
 
-GOLDEN_SNAPSHOT = snapshot(OFFICE, LAB)
+# The token's pool runs low: two connections a round, the poller waits 80 s, not 30 s.
+GOLDEN_SNAPSHOT = snapshot(OFFICE, LAB, api_budget=ApiBudgetView(
+    remaining=200, poll_interval=80.0, base_interval=30.0, stretched=True, calls_per_round=2))
 
 
 def exposition(snap: Snapshot) -> str:
@@ -110,6 +112,16 @@ def test_optional_values_are_absent_not_zero():
     assert 'space_vpn_api_last_success_timestamp_seconds{space="acme-space",vpn="lab"}' not in text
 
 
+def test_the_api_budget_is_one_series_per_agent_and_absent_while_nothing_is_polled():
+    found = samples(exposition(GOLDEN_SNAPSHOT))
+    assert (found["space_vpn_api_rate_limit_remaining", ()], found["space_vpn_api_poll_interval_seconds", ()],
+            found["space_vpn_api_poll_stretched", ()]) == (200, 80.0, 1)
+    assert "space_vpn_api_poll" not in exposition(snapshot(OFFICE))
+    unknown = samples(exposition(snapshot(OFFICE, api_budget=ApiBudgetView(None, 30.0, 30.0, False, 1))))
+    assert ("space_vpn_api_rate_limit_remaining", ()) not in unknown
+    assert unknown["space_vpn_api_poll_stretched", ()] == 0
+
+
 def test_connections_that_leave_the_snapshot_stop_being_exported():
     assert 'vpn="lab"' in exposition(GOLDEN_SNAPSHOT)
     assert 'vpn="lab"' not in exposition(snapshot(OFFICE))
@@ -142,7 +154,7 @@ def test_labels_never_carry_charon_ids():
 
 
 def test_no_secret_reaches_the_snapshot_or_the_exposition():
-    views = (Snapshot, ConnectionView, TunnelView)
+    views = (Snapshot, ConnectionView, TunnelView, ApiBudgetView)
     fields = {f.name.lower() for cls in views for f in dataclasses.fields(cls)}
     assert not [f for f in fields if any(word in f for word in ("psk", "token", "secret", "password", "key"))]
     text = exposition(GOLDEN_SNAPSHOT).lower()

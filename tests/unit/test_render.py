@@ -8,6 +8,7 @@ import argparse
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from agent.cli.render import EXIT_CODES, EXIT_UNKNOWN, exit_code, render_config,
 from agent.config import AgentConfig, ConnectionConfig, StaticConfig, StaticTunnelConfig, load_config, redacted
 from agent.control.server import ControlServer
 from agent.core.model import Secret
-from agent.core.snapshot import ConnectionView, FailoverView, Health, Snapshot, TunnelView
+from agent.core.snapshot import ApiBudgetView, ConnectionView, FailoverView, Health, Snapshot, TunnelView
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,16 +89,35 @@ DRAINED = snapshot(office(Health.OK, "tunnel 2 active, redundancy ok", (
 ), failovers=(FailoverView(1700000000.0, 2, 1, "IKE SA down"), FailoverView(1700000050.0, 1, 2,
                                                                             "drained by the operator"))))
 
+# The token's rate-limit pool runs low: the poller waits longer than api.poll_interval.
+BUDGET = replace(OK, api_budget=ApiBudgetView(remaining=212, poll_interval=8000 / 212, base_interval=30.0,
+                                              stretched=True, calls_per_round=1))
+
 
 @pytest.mark.parametrize(
     "snap, golden",
     [(OK, "status_ok.txt"), (DEGRADED, "status_degraded.txt"), (DOWN, "status_down.txt"),
-     (ROUTE, "status_route.txt"), (DRAINED, "status_drained.txt")],
-    ids=["ok", "degraded", "down", "route", "drained"],
+     (ROUTE, "status_route.txt"), (DRAINED, "status_drained.txt"), (BUDGET, "status_budget.txt")],
+    ids=["ok", "degraded", "down", "route", "drained", "budget"],
 )
 def test_render_matches_golden_text(snap, golden):
     expected = (GOLDEN / golden).read_text(encoding="utf-8")
     assert render_status(snap.to_dict()) == expected
+
+
+@pytest.mark.parametrize("budget, line", [
+    (ApiBudgetView(4410, 30.0, 30.0, False, 1), "Platform API budget: 4410 calls left, polling every 30 s"),
+    (ApiBudgetView(None, 2.5, 2.5, False, 1), "Platform API budget: not reported, polling every 2.5 s"),
+    (ApiBudgetView(0, 300.0, 1.0, True, 2), "Platform API budget: 0 calls left, polling stretched to 300 s "
+                                            "(normally 1 s)"),
+], ids=["plenty", "not-reported", "empty"])
+def test_the_api_budget_line(budget, line):
+    lines = render_status(replace(OK, api_budget=budget).to_dict()).splitlines()
+    assert lines[2] == line
+
+
+def test_no_api_budget_line_while_nothing_is_polled():
+    assert "Platform API" not in render_status(OK.to_dict())
 
 
 def test_render_reads_the_json_document_not_the_objects():

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from agent.core.model import Secret
-from agent.core.snapshot import ConnectionView, Health, Snapshot, TunnelView
+from agent.core.snapshot import ApiBudgetView, ConnectionView, Health, Snapshot, TunnelView
 
 
 def tunnel(number: int, ike: str, child: str, role: str = "standby") -> TunnelView:
@@ -67,6 +67,8 @@ def test_to_dict_round_trips_through_json():
             ),
         ),
         errors=("config reload failed",),
+        api_budget=ApiBudgetView(remaining=212, poll_interval=37.7, base_interval=30.0, stretched=True,
+                                 calls_per_round=1),
     )
     assert json.loads(json.dumps(snap.to_dict())) == {
         "agent_version": "1.2.0",
@@ -77,6 +79,8 @@ def test_to_dict_round_trips_through_json():
         "ready": True,
         "health": "degraded",
         "errors": ["config reload failed"],
+        "api_budget": {"remaining": 212, "poll_interval": 37.7, "base_interval": 30.0, "stretched": True,
+                       "calls_per_round": 1},
         "connections": [{
             "space": "acme-space", "vpn": "office", "mode": "policy", "mode_reason": "configured",
             "source": "cache", "connection_status": "active", "health": "degraded",

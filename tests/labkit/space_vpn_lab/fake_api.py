@@ -2,7 +2,7 @@
 
 It speaks the documented JSON (ETag/304, RateLimit-Remaining, error bodies) and has knobs
 for the failures the agent must survive: outages, 429, slow answers, token rotation, PSK
-and tunnel changes. Lab and unit tests run it; it never logs the token or a PSK.
+and tunnel changes, a rate-limit pool that runs low (and answers 429 when empty). Lab and unit tests run it; it never logs the token or a PSK.
 `start_fake_api` serves the lab's own connection (SPACE/VPN) to the agent under test.
 """
 
@@ -16,6 +16,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,15 +78,19 @@ class _State:
         self.delay = 0.0
         self.unreachable = False
         self.requests: list[tuple[str, str, int]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each entry of `requests`
         self.pool = float(_POOL)
         self.pool_at = time.monotonic()
+        self.refill_per_second = _REFILL_PER_SECOND
 
-    def take_rate_token(self) -> int:
+    def take_rate_token(self) -> int | None:
+        """The tokens left after this request's, or None when the pool is empty."""
         now = time.monotonic()
-        self.pool = min(_POOL, self.pool + (now - self.pool_at) * _REFILL_PER_SECOND)
+        self.pool = min(_POOL, self.pool + (now - self.pool_at) * self.refill_per_second)
         self.pool_at = now
-        if self.pool >= 1:
-            self.pool -= 1
+        if self.pool < 1:
+            return None
+        self.pool -= 1
         return int(self.pool)
 
 
@@ -337,6 +342,19 @@ class FakePlatformApi:
         with self._state.lock:
             self._state.delay = seconds
 
+    def set_rate_limit(self, remaining: int, *, refill_per_minute: float = 75.0) -> None:
+        """Set the pool to `remaining` tokens; each request takes one, and it refills at
+        `refill_per_minute` (0: it only goes down, as when other tools share the token)."""
+        with self._state.lock:
+            self._state.pool = float(min(_POOL, max(0, remaining)))
+            self._state.pool_at = time.monotonic()
+            self._state.refill_per_second = refill_per_minute / 60
+
+    @property
+    def rate_limit_remaining(self) -> int:
+        with self._state.lock:
+            return int(self._state.pool)
+
     def set_unreachable(self, unreachable: bool) -> None:
         with self._state.lock:
             self._state.unreachable = unreachable
@@ -347,11 +365,17 @@ class FakePlatformApi:
         with self._state.lock:
             return list(self._state.requests)
 
+    @property
+    def request_times(self) -> list[float]:
+        """When each request of `requests` was answered (time.monotonic()), to measure spacing."""
+        with self._state.lock:
+            return list(self._state.request_times)
+
     # -- request handling (handler threads) ----------------------------------------------
 
     def _refuse(self, handler: _Handler, status: int) -> _Reply:
         with self._state.lock:
-            return self._record(handler, self._with_rate_limit(_error(status)))
+            return self._record(handler, self._with_rate_limit(lambda: _error(status)))
 
     def _answer(self, handler: _Handler) -> _Reply:
         with self._state.lock:
@@ -361,16 +385,22 @@ class FakePlatformApi:
         with self._state.lock:
             if self._state.unreachable:
                 return self._record(handler, _Reply(0, answer=False))
-            reply = self._failure_reply() or self._check(handler) or self._route(handler)
+
+            def reply() -> _Reply:
+                return self._failure_reply() or self._check(handler) or self._route(handler)
+
             return self._record(handler, self._with_rate_limit(reply))
 
     def _record(self, handler: _Handler, reply: _Reply) -> _Reply:
         self._state.requests.append((handler.command, handler.path, reply.status))
+        self._state.request_times.append(time.monotonic())
         return reply
 
-    def _with_rate_limit(self, reply: _Reply) -> _Reply:
+    def _with_rate_limit(self, answer: Callable[[], _Reply]) -> _Reply:
+        """Every request costs a token; with none left Heroku answers 429 and nothing else."""
         remaining = self._state.take_rate_token()
-        reply.headers += (("RateLimit-Remaining", str(remaining)),)
+        reply = answer() if remaining is not None else _error(429)
+        reply.headers += (("RateLimit-Remaining", str(remaining or 0)),)
         return reply
 
     def _failure_reply(self) -> _Reply | None:

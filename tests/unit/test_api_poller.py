@@ -1,0 +1,131 @@
+"""The API poller's rounds against a scripted Platform API: what it posts, and the wait it
+picks from the last RateLimit-Remaining (the rule itself: test_api_budget)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agent.adapters.heroku import ApiUnavailable, FetchResult
+from agent.core.api_budget import MAX_STRETCH
+from agent.core.payload import parse_vpn_connection
+from agent.daemon.api_poller import WAIT_POLL_INTERVAL, ApiPoller, PollTarget
+from agent.daemon.messages import ApiAnswer, ApiFailure, ApiPace
+from tests.unit.test_controller import vpn_json
+
+OFFICE = PollTarget("acme-space-office", "acme-space", "office")
+LAB = PollTarget("acme-space-lab", "acme-space", "lab")
+
+
+class ScriptedApi:
+    """Answers each GET with the next scripted outcome: a rate-limit count (a 304 carrying
+    it), a FetchResult, or an exception to raise. Records when each call came."""
+
+    def __init__(self, *outcomes) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[str, float]] = []
+        self.closed = False
+
+    def get_vpn_connection(self, space: str, vpn: str, etag: str | None = None) -> FetchResult:
+        self.calls.append((vpn, time.monotonic()))
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        if isinstance(outcome, FetchResult):
+            return outcome
+        return FetchResult(None, None, '"etag"', outcome)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def poller(api: ScriptedApi, *targets: PollTarget, interval: float = 30.0) -> tuple[ApiPoller, list[object]]:
+    posted: list[object] = []
+    return ApiPoller(api, list(targets) or [OFFICE], posted.append, interval=interval), posted
+
+
+def rate_limited() -> ApiUnavailable:
+    error = ApiUnavailable("space acme-space vpn office: HTTP 429 (rate_limit: )", status=429, kind="rate_limited")
+    error.rate_limit_remaining = 0
+    return error
+
+
+def test_a_round_posts_each_answer_then_its_pace():
+    api = ScriptedApi(4000)
+    p, posted = poller(api, OFFICE, LAB)
+    pace = p.poll_round()
+    assert [type(m) for m in posted] == [ApiAnswer, ApiAnswer, ApiPace]
+    assert posted[-1] == ApiPace(pace)
+    assert (pace.interval, pace.stretched, pace.remaining, pace.calls_per_round) == (30.0, False, 4000, 2)
+
+
+def test_a_low_budget_stretches_the_wait_by_the_rule():
+    p, _ = poller(ScriptedApi(212))
+    pace = p.poll_round()
+    assert pace.stretched and pace.interval == pytest.approx(8000 / 212)
+
+
+def test_the_last_answer_of_a_round_is_the_budget_and_every_call_counts():
+    p, _ = poller(ScriptedApi(900, 400), OFFICE, LAB, interval=1.0)
+    pace = p.poll_round()
+    assert pace.remaining == 400
+    assert pace.interval == pytest.approx(2 * 8000 / 400)  # two calls a round
+
+
+def test_a_429_stretches_to_the_cap_and_is_still_posted_as_a_failure():
+    p, posted = poller(ScriptedApi(rate_limited()))
+    pace = p.poll_round()
+    assert pace.interval == MAX_STRETCH and pace.remaining == 0
+    assert isinstance(posted[0], ApiFailure) and posted[0].kind == "rate_limited"
+
+
+def test_a_failure_without_an_answer_keeps_the_last_known_budget():
+    unreachable = ApiUnavailable("space acme-space vpn office: cannot reach the API")
+    p, _ = poller(ScriptedApi(200, unreachable))
+    first, second = p.poll_round(), p.poll_round()
+    assert first.remaining == second.remaining == 200
+    assert second.interval == first.interval > 30.0
+
+
+def test_polling_returns_to_the_interval_once_the_pool_refills():
+    p, _ = poller(ScriptedApi(100, 2500))
+    assert p.poll_round().stretched
+    pace = p.poll_round()
+    assert not pace.stretched and pace.interval == 30.0
+
+
+def test_a_provisioning_connection_polls_faster_but_the_budget_still_rules():
+    raw = vpn_json(status="provisioning")
+    provisioning = FetchResult(parse_vpn_connection(raw), raw, '"p"', 3000)
+    p, _ = poller(ScriptedApi(provisioning))
+    assert p.poll_round().interval == WAIT_POLL_INTERVAL
+    p, _ = poller(ScriptedApi(FetchResult(parse_vpn_connection(raw), raw, '"p"', 500)))
+    pace = p.poll_round()
+    assert pace.base_interval == WAIT_POLL_INTERVAL and pace.interval == pytest.approx(16.0)
+
+
+def test_the_thread_waits_what_the_pace_says():
+    """Real time, short: with 999 left and interval 0.05 s the thread must wait ~8 s, so
+    within a second it makes exactly one call; with a full pool it makes many."""
+    for remaining, expect_many in ((4000, True), (999, False)):
+        api = ScriptedApi(remaining)
+        p, posted = poller(api, interval=0.05)
+        p.start()
+        time.sleep(1.0)
+        p.stop()
+        assert api.closed
+        assert (len(api.calls) > 5) is expect_many, (remaining, len(api.calls))
+
+
+def test_stop_wakes_a_stretched_wait_at_once():
+    api = ScriptedApi(0)
+    p, _ = poller(api, interval=1.0)
+    p.start()
+    while not api.calls:
+        time.sleep(0.01)
+    started = time.monotonic()
+    p.stop()
+    assert time.monotonic() - started < 2.0
+    assert not any(t.name == "api-poller" and t.is_alive() for t in threading.enumerate())
