@@ -46,6 +46,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "drain_moves_to_tunnel2", "drain_traffic_continues", "undrain",
         "graceful_moves_to_tunnel1", "graceful_traffic_continues", "graceful_fast_reroute",
         "graceful_tunnel_returns", "forgotten_ike_sa_replaced",
+        "psk_roll_moves_to_the_rolled_standby", "psk_roll_both_tunnels_on_new_keys", "psk_roll_traffic_continues",
     ),
     "agent_policy_mode_kernel": (
         "one_child_and_hot_standby", "ping_through_policy_mode", "no_XfrmInTmplMismatch", "single_child",

@@ -18,7 +18,7 @@ from agent.core.netstate import ACTIVE_METRIC, STANDBY_METRIC, interface_name
 from space_vpn_lab import kernel_scenarios as ks
 from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
 from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
-from space_vpn_lab.lab import Lab
+from space_vpn_lab.lab import Lab, generate_psk
 from space_vpn_lab.topology import (APP_HOST_IPS, APP_PORT, CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR,
                                     SPACE_HOST_IP)
 from space_vpn_lab.traffic import Pinger
@@ -133,6 +133,36 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
         _drain(ctx, lab, agent)
         _graceful(ctx, lab, agent)
         _forgotten_before_quick_mode(ctx, lab, agent)
+        _psk_roll(ctx, lab, agent, api)
+
+
+def _psk_roll(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
+    """Heroku hands out new PSKs (a re-creation that kept the IPs): the standby takes
+    them first, the route moves to it once it is up on them, then the other follows.
+    AWS answers over a tunnel that is up: the space side is told to answer over the
+    new active once the route moved."""
+    status = agent.status() or {}
+    active = next(n for n, t in tunnels_of(status).items() if t["role"] == "active")
+    lab.space.answer_via(active)
+    psks = [generate_psk(), generate_psk()]
+    lab.space.reconfigure(psks=psks)
+    with Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=600, interval=0.05) as pinger:
+        time.sleep(0.5)
+        for number, psk in enumerate(psks, start=1):
+            api.set_psk(SPACE, VPN, number, psk)
+        ok, detail = wait(agent, lambda s: tunnels_of(s)[3 - active]["role"] == "active", 60)
+        lab.space.answer_via(3 - active)
+        done, why = wait(agent, lambda s: both_children(s) and all(t["generation"] == 2 for t in tunnels_of(s).values()),
+                         60)
+        result = pinger.stop()
+    failovers = (agent.status() or {}).get("connections", [{}])[0].get("failovers", [])
+    last = failovers[-1] if failovers else {}
+    ctx.check("psk_roll_moves_to_the_rolled_standby", ok and last.get("kind") == "roll",
+              f"{detail} last failover: {last.get('kind')} {last.get('from_tunnel')} -> {last.get('to_tunnel')}")
+    ctx.check("psk_roll_both_tunnels_on_new_keys", done, f"{why}; lost {result.lost} of {result.transmitted} at 50 ms")
+    after = ks.customer_ping(lab)
+    ctx.check("psk_roll_traffic_continues", result.received > 0 and after.received == 5,
+              f"{after.received}/{after.transmitted} after")
 
 
 def _tcp_probes_answered_over_the_other_tunnel(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
