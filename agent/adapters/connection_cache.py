@@ -56,6 +56,14 @@ class ConnectionCache:
         self._fsync_dir()
         log.debug("cached vpn-connection %s/%s in %s", space, vpn, target)
 
+    def discard(self, space: str, vpn: str) -> None:
+        """Forget the answer of a connection Heroku deleted: a restart must not bring
+        its tunnels back from the cache."""
+        try:
+            self.path(space, vpn).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remove the cache of %s/%s: %s", space, vpn, e)
+
     def _fsync_dir(self) -> None:
         # The rename is only durable once the directory entry is on disk.
         fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)

@@ -17,6 +17,8 @@ from agent import __version__
 from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEvent
 from agent.config import AgentConfig, redacted
 from agent.core.health import ProbeResult, ProbeTarget
+from agent.core.durations import format_duration
+from agent.core.lifecycle import Stage, life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.model import object_name
 from agent.core.pass_plan import PassInputs, PassPlan, plan_pass
@@ -67,6 +69,7 @@ class Controller:
         self._on_pass = on_pass
         self._on_probe_targets = on_probe_targets
         self._probe_targets: tuple[ProbeTarget, ...] = ()
+        self._forgotten: set[str] = set()  # keys whose deleted connection was forgotten (cache removed)
         self._next_pass_in = TICK  # the last plan may ask for an earlier look
         self._clock = clock
         self._wall = wall
@@ -211,10 +214,25 @@ class Controller:
         if plan.probe_targets != self._probe_targets:
             self._probe_targets = plan.probe_targets
             self._on_probe_targets(list(plan.probe_targets))
+        self._forget_deleted()
         self._next_pass_in = min(TICK, plan.next_pass_in or TICK)
         state.ready = True
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
+
+    def _forget_deleted(self) -> None:
+        """A connection Heroku deleted long enough ago has its tunnels unloaded by the
+        plan; its cached answer goes too, once, so a restart does not revive it."""
+        for record in self.state.records.values():
+            settings = record.settings
+            forgotten = life_of(record.far_end, settings, self._wall()).stage is Stage.FORGOTTEN
+            if forgotten and record.key not in self._forgotten:
+                log.error("%s: deleted at Heroku for %s: its tunnels are unloaded and its cached answer removed",
+                          settings.label, format_duration(settings.forget_deleted_after))
+                self._cache.discard(settings.space, settings.vpn)
+                self._forgotten.add(record.key)
+            elif not forgotten:
+                self._forgotten.discard(record.key)
 
     def _plan(self) -> PassPlan:
         """Observe charon and the kernel, then plan the pass on that."""

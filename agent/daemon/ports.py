@@ -58,6 +58,8 @@ class CachePort(Protocol):
 
     def save(self, space: str, vpn: str, raw: dict) -> None: ...
 
+    def discard(self, space: str, vpn: str) -> None: ...
+
 
 class ProberPort(Protocol):
     """Data-path probes (agent.adapters.probe.Prober). Raises ValueError for a bad target."""

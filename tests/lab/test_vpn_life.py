@@ -167,3 +167,4 @@ def test_a_connection_deleted_for_good_is_unloaded_after_the_grace(lab, make_age
     assert not names & {T1, T2}
     assert conn(status)["health"] == "down" and "unloaded" in conn(status)["summary"]
     assert "deleted at Heroku" in agent.log_text()
+    assert not list((agent.workdir / "state").glob("vpn-*.json"))  # a restart does not revive it

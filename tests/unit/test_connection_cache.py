@@ -109,3 +109,12 @@ def test_saved_json_is_the_raw_body(tmp_path):
     cache = ConnectionCache(tmp_path)
     cache.save("s", "v", good())
     assert json.loads(cache.path("s", "v").read_text()) == good()
+
+
+def test_discard_forgets_a_deleted_connection(tmp_path):
+    cache = ConnectionCache(tmp_path / "state")
+    cache.save("acme", "office", good())
+    assert cache.load("acme", "office") is not None
+    cache.discard("acme", "office")
+    assert cache.load("acme", "office") is None
+    cache.discard("acme", "office")  # nothing there: no error
