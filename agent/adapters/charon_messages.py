@@ -41,10 +41,11 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
 
 
 def _child(conn: DesiredConnection, if_id: int | None) -> dict[str, Any]:
+    local_ts, remote_ts = conn.child_ts
     child = {
         "mode": "tunnel",
-        "local_ts": list(conn.local_ts),
-        "remote_ts": list(conn.remote_ts),
+        "local_ts": list(local_ts),  # every routable CIDR: IKEv2 puts them all in one CHILD_SA
+        "remote_ts": list(remote_ts),
         "esp_proposals": [seed.ESP_PROPOSAL],  # with PFS group modp2048
         "life_time": f"{seed.CHILD_LIFETIME}s",
         "rekey_time": f"{seed.CHILD_REKEY}s",

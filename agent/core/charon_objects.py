@@ -70,7 +70,7 @@ def tunnel_fingerprint(conn: DesiredConnection, number: int) -> str:
     (hashed, never kept in clear), so a change in any of them triggers a reload."""
     tunnel = conn.tunnel(number)
     parts = (
-        conn.ike_version, conn.local_address, conn.local_id, conn.local_ts, conn.remote_ts,
+        conn.ike_version, conn.local_address, conn.local_id, conn.child_ts,
         conn.mode.value, tunnel.conn_name, tunnel.remote_ip, tunnel.psk.reveal(), tunnel.if_id,
     )
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from agent.core.model import Secret, TunnelApiStatus, VpnConnection, object_name
 from agent.core.modes import Mode
 from agent.core.netstate import interface_id, interface_name
+from agent.core.selectors import TrafficSelectors, child_selectors
 
 # The seed article's ipsec.conf, with `sha2` spelled as strongSwan wants it.
 IKE_PROPOSAL = "aes256-sha256-modp2048"
@@ -50,13 +51,20 @@ class DesiredConnection:
     local_address: str
     local_id: str
     local_ts: tuple[str, ...]  # routable_cidrs (customer side)
-    remote_ts: tuple[str, ...]  # space_cidr_block
+    remote_ts: tuple[str, ...]  # space_cidr_block: what route mode routes into the tunnels
     ike_version: int
     mode: Mode  # resolved: ROUTE or POLICY, never AUTO
     tunnels: tuple[DesiredTunnel, ...]
     source_address: str | None = None  # ours inside local_ts: src of probes and routes
     tunnel_mtu: int = TUNNEL_MTU  # bytes, route mode interfaces
     tcp_mss: int = TCP_MSS  # bytes, 0 = no clamping
+    selectors: TrafficSelectors = TrafficSelectors.CIDRS  # WIDE only in route mode
+
+    @property
+    def child_ts(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(local, remote) traffic selectors every tunnel's CHILD_SA negotiates: all the
+        routable CIDRs against the space CIDR, or 0.0.0.0/0 both ways (wide)."""
+        return child_selectors(self.mode, self.selectors, self.local_ts, self.remote_ts)
 
     def tunnel(self, number: int) -> DesiredTunnel:
         return self.tunnels[number - 1]
@@ -78,10 +86,13 @@ def desired_connection(
     source_address: str | None = None,
     tunnel_mtu: int = TUNNEL_MTU,
     tcp_mss: int = TCP_MSS,
+    selectors: TrafficSelectors = TrafficSelectors.CIDRS,
 ) -> DesiredConnection:
     """Combine the local side with what the far end published. No side effects."""
     if mode is Mode.AUTO:
         raise ValueError("mode must be resolved (route or policy) before planning")
+    if selectors is TrafficSelectors.WIDE and mode is not Mode.ROUTE:
+        raise ValueError("wide traffic selectors need route mode")
     route = mode is Mode.ROUTE
     tunnels = tuple(
         DesiredTunnel(
@@ -110,4 +121,5 @@ def desired_connection(
         source_address=source_address,
         tunnel_mtu=tunnel_mtu,
         tcp_mss=tcp_mss,
+        selectors=selectors,
     )

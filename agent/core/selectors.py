@@ -1,0 +1,56 @@
+"""Traffic selectors of a tunnel's CHILD_SA, and the one rule about several routable
+CIDRs: IKEv1 negotiates only the first selector of a child (strongSwan's swanctl.opt)
+and AWS allows one SA pair per tunnel, so with IKEv1 only the first CIDR would cross
+the tunnel. The daemon, check-config and the doctor ask `selector_problem`, so they
+cannot disagree. No side effects.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+from agent.core.modes import Mode
+
+#: Wide selectors: everything, both ways (AWS's own VTI-based strongSwan samples).
+ANY = "0.0.0.0/0"
+
+
+class TrafficSelectors(enum.Enum):
+    """What the children negotiate (config key `traffic_selectors`)."""
+
+    CIDRS = "cidrs"  # the routable CIDRs against the space CIDR
+    WIDE = "wide"  # route mode only: 0.0.0.0/0 both ways, the routes choose what enters
+
+
+def child_selectors(mode: Mode, selectors: TrafficSelectors, routable_cidrs: Sequence[str],
+                    space_cidrs: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(local, remote) selectors of each tunnel's CHILD_SA. Wide ones only in route mode:
+    there the policies are bound to the tunnel's XFRM interface (if_id), so only what is
+    routed into it is encrypted; in policy mode 0.0.0.0/0 would take all of the host's
+    traffic."""
+    if selectors is TrafficSelectors.WIDE and mode is Mode.ROUTE:
+        return (ANY,), (ANY,)
+    return tuple(routable_cidrs), tuple(space_cidrs)
+
+
+def selector_problem(ike_version: int, mode: Mode, routable_cidrs: Sequence[str],
+                     selectors: TrafficSelectors) -> str | None:
+    """Why these children would tunnel only part of the routable CIDRs, with the fixes;
+    None when every CIDR gets through. `mode` may be AUTO (check-config, before the
+    kernel is asked)."""
+    if ike_version != 1 or len(routable_cidrs) < 2:
+        return None
+    if selectors is TrafficSelectors.WIDE and mode is Mode.ROUTE:
+        return None
+    first, rest = routable_cidrs[0], ", ".join(routable_cidrs[1:])
+    if mode is Mode.ROUTE:
+        wide = "set traffic_selectors: wide"
+    elif mode is Mode.AUTO:
+        wide = "set mode: route and traffic_selectors: wide"
+    else:
+        wide = "on a kernel with XFRM interfaces, mode: route and traffic_selectors: wide"
+    return (f"IKEv1 negotiates only the first traffic selector: of the routable CIDRs only {first} would cross "
+            f"the tunnel, not {rest}. Fix: switch the VPN to IKEv2 (one CHILD_SA carries every CIDR), or use one "
+            f"routable CIDR that summarises them (heroku spaces:vpn:update), or {wide} (0.0.0.0/0 selectors; "
+            f"the routes choose what enters the tunnel)")
