@@ -23,6 +23,7 @@ from agent.core.modes import Mode
 from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
 from agent.core.route_mode import Reroute, RouteAction, mss_rules, plan_interfaces, plan_reroute, plan_stale_interfaces
+from agent.core.selectors import selector_problem
 from agent.core.snapshot import Health
 
 PROBE_TIMEOUT_CAP = 1.0  # s: a probe unanswered this long is lost, whatever the interval
@@ -96,6 +97,9 @@ def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
 
 
 def _step(record: ConnectionRecord, conn: DesiredConnection | None, inputs: PassInputs) -> ConnectionStep:
+    problem = connection_selector_problem(record)
+    if problem is not None:
+        return _waiting(record, inputs, None, problem)
     if conn is None:
         return _waiting(record, inputs, None, _why_unknown(record, "VPN connection not known yet (Platform API)"))
     memory = replace(record.memory, local_address=_local_address(record, inputs))
@@ -110,14 +114,23 @@ def _local_address(record: ConnectionRecord, inputs: PassInputs) -> str | None:
 def _desired(record: ConnectionRecord, inputs: PassInputs) -> DesiredConnection | None:
     vpn, settings = record.far_end.vpn, record.settings
     local_address = _local_address(record, inputs)
-    if vpn is None or local_address is None:
+    if vpn is None or local_address is None or connection_selector_problem(record) is not None:
         return None
     source = settings.source_address or source_inside(tuple(vpn.routable_cidrs), inputs.net.addresses)
     return desired_connection(
         key=record.key, space=settings.space, vpn=settings.vpn, local_address=local_address,
         local_id=settings.local_id, mode=settings.mode, connection=vpn, source_address=source,
-        tunnel_mtu=settings.tunnel_mtu, tcp_mss=settings.tcp_mss,
+        tunnel_mtu=settings.tunnel_mtu, tcp_mss=settings.tcp_mss, selectors=settings.selectors,
     )
+
+
+def connection_selector_problem(record: ConnectionRecord) -> str | None:
+    """Why the far end's answer cannot be loaded as it is (IKEv1 with several routable
+    CIDRs): such a connection is never loaded with only its first selector."""
+    vpn, settings = record.far_end.vpn, record.settings
+    if vpn is None:
+        return None
+    return selector_problem(vpn.ike_version, settings.mode, vpn.routable_cidrs, settings.selectors)
 
 
 def _why_unknown(record: ConnectionRecord, otherwise: str) -> str:

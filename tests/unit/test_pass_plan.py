@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from agent.core.charon_objects import InitiateChild, InitiateIke, LoadTunnel, UnloadConn
 from agent.core.failover import FailoverKind, FailoverState
 from agent.core.health import ProbeTarget
@@ -13,8 +15,9 @@ from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
 from agent.core.modes import Mode
 from agent.core.netstate import Link, NetState, interface_name
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
-from agent.core.pass_plan import PassInputs, plan_pass
+from agent.core.pass_plan import PassInputs, connection_selector_problem, plan_pass
 from agent.core.route_mode import EnsureInterface
+from agent.core.selectors import TrafficSelectors, selector_problem
 from agent.core.snapshot import Health
 
 KEY = "acme-space-office"
@@ -148,3 +151,45 @@ def test_probe_results_of_a_tunnel_no_longer_probed_stop_counting():
     assert fresh.steps[0].memory.health[1].problem is not None  # a second ago: it counts
     stale = replace(inputs(replace(rec, memory=memory), charon=charon, loaded=loaded_fingerprints(rec)), now=110.0)
     assert plan_pass(stale).steps[0].memory.health[1].ready  # ten seconds on: no verdict any more
+
+
+TWO_CIDRS = ("172.16.0.0/16", "192.168.50.0/24")
+
+
+def with_selectors(rec: ConnectionRecord, ike_version: int, selectors: TrafficSelectors) -> ConnectionRecord:
+    vpn = replace(VPN, routable_cidrs=TWO_CIDRS, ike_version=ike_version)
+    return replace(rec, settings=replace(rec.settings, selectors=selectors), far_end=replace(rec.far_end, vpn=vpn))
+
+
+@pytest.mark.parametrize("mode", [Mode.POLICY, Mode.ROUTE])
+def test_an_ikev1_answer_with_two_cidrs_is_not_loaded_with_only_the_first(mode):
+    rec = with_selectors(record(mode), 1, TrafficSelectors.CIDRS)
+    plan = plan_pass(inputs(rec, charon=CharonState(True)))
+    assert plan.setup == () and plan.reroutes == () and plan.probe_targets == ()
+    (step,) = plan.steps
+    assert (step.charon_actions, step.net_actions, step.memory.desired) == ((), (), None)
+    problem = selector_problem(1, mode, TWO_CIDRS, TrafficSelectors.CIDRS)
+    assert step.memory.verdict == (Health.DOWN, problem)
+    assert connection_selector_problem(rec) == problem
+
+
+def test_what_an_earlier_answer_loaded_stays_while_the_new_one_is_refused():
+    rec = record()
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
+    plan = plan_pass(inputs(with_selectors(rec, 1, TrafficSelectors.CIDRS), charon=charon,
+                            loaded=loaded_fingerprints(rec)))
+    assert plan.setup == () and plan.steps[0].charon_actions == ()
+
+
+@pytest.mark.parametrize(("mode", "ike_version", "selectors", "child_ts"), [
+    (Mode.POLICY, 2, TrafficSelectors.CIDRS, (TWO_CIDRS, ("10.0.0.0/16",))),
+    (Mode.ROUTE, 2, TrafficSelectors.CIDRS, (TWO_CIDRS, ("10.0.0.0/16",))),
+    (Mode.ROUTE, 1, TrafficSelectors.WIDE, (("0.0.0.0/0",), ("0.0.0.0/0",))),
+])
+def test_answers_whose_every_cidr_crosses_are_loaded(mode, ike_version, selectors, child_ts):
+    rec = with_selectors(record(mode), ike_version, selectors)
+    plan = plan_pass(inputs(rec, charon=CharonState(True)))
+    loads = [a for a in plan.setup if isinstance(a, LoadTunnel)]
+    assert [a.number for a in loads] == [1, 2]
+    assert all(a.connection.child_ts == child_ts for a in loads)
+    assert loads[0].connection.remote_ts == ("10.0.0.0/16",)  # what route mode routes into the tunnels
