@@ -118,8 +118,9 @@ class ConnectionConfig:
     #: TCP MSS clamped on SYNs through the tunnels, in bytes (AWS samples: 1379); 0 = off.
     tcp_mss: int = TCP_MSS
     #: What the CHILD_SAs negotiate: CIDRS (every routable CIDR against the space CIDR)
-    #: or WIDE (0.0.0.0/0 both ways, mode: route only; the routes choose what enters the
-    #: tunnel): how IKEv1 carries several routable CIDRs.
+    #: or WIDE (in route mode 0.0.0.0/0 both ways, the routes choose what enters the
+    #: tunnel; policy mode always negotiates the CIDRs): how IKEv1 carries several
+    #: routable CIDRs.
     traffic_selectors: TrafficSelectors = TrafficSelectors.CIDRS
     #: Tunnel (1 or 2) traffic returns to once it is healthy again; None: no failback.
     preferred_tunnel: int | None = None

@@ -253,13 +253,12 @@ def _traffic_selectors(section: dict, mode: Mode, path: str, problems: list[str]
     try:
         selectors = TrafficSelectors(raw)
     except ValueError:
-        problems.append(f"{path}.traffic_selectors: '{raw}' is not a choice (use cidrs, or wide with mode: route)")
+        problems.append(f"{path}.traffic_selectors: '{raw}' is not a choice (use cidrs or wide)")
         return TrafficSelectors.CIDRS
-    if selectors is TrafficSelectors.WIDE and mode is not Mode.ROUTE:
+    if selectors is TrafficSelectors.WIDE and mode is Mode.POLICY:
         # Only an XFRM interface's if_id keeps 0.0.0.0/0 policies to what is routed into it.
-        problems.append(f"{path}.traffic_selectors: wide needs mode: route (got mode: {mode.value}); without "
-                        "the tunnel interfaces 0.0.0.0/0 selectors would pull all of this host's traffic "
-                        "into the tunnel")
+        problems.append(f"{path}.traffic_selectors: wide needs route mode (mode: route or auto); in policy mode "
+                        "0.0.0.0/0 selectors would pull all of this host's traffic into the tunnel")
     return selectors
 
 

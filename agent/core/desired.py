@@ -58,7 +58,7 @@ class DesiredConnection:
     source_address: str | None = None  # ours inside local_ts: src of probes and routes
     tunnel_mtu: int = TUNNEL_MTU  # bytes, route mode interfaces
     tcp_mss: int = TCP_MSS  # bytes, 0 = no clamping
-    selectors: TrafficSelectors = TrafficSelectors.CIDRS  # WIDE only in route mode
+    selectors: TrafficSelectors = TrafficSelectors.CIDRS  # WIDE counts in route mode only
 
     @property
     def child_ts(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -91,8 +91,6 @@ def desired_connection(
     """Combine the local side with what the far end published. No side effects."""
     if mode is Mode.AUTO:
         raise ValueError("mode must be resolved (route or policy) before planning")
-    if selectors is TrafficSelectors.WIDE and mode is not Mode.ROUTE:
-        raise ValueError("wide traffic selectors need route mode")
     route = mode is Mode.ROUTE
     tunnels = tuple(
         DesiredTunnel(

@@ -20,7 +20,7 @@ class TrafficSelectors(enum.Enum):
     """What the children negotiate (config key `traffic_selectors`)."""
 
     CIDRS = "cidrs"  # the routable CIDRs against the space CIDR
-    WIDE = "wide"  # route mode only: 0.0.0.0/0 both ways, the routes choose what enters
+    WIDE = "wide"  # in route mode: 0.0.0.0/0 both ways, the routes choose what enters
 
 
 def child_selectors(mode: Mode, selectors: TrafficSelectors, routable_cidrs: Sequence[str],
@@ -38,19 +38,26 @@ def selector_problem(ike_version: int, mode: Mode, routable_cidrs: Sequence[str]
                      selectors: TrafficSelectors) -> str | None:
     """Why these children would tunnel only part of the routable CIDRs, with the fixes;
     None when every CIDR gets through. `mode` may be AUTO (check-config, before the
-    kernel is asked)."""
+    kernel is asked): wide selectors count there, the daemon and the doctor know whether
+    route mode runs."""
     if ike_version != 1 or len(routable_cidrs) < 2:
         return None
-    if selectors is TrafficSelectors.WIDE and mode is Mode.ROUTE:
+    if selectors is TrafficSelectors.WIDE and mode is not Mode.POLICY:
         return None
+    return f"{first_selector_only(routable_cidrs)}. Fix: {selector_fixes(mode)}"
+
+
+def first_selector_only(routable_cidrs: Sequence[str]) -> str:
+    """What goes wrong with IKEv1 and several routable CIDRs."""
     first, rest = routable_cidrs[0], ", ".join(routable_cidrs[1:])
-    if mode is Mode.ROUTE:
-        wide = "set traffic_selectors: wide"
-    elif mode is Mode.AUTO:
-        wide = "set mode: route and traffic_selectors: wide"
-    else:
-        wide = "on a kernel with XFRM interfaces, mode: route and traffic_selectors: wide"
     return (f"IKEv1 negotiates only the first traffic selector: of the routable CIDRs only {first} would cross "
-            f"the tunnel, not {rest}. Fix: switch the VPN to IKEv2 (one CHILD_SA carries every CIDR), or use one "
-            f"routable CIDR that summarises them (heroku spaces:vpn:update), or {wide} (0.0.0.0/0 selectors; "
-            f"the routes choose what enters the tunnel)")
+            f"the tunnel, not {rest}")
+
+
+def selector_fixes(mode: Mode) -> str:
+    """The ways out, for a connection configured with `mode` (AUTO: not resolved yet)."""
+    wide = ("in route mode (a kernel with XFRM interfaces), traffic_selectors: wide" if mode is Mode.POLICY
+            else "set traffic_selectors: wide")
+    return (f"switch the VPN to IKEv2 (one CHILD_SA carries every CIDR), or use one routable CIDR that summarises "
+            f"them (heroku spaces:vpn:update), or {wide} (0.0.0.0/0 selectors; the routes choose what enters "
+            f"the tunnel)")

@@ -161,14 +161,17 @@ def with_selectors(rec: ConnectionRecord, ike_version: int, selectors: TrafficSe
     return replace(rec, settings=replace(rec.settings, selectors=selectors), far_end=replace(rec.far_end, vpn=vpn))
 
 
-@pytest.mark.parametrize("mode", [Mode.POLICY, Mode.ROUTE])
-def test_an_ikev1_answer_with_two_cidrs_is_not_loaded_with_only_the_first(mode):
-    rec = with_selectors(record(mode), 1, TrafficSelectors.CIDRS)
+@pytest.mark.parametrize(("mode", "selectors"), [
+    (Mode.POLICY, TrafficSelectors.CIDRS), (Mode.ROUTE, TrafficSelectors.CIDRS),
+    (Mode.POLICY, TrafficSelectors.WIDE),  # mode: auto on a kernel without XFRM interfaces
+])
+def test_an_ikev1_answer_with_two_cidrs_is_not_loaded_with_only_the_first(mode, selectors):
+    rec = with_selectors(record(mode), 1, selectors)
     plan = plan_pass(inputs(rec, charon=CharonState(True)))
     assert plan.setup == () and plan.reroutes == () and plan.probe_targets == ()
     (step,) = plan.steps
     assert (step.charon_actions, step.net_actions, step.memory.desired) == ((), (), None)
-    problem = selector_problem(1, mode, TWO_CIDRS, TrafficSelectors.CIDRS)
+    problem = selector_problem(1, mode, TWO_CIDRS, selectors)
     assert step.memory.verdict == (Health.DOWN, problem)
     assert connection_selector_problem(rec) == problem
 
