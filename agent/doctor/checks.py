@@ -165,7 +165,7 @@ def check_selectors(conn: ConnectionConfig, mode: Mode | None, vpn: VpnConnectio
                                f"the routes send {vpn.space_cidr_block} into the tunnel")
     if len(routable) > 1:
         return Check(name, OK, f"{where}: IKEv2: one CHILD_SA carries all {len(routable)} routable CIDRs")
-    return Check(name, OK, f"{where}: one routable CIDR, {routable[0]}")
+    return Check(name, OK, f"{where}: one routable CIDR: {', '.join(routable) or 'none'}")
 
 
 def _cidr_problems(vpn: VpnConnection, *, heroku: bool) -> tuple[list[str], list[str]]:
