@@ -42,10 +42,11 @@ def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
 
 def _child(tunnel: DesiredTunnel) -> dict[str, Any]:
     if_id = tunnel.if_id
+    local_ts, remote_ts = tunnel.child_ts
     child = {
         "mode": "tunnel",
-        "local_ts": list(tunnel.local_ts),
-        "remote_ts": list(tunnel.remote_ts),
+        "local_ts": list(local_ts),  # every routable CIDR: IKEv2 puts them all in one CHILD_SA
+        "remote_ts": list(remote_ts),
         "esp_proposals": [seed.ESP_PROPOSAL],  # with PFS group modp2048
         "life_time": f"{seed.CHILD_LIFETIME}s",
         "rekey_time": f"{seed.CHILD_REKEY}s",

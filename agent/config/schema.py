@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from agent.core.desired import TCP_MSS, TUNNEL_MTU
 from agent.core.model import Secret
 from agent.core.modes import Mode
+from agent.core.selectors import TrafficSelectors
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -123,6 +124,11 @@ class ConnectionConfig:
     tunnel_mtu: int = TUNNEL_MTU
     #: TCP MSS clamped on SYNs through the tunnels, in bytes (AWS samples: 1379); 0 = off.
     tcp_mss: int = TCP_MSS
+    #: What the CHILD_SAs negotiate: CIDRS (every routable CIDR against the space CIDR)
+    #: or WIDE (in route mode 0.0.0.0/0 both ways, the routes choose what enters the
+    #: tunnel; policy mode always negotiates the CIDRs): how IKEv1 carries several
+    #: routable CIDRs.
+    traffic_selectors: TrafficSelectors = TrafficSelectors.CIDRS
     #: Tunnel (1 or 2) traffic returns to once it is healthy again; None: no failback.
     preferred_tunnel: int | None = None
     #: Seconds the preferred tunnel must stay healthy before failback (doubled per

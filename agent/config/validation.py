@@ -27,6 +27,7 @@ from agent.config.static import _static
 from agent.core.addresses import is_loopback_host, is_private_address
 from agent.core.model import object_name
 from agent.core.modes import Mode
+from agent.core.selectors import TrafficSelectors, selector_problem
 
 _TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level",
              "connections")
@@ -34,7 +35,8 @@ _API_KEYS = ("url", "token_file", "poll_interval", "timeout", "not_found_grace",
 _STRONGSWAN_KEYS = ("vici_socket", "connect_timeout")
 _METRICS_KEYS = ("listen",)
 _CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe", "static",
-                    "source_address", "tunnel_mtu", "tcp_mss", "preferred_tunnel", "failback_hold_down")
+                    "source_address", "tunnel_mtu", "tcp_mss", "preferred_tunnel", "failback_hold_down",
+                    "traffic_selectors")
 _PROBE_KEYS = ("target", "port", "interval", "failures", "resolve_interval")
 #: Bounds of probe.resolve_interval, in seconds.
 _RESOLVE_INTERVAL_BOUNDS = (1.0, 3600.0)
@@ -177,10 +179,15 @@ def _connection(raw: object, path: str, problems: list[str],
         vpn = _name(section, "vpn", path, problems, None)
         _require_space_and_vpn(section, path, problems)
     local_address = _ip(section, "local_address", path, problems)
+    mode = _mode(section, path, problems)
+    selectors = _traffic_selectors(section, mode, path, problems)
+    if static is not None:
+        _check_static_selectors(static, mode, selectors, f"{path}.static", problems)
     connection_kwargs = dict(
         local_address=local_address,
         local_id=_string(section, "local_id", path, problems, None) or local_address,
-        mode=_mode(section, path, problems),
+        mode=mode,
+        traffic_selectors=selectors,
         probe=_probe(section.get("probe"), f"{path}.probe", problems),
         static=static,
         source_address=_ip(section, "source_address", path, problems),
@@ -240,6 +247,29 @@ def _mode(section: dict, path: str, problems: list[str]) -> Mode:
     except ValueError:
         problems.append(f"{path}.mode: '{raw}' is not a mode (use auto, route or policy)")
         return Mode.AUTO
+
+
+def _traffic_selectors(section: dict, mode: Mode, path: str, problems: list[str]) -> TrafficSelectors:
+    raw = section.get("traffic_selectors")
+    if raw is None:
+        return TrafficSelectors.CIDRS
+    try:
+        selectors = TrafficSelectors(raw)
+    except ValueError:
+        problems.append(f"{path}.traffic_selectors: '{raw}' is not a choice (use cidrs or wide)")
+        return TrafficSelectors.CIDRS
+    if selectors is TrafficSelectors.WIDE and mode is Mode.POLICY:
+        # Only an XFRM interface's if_id keeps 0.0.0.0/0 policies to what is routed into it.
+        problems.append(f"{path}.traffic_selectors: wide needs route mode (mode: route or auto); in policy mode "
+                        "0.0.0.0/0 selectors would pull all of this host's traffic into the tunnel")
+    return selectors
+
+
+def _check_static_selectors(static, mode: Mode, selectors: TrafficSelectors, path: str,
+                            problems: list[str]) -> None:
+    problem = selector_problem(static.ike_version, mode, static.routable_cidrs, selectors)
+    if problem is not None:
+        problems.append(f"{path}.routable_cidrs: {problem}")
 
 
 def _probe(raw: object, path: str, problems: list[str]) -> ProbeConfig:

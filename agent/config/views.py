@@ -69,6 +69,7 @@ def _redacted_connection(conn: ConnectionConfig) -> dict:
         "source_address": conn.source_address,
         "tunnel_mtu": conn.tunnel_mtu,
         "tcp_mss": conn.tcp_mss,
+        "traffic_selectors": conn.traffic_selectors.value,
         "preferred_tunnel": conn.preferred_tunnel,
         "failback_hold_down": format_duration(conn.failback_hold_down),
     }

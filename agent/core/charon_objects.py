@@ -70,7 +70,7 @@ def tunnel_fingerprint(conn: DesiredConnection, number: int) -> str:
     (hashed, never kept in clear), so a change in any of them triggers a reload."""
     tunnel = conn.tunnel(number)
     parts = (
-        tunnel.ike_version, conn.local_address, conn.local_id, tunnel.local_ts, tunnel.remote_ts,
+        tunnel.ike_version, conn.local_address, conn.local_id, tunnel.child_ts,
         conn.mode.value, tunnel.conn_name, tunnel.remote_ip, tunnel.psk.reveal(), tunnel.if_id,
     )
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

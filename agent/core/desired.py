@@ -13,6 +13,7 @@ from agent.core.model import Secret, TunnelApiStatus, VpnConnection, object_name
 from agent.core.modes import Mode
 from agent.core.netstate import interface_id, interface_name
 from agent.core.rolling import TunnelSettings, published
+from agent.core.selectors import TrafficSelectors, child_selectors
 
 # The seed article's ipsec.conf, with `sha2` spelled as strongSwan wants it.
 IKE_PROPOSAL = "aes256-sha256-modp2048"
@@ -45,6 +46,7 @@ class DesiredTunnel:
     ike_version: int
     local_ts: tuple[str, ...]  # routable_cidrs (customer side)
     remote_ts: tuple[str, ...]  # space_cidr_block
+    child_ts: tuple[tuple[str, ...], tuple[str, ...]]  # (local, remote) its CHILD_SA negotiates (core/selectors)
     generation: int = 1  # of the far end's settings (core/rolling)
     last_status_change: str = ""  # the API's timestamp of the last UP/DOWN change
     interface: str | None = None  # route mode: this tunnel's XFRM interface
@@ -59,13 +61,20 @@ class DesiredConnection:
     local_address: str
     local_id: str
     local_ts: tuple[str, ...]  # routable_cidrs (customer side), latest generation
-    remote_ts: tuple[str, ...]  # space_cidr_block, latest generation
+    remote_ts: tuple[str, ...]  # space_cidr_block, latest generation: what route mode routes into the tunnels
     ike_version: int  # latest generation; each tunnel has the one it runs
     mode: Mode  # resolved: ROUTE or POLICY, never AUTO
     tunnels: tuple[DesiredTunnel, ...]
     source_address: str | None = None  # ours inside local_ts: src of probes and routes
     tunnel_mtu: int = TUNNEL_MTU  # bytes, route mode interfaces
     tcp_mss: int = TCP_MSS  # bytes, 0 = no clamping
+    selectors: TrafficSelectors = TrafficSelectors.CIDRS  # WIDE counts in route mode only
+
+    @property
+    def child_ts(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(local, remote) traffic selectors every tunnel's CHILD_SA negotiates: all the
+        routable CIDRs against the space CIDR, or 0.0.0.0/0 both ways (wide)."""
+        return child_selectors(self.mode, self.selectors, self.local_ts, self.remote_ts)
 
     def tunnel(self, number: int) -> DesiredTunnel:
         return self.tunnels[number - 1]
@@ -88,6 +97,7 @@ def desired_connection(
     tunnel_mtu: int = TUNNEL_MTU,
     tcp_mss: int = TCP_MSS,
     settings: Mapping[int, TunnelSettings] | None = None,
+    selectors: TrafficSelectors = TrafficSelectors.CIDRS,
 ) -> DesiredConnection:
     """Combine the local side with what the far end published; `settings` says which
     generation each tunnel runs (core/rolling; default: the published one). Telemetry
@@ -106,6 +116,8 @@ def desired_connection(
             ike_version=runs[t.number].ike_version,
             local_ts=runs[t.number].routable_cidrs,
             remote_ts=(runs[t.number].space_cidr_block,),
+            child_ts=child_selectors(mode, selectors, runs[t.number].routable_cidrs,
+                                     (runs[t.number].space_cidr_block,)),
             generation=runs[t.number].generation,
             last_status_change=t.last_status_change,
             interface=interface_name(key, vpn, t.number) if route else None,
@@ -127,4 +139,5 @@ def desired_connection(
         source_address=source_address,
         tunnel_mtu=tunnel_mtu,
         tcp_mss=tcp_mss,
+        selectors=selectors,
     )

@@ -17,6 +17,7 @@ from agent.core.health import InboundWatch, ProbeStats, TrafficTotals
 from agent.core.model import VpnConnection
 from agent.core.modes import Mode
 from agent.core.rolling import TunnelSettings
+from agent.core.selectors import TrafficSelectors
 from agent.core.snapshot import Health
 from agent.core.tunnel_timing import TunnelTiming
 
@@ -46,6 +47,7 @@ class ConnectionSettings:
     source_address: str | None = None  # None: our first address inside the routable CIDRs
     tunnel_mtu: int = TUNNEL_MTU
     tcp_mss: int = TCP_MSS
+    selectors: TrafficSelectors = TrafficSelectors.CIDRS  # what the CHILD_SAs negotiate
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     policy: FailoverPolicy = field(default_factory=FailoverPolicy)
     connect_timeout: float = 5.0  # s a negotiation may take before it is dropped

@@ -24,6 +24,7 @@ from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
 from agent.core.rolling import RollPlan, plan_roll, published
 from agent.core.route_mode import Reroute, RouteAction, mss_rules, plan_interfaces, plan_reroute, plan_stale_interfaces
+from agent.core.selectors import selector_problem
 from agent.core.snapshot import Health
 
 PROBE_TIMEOUT_CAP = 1.0  # s: a probe unanswered this long is lost, whatever the interval
@@ -76,6 +77,7 @@ class _Prepared:
     life: Life
     roll: RollPlan | None
     desired: DesiredConnection | None
+    refusal: str | None = None  # why the far end's latest settings are not loaded (core/selectors)
 
 
 def plan_pass(inputs: PassInputs) -> PassPlan:
@@ -112,15 +114,21 @@ def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
 def _step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
     conn, roll, life = prepared.desired, prepared.roll, prepared.life
     if conn is None or roll is None:
-        return _waiting(record, inputs, None, _why_unknown(record, life, "VPN connection not known yet (Platform API)"))
+        why = prepared.refusal or _why_unknown(record, life, "VPN connection not known yet (Platform API)")
+        return _waiting(record, inputs, None, why)
     memory = replace(record.memory, local_address=_local_address(record, inputs), running=roll.settings)
     step = decide(record.settings, memory, conn, inputs.charon, inputs.net, inputs.now, inputs.wall_now,
                   inputs.jitter, retiring=roll.retiring)
+    health, summary = step.memory.verdict
     if life.stage is Stage.FAILED:
         # The operator must act at Heroku, whatever the tunnels still do.
-        health, summary = step.memory.verdict
-        memory = replace(step.memory, verdict=(Health.DOWN, f"{life.note} (tunnels: {health.value}, {summary})"))
-        step = replace(step, memory=memory)
+        step = replace(step, memory=replace(step.memory, verdict=(
+            Health.DOWN, f"{life.note} (tunnels: {health.value}, {summary})")))
+    elif prepared.refusal is not None:
+        # The tunnels keep the last settings that could be loaded; the new ones need a person.
+        step = replace(step, memory=replace(step.memory, verdict=(
+            max(health, Health.DEGRADED), f"the far end's new settings are not loaded: {prepared.refusal} "
+                                          f"(tunnels keep the previous ones: {summary})")))
     return step
 
 
@@ -134,15 +142,35 @@ def _prepare(record: ConnectionRecord, inputs: PassInputs) -> _Prepared:
     vpn, local_address = far_end.vpn, _local_address(record, inputs)
     if vpn is None or local_address is None or life.stage is Stage.FORGOTTEN:
         return _Prepared(life, None, None)
-    roll = plan_roll(published(vpn, far_end.generation), memory.running, memory.active, memory.health,
-                     route_mode=settings.mode is Mode.ROUTE)
+    target = published(vpn, far_end.generation)
+    refusal = connection_selector_problem(record)
+    if refusal is not None:
+        # Never loaded with only its first selector. What runs from an earlier answer
+        # stays, and stays managed (failover, re-initiation); else nothing is loaded.
+        runnable = memory.running and not any(
+            selector_problem(s.ike_version, settings.mode, s.routable_cidrs, settings.selectors)
+            for s in memory.running.values())
+        if not runnable:
+            return _Prepared(life, None, None, refusal)
+        target = dict(memory.running)
+    roll = plan_roll(target, memory.running, memory.active, memory.health, route_mode=settings.mode is Mode.ROUTE)
     source = settings.source_address or source_inside(tuple(vpn.routable_cidrs), inputs.net.addresses)
     conn = desired_connection(
         key=record.key, space=settings.space, vpn=settings.vpn, local_address=local_address,
         local_id=settings.local_id, mode=settings.mode, connection=vpn, source_address=source,
         tunnel_mtu=settings.tunnel_mtu, tcp_mss=settings.tcp_mss, settings=roll.settings,
+        selectors=settings.selectors,
     )
-    return _Prepared(life, roll, conn)
+    return _Prepared(life, roll, conn, refusal)
+
+
+def connection_selector_problem(record: ConnectionRecord) -> str | None:
+    """Why the far end's answer cannot be loaded as it is (IKEv1 with several routable
+    CIDRs): such a connection is never loaded with only its first selector."""
+    vpn, settings = record.far_end.vpn, record.settings
+    if vpn is None:
+        return None
+    return selector_problem(vpn.ike_version, settings.mode, vpn.routable_cidrs, settings.selectors)
 
 
 def _why_unknown(record: ConnectionRecord, life: Life, otherwise: str) -> str:

@@ -65,4 +65,4 @@ def plan_policy_mode(
 
 
 def _selectors(tunnel: DesiredTunnel) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    return tunnel.local_ts, tunnel.remote_ts
+    return tunnel.child_ts

@@ -21,7 +21,7 @@ from agent.core.durations import format_duration
 from agent.core.lifecycle import Stage, life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.model import object_name
-from agent.core.pass_plan import PassInputs, PassPlan, plan_pass
+from agent.core.pass_plan import PassInputs, PassPlan, connection_selector_problem, plan_pass
 from agent.core.snapshot import Snapshot
 from agent.core.views import api_budget_view, connection_view
 from agent.daemon.edges import Edges, Outcomes
@@ -71,6 +71,7 @@ class Controller:
         self._probe_targets: tuple[ProbeTarget, ...] = ()
         self._forgotten: set[str] = set()  # keys whose deleted connection was forgotten (cache removed)
         self._next_pass_in = TICK  # the last plan may ask for an earlier look
+        self._refused: dict[str, str] = {}  # by key: the selector problem logged last
         self._clock = clock
         self._wall = wall
         self._rand = rand
@@ -209,6 +210,7 @@ class Controller:
         for step in plan.steps:
             state.records[step.key] = replace(state.records[step.key], memory=step.memory)
         self._record(outcomes)
+        self._log_selector_problems()
         edges.sync_mss(dict(plan.mss_rules) if plan.mss_rules is not None else None)
         edges.arm_reroutes(plan.reroutes, state.net, since)
         if plan.probe_targets != self._probe_targets:
@@ -249,6 +251,20 @@ class Controller:
             detected=self._detect_local_addresses(), now=self._clock(), wall_now=self._wall(),
             jitter={object_name(key, n): self._rand() for key in state.records for n in (1, 2)},
         ))
+
+    def _log_selector_problems(self) -> None:
+        """Once per far-end answer that cannot be loaded as it is (IKEv1, several
+        routable CIDRs), and once when that is over; status says it every pass."""
+        for record in self.state.records.values():
+            problem, before = connection_selector_problem(record), self._refused.get(record.key)
+            if problem is not None and problem != before:
+                log.error("%s: %s. This answer is not loaded into charon", record.settings.label, problem)
+            elif problem is None and before is not None:
+                log.info("%s: every routable CIDR can cross the tunnel now", record.settings.label)
+            if problem is None:
+                self._refused.pop(record.key, None)
+            else:
+                self._refused[record.key] = problem
 
     def _detect_local_addresses(self) -> dict[str, str | None]:
         """Our address towards tunnel 1, for connections that configure none (once)."""

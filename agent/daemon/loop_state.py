@@ -47,7 +47,7 @@ def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported:
     return ConnectionSettings(
         key=conn.key, space=conn.space, vpn=conn.vpn, mode=mode, mode_reason=reason,
         local_address=conn.local_address, local_id=conn.local_id, source_address=conn.source_address,
-        tunnel_mtu=conn.tunnel_mtu, tcp_mss=conn.tcp_mss,
+        tunnel_mtu=conn.tunnel_mtu, tcp_mss=conn.tcp_mss, selectors=conn.traffic_selectors,
         probe=ProbeSettings(conn.probe.target, conn.probe.interval, conn.probe.failures, port=conn.probe.port,
                             resolve_interval=conn.probe.resolve_interval),
         policy=FailoverPolicy(preferred=conn.preferred_tunnel, hold_down=conn.failback_hold_down),

@@ -29,6 +29,7 @@ from agent.adapters.sdnotify import SystemdNotifier
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.server import ControlServer
 from agent.core.modes import resolve_mode
+from agent.core.selectors import selector_problem
 from agent.core.snapshot import Snapshot
 from agent.daemon.api_poller import ApiPoller, PollTarget
 from agent.daemon.controller import Controller
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"space-vpn-agent: {args.config}: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        refused = _cached_selector_problems(config)
+        for problem in refused:
+            print(f"space-vpn-agent: {args.config}: {problem}", file=sys.stderr)
+        if refused:
+            return EXIT_CONFIG
         print(f"{args.config}: OK, {len(config.connections)} connection(s)")
         return 0
     _setup_logging(config.log_level)
@@ -87,6 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # e.g. the control socket's folder cannot be created
         log.error("cannot start: %s", e)
         return 1
+
+
+def _cached_selector_problems(config: AgentConfig) -> list[str]:
+    """What the loop would refuse to load, for Heroku connections whose last API answer
+    is cached (static ones are checked with the config itself). A cache this user cannot
+    read (state_dir is root's) is skipped."""
+    cache, found = ConnectionCache(Path(config.state_dir)), []
+    for index, conn in enumerate(config.connections):
+        if conn.static is not None:
+            continue
+        path = cache.path(conn.space, conn.vpn)
+        if not os.access(path, os.R_OK):
+            continue
+        vpn = cache.load(conn.space, conn.vpn)
+        if vpn is None:
+            continue
+        problem = selector_problem(vpn.ike_version, conn.mode, vpn.routable_cidrs, conn.traffic_selectors)
+        if problem is not None:
+            found.append(f"connections[{index}] ({conn.label}), as the last Platform API answer (cached in "
+                         f"{path}) says: {problem}")
+    return found
 
 
 def _setup_logging(level: str) -> None:

@@ -15,6 +15,7 @@ from agent.core.addresses import is_private_network
 from agent.core.desired import TCP_MSS
 from agent.core.model import ConnectionStatus, VpnAnswer, VpnConnection
 from agent.core.modes import Mode
+from agent.core.selectors import TrafficSelectors, first_selector_only, selector_fixes, selector_problem
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -160,6 +161,22 @@ def check_cidrs(conn: ConnectionConfig, vpn: VpnConnection | None, source: str,
         return Check(name, WARN, f"{conn.label} ({source}): " + "; ".join(warns),
                      "pick routable CIDRs apart from the space's reserved ranges, or set local_id")
     return Check(name, OK, f"{conn.label} ({source}): {cidrs} <-> {vpn.space_cidr_block}; local address {local}")
+
+
+def check_selectors(conn: ConnectionConfig, mode: Mode | None, vpn: VpnConnection, source: str) -> Check:
+    """Several routable CIDRs cross the tunnel only with IKEv2 or wide selectors in route
+    mode. `mode` is what runs here (None: the daemon would not start; judged by the config)."""
+    name, mode = "selectors", mode or conn.mode
+    where, routable = f"{conn.label} ({source})", vpn.routable_cidrs
+    if selector_problem(vpn.ike_version, mode, routable, conn.traffic_selectors) is not None:
+        return Check(name, FAIL, f"{where}: {first_selector_only(routable)}; the agent does not load it",
+                     selector_fixes(mode))
+    if conn.traffic_selectors is TrafficSelectors.WIDE and mode is Mode.ROUTE:
+        return Check(name, OK, f"{where}: wide selectors (0.0.0.0/0) bound to the tunnel interfaces; "
+                               f"the routes send {vpn.space_cidr_block} into the tunnel")
+    if len(routable) > 1:
+        return Check(name, OK, f"{where}: IKEv2: one CHILD_SA carries all {len(routable)} routable CIDRs")
+    return Check(name, OK, f"{where}: one routable CIDR: {', '.join(routable) or 'none'}")
 
 
 def _cidr_problems(vpn: VpnConnection, *, heroku: bool) -> tuple[list[str], list[str]]:

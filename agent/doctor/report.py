@@ -64,6 +64,8 @@ def run_checks(
     result += api_checks
     for conn in config.connections:
         result.append(checks.check_cidrs(conn, vpns.get(conn.key), sources.get(conn.key, ""), detect))
+        if vpns.get(conn.key) is not None:  # else check_cidrs says it is not checked
+            result.append(checks.check_selectors(conn, modes[conn.key], vpns[conn.key], sources[conn.key]))
     return result
 
 

@@ -48,6 +48,14 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "graceful_tunnel_returns", "forgotten_ike_sa_replaced",
         "psk_roll_moves_to_the_rolled_standby", "psk_roll_both_tunnels_on_new_keys", "psk_roll_traffic_continues",
     ),
+    "agent_route_mode_wide_selectors": (
+        "wide_both_children_installed", "wide_selectors_negotiated", "wide_policies_bound_to_if_id",
+        "wide_routes_only_the_space_cidr",
+        "wide_ping_from_first_cidr_via_tunnel1", "wide_ping_from_second_cidr_via_tunnel1",
+        "wide_ping_from_first_cidr_via_tunnel2", "wide_ping_from_second_cidr_via_tunnel2",
+        "wide_other_traffic_not_captured",
+        "wide_no_XfrmInNoPols", "wide_no_XfrmOutPolBlock", "wide_no_XfrmInTmplMismatch",
+    ),
     "agent_policy_mode_kernel": (
         "one_child_and_hot_standby", "ping_through_policy_mode", "no_XfrmInTmplMismatch", "single_child",
     ),

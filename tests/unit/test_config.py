@@ -25,11 +25,12 @@ from agent.config import (
 )
 from agent.core.model import ConnectionStatus, Secret, TunnelApiStatus
 from agent.core.modes import Mode
+from agent.core.selectors import TrafficSelectors, selector_problem
 
 REPO = Path(__file__).resolve().parents[2]
 PSK1 = "tunnel-one-very-secret-key"
 PSK2 = "tunnel-two-very-secret-key"
-CONNECTION_KEYS = "space, vpn, local_address, local_id, mode, probe, static, source_address, tunnel_mtu, tcp_mss, preferred_tunnel, failback_hold_down"
+CONNECTION_KEYS = "space, vpn, local_address, local_id, mode, probe, static, source_address, tunnel_mtu, tcp_mss, preferred_tunnel, failback_hold_down, traffic_selectors"
 NO_DIR = Path("/nonexistent-config-dir")
 
 
@@ -607,3 +608,43 @@ def test_tcp_probe_in_the_redacted_view():
 def test_example_config_recommends_a_tcp_probe():
     probe = load_config(REPO / "config" / "agent.example.yaml").connections[0].probe
     assert probe.port is not None and probe.target is not None
+
+
+def test_traffic_selectors_default_to_the_cidrs(tmp_path):
+    conn = parse_config({"connections": [heroku()]}, base_dir=tmp_path).connections[0]
+    assert conn.traffic_selectors is TrafficSelectors.CIDRS
+    wide = parse_config({"connections": [heroku(mode="route", traffic_selectors="wide")]},
+                        base_dir=tmp_path).connections[0]
+    assert wide.traffic_selectors is TrafficSelectors.WIDE
+    assert redacted(AgentConfig(connections=(wide,)))["connections"][0]["traffic_selectors"] == "wide"
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({"mode": "policy", "traffic_selectors": "wide"},
+     "connections[0].traffic_selectors: wide needs route mode (mode: route or auto); in policy mode 0.0.0.0/0 "
+     "selectors would pull all of this host's traffic into the tunnel"),
+    ({"traffic_selectors": "any"}, "connections[0].traffic_selectors: 'any' is not a choice (use cidrs or wide)"),
+    ({"traffic_selectors": True}, "connections[0].traffic_selectors: 'True' is not a choice (use cidrs or wide)"),
+])
+def test_traffic_selector_problems(extra, expected):
+    assert problems_of({"connections": [heroku(**extra)]}) == [expected]
+
+
+TWO_CIDRS = ["192.168.10.0/24", "192.168.20.0/24"]
+
+
+def test_a_static_ikev1_connection_with_two_cidrs_is_refused_with_the_fixes(psk_dir):
+    problems = problems_of(static_config(ike_version=1, routable_cidrs=TWO_CIDRS), psk_dir)
+    assert problems == [f"{S}.routable_cidrs: " + selector_problem(1, Mode.AUTO, TWO_CIDRS, TrafficSelectors.CIDRS)]
+    assert "only 192.168.10.0/24 would cross the tunnel, not 192.168.20.0/24" in problems[0]
+    assert "IKEv2" in problems[0] and "set traffic_selectors: wide" in problems[0]
+
+
+@pytest.mark.parametrize("conn_extra, static_extra", [
+    ({}, {"ike_version": 2}),  # one CHILD_SA with both selectors
+    ({"mode": "route", "traffic_selectors": "wide"}, {"ike_version": 1}),
+    ({"traffic_selectors": "wide"}, {"ike_version": 1}),  # auto: the daemon refuses it if policy mode runs
+])
+def test_static_connections_that_carry_every_cidr(psk_dir, conn_extra, static_extra):
+    config = parse_config(static_config(conn_extra, routable_cidrs=TWO_CIDRS, **static_extra), base_dir=psk_dir)
+    assert config.connections[0].static.routable_cidrs == tuple(TWO_CIDRS)

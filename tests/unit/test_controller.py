@@ -489,3 +489,38 @@ def test_the_pollers_pace_is_published_and_a_reload_clears_it(config_file, caplo
     controller.handle(Reload())
     controller.reconcile_pass()
     assert controller.snapshot.api_budget is None
+
+
+def test_an_ikev1_answer_with_two_cidrs_is_refused_in_status_and_logged_once(config_file, caplog):
+    charon = FakeCharon()
+    controller, _ = make_controller(config_file, charon)
+    two_cidrs = dict(vpn_json(), routable_cidrs=["172.16.0.0/16", "192.168.50.0/24"])
+    controller.handle(answer(two_cidrs))
+    with caplog.at_level("INFO", logger="agent.daemon.controller"):
+        controller.reconcile_pass()
+        controller.reconcile_pass()
+    assert charon.calls == []  # never loaded with only the first selector
+    view = controller.snapshot.connections[0]
+    assert view.health is Health.DOWN
+    assert "only 172.16.0.0/16 would cross the tunnel, not 192.168.50.0/24" in view.summary
+    refusals = [r for r in caplog.records if "IKEv1 negotiates only the first traffic selector" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelname == "ERROR"
+    assert refusals[0].getMessage().startswith("acme-space/office: ")
+
+    caplog.clear()
+    controller.handle(answer(dict(two_cidrs, ike_version=2)))  # the VPN switched to IKEv2
+    with caplog.at_level("INFO", logger="agent.daemon.controller"):
+        controller.reconcile_pass()
+    assert charon.calls[:2] == [("load", T1), ("load", T2)]
+    assert any("every routable CIDR can cross" in r.getMessage() for r in caplog.records)
+
+
+def test_the_configured_traffic_selectors_reach_the_decisions(tmp_path):
+    from agent.config import parse_config
+    from agent.core.selectors import TrafficSelectors
+    from agent.daemon.loop_state import settings_for
+
+    config = parse_config({"connections": [{"space": "acme-space", "vpn": "office", "mode": "route",
+                                             "traffic_selectors": "wide"}]}, base_dir=tmp_path)
+    settings = settings_for(config.connections[0], config, route_unsupported=None)
+    assert settings.selectors is TrafficSelectors.WIDE

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnConnection
 from agent.core.modes import Mode
 from agent.core.payload import parse_vpn_answer, parse_vpn_connection
 from agent.daemon import main as daemon_main
+from agent.core.selectors import TrafficSelectors
 from agent.doctor import checks as dc, facts, firewall as fw, report
 from agent.doctor.checks import Check
 from agent.doctor.facts import CharonFacts
@@ -421,13 +423,51 @@ def test_cidrs_without_any_answer():
     assert dc.check_cidrs(HEROKU, None, "", lambda ip: None).status == "WARN"
 
 
+TWO_CIDRS = ["172.16.0.0/16", "192.168.50.0/24"]
+
+
+@pytest.mark.parametrize("mode, fix", [
+    (Mode.ROUTE, "or set traffic_selectors: wide"),
+    (Mode.POLICY, "or in route mode (a kernel with XFRM interfaces), traffic_selectors: wide"),
+])
+def test_selectors_fail_for_ikev1_with_two_cidrs_and_name_the_fixes(mode, fix):
+    result = dc.check_selectors(HEROKU, mode, vpn(routable_cidrs=TWO_CIDRS), "API")
+    assert result.status == "FAIL"
+    assert result.detail == ("acme-space/office (API): IKEv1 negotiates only the first traffic selector: of the "
+                             "routable CIDRs only 172.16.0.0/16 would cross the tunnel, not 192.168.50.0/24; "
+                             "the agent does not load it")
+    assert result.fix.startswith("switch the VPN to IKEv2") and "summarises" in result.fix and fix in result.fix
+
+
+def test_selectors_ok_with_ikev2_or_wide_selectors_in_route_mode_or_one_cidr():
+    assert dc.check_selectors(HEROKU, Mode.POLICY, vpn(routable_cidrs=TWO_CIDRS, ike_version=2), "API") == Check(
+        "selectors", "OK", "acme-space/office (API): IKEv2: one CHILD_SA carries all 2 routable CIDRs")
+    wide = replace(HEROKU, mode=Mode.ROUTE, traffic_selectors=TrafficSelectors.WIDE)
+    assert dc.check_selectors(wide, Mode.ROUTE, vpn(routable_cidrs=TWO_CIDRS), "cache") == Check(
+        "selectors", "OK", "acme-space/office (cache): wide selectors (0.0.0.0/0) bound to the tunnel interfaces; "
+                           "the routes send 10.0.0.0/16 into the tunnel")
+    assert dc.check_selectors(HEROKU, Mode.POLICY, vpn(), "API").status == "OK"
+
+
+def test_wide_selectors_under_auto_fail_where_policy_mode_runs(tmp_path):
+    auto_wide = replace(HEROKU, traffic_selectors=TrafficSelectors.WIDE)
+    config = AgentConfig(connections=(auto_wide,), state_dir=str(tmp_path))
+    answers = {("acme-space", "office"): raw_vpn(routable_cidrs=TWO_CIDRS)}
+    probes = fakes(api_factory=lambda url, token: FakeApi(answers))
+    by_route = {r: [c for c in report.run_checks(config, cache=ConnectionCache(tmp_path),
+                                                 **(probes | {"route_support": lambda: r}))
+                    if c.name == "selectors"] for r in (None, "no XFRM interfaces")}
+    assert [c.status for c in by_route[None]] == ["OK"]
+    assert [c.status for c in by_route["no XFRM interfaces"]] == ["FAIL"]
+
+
 # -- run_checks, render, JSON, exit codes ------------------------------------------------
 
 def test_run_checks_on_a_healthy_host(tmp_path):
     config = AgentConfig(connections=(HEROKU, STATIC), state_dir=str(tmp_path))
     found = report.run_checks(config, cache=ConnectionCache(tmp_path), **fakes())
     assert [c.name for c in found] == ["charon", "plugins", "route mode", "firewall", "rp_filter",
-                                       "mss", "mss", "token", "cidrs", "cidrs"]
+                                       "mss", "mss", "token", "cidrs", "selectors", "cidrs", "selectors"]
     assert {c.status for c in found} == {"OK"}, [c for c in found if c.status != "OK"]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from agent.core.charon_objects import InitiateChild, InitiateIke, LoadTunnel, TerminateIke, UnloadConn
 from agent.core.failover import FailoverKind, FailoverState
 from agent.core.health import ProbeTarget
@@ -14,8 +16,9 @@ from agent.core.model import ConnectionStatus, Secret, Tunnel, VpnAnswer, VpnCon
 from agent.core.modes import Mode
 from agent.core.netstate import Link, NetState, interface_name
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
-from agent.core.pass_plan import PassInputs, plan_pass
+from agent.core.pass_plan import PassInputs, connection_selector_problem, plan_pass
 from agent.core.route_mode import EnsureInterface
+from agent.core.selectors import TrafficSelectors, selector_problem
 from agent.core.snapshot import Health
 
 KEY = "acme-space-office"
@@ -223,3 +226,64 @@ def test_a_connection_deleted_long_enough_is_unloaded():
     assert TerminateIke(T1, "7") in plan.setup
     (step,) = plan.steps
     assert step.memory.verdict[0] is Health.DOWN and "unloaded" in step.memory.verdict[1]
+
+
+TWO_CIDRS = ("172.16.0.0/16", "192.168.50.0/24")
+
+
+def with_selectors(rec: ConnectionRecord, ike_version: int, selectors: TrafficSelectors) -> ConnectionRecord:
+    vpn = replace(VPN, routable_cidrs=TWO_CIDRS, ike_version=ike_version)
+    return replace(rec, settings=replace(rec.settings, selectors=selectors), far_end=replace(rec.far_end, vpn=vpn))
+
+
+@pytest.mark.parametrize(("mode", "selectors"), [
+    (Mode.POLICY, TrafficSelectors.CIDRS), (Mode.ROUTE, TrafficSelectors.CIDRS),
+    (Mode.POLICY, TrafficSelectors.WIDE),  # mode: auto on a kernel without XFRM interfaces
+])
+def test_an_ikev1_answer_with_two_cidrs_is_not_loaded_with_only_the_first(mode, selectors):
+    rec = with_selectors(record(mode), 1, selectors)
+    plan = plan_pass(inputs(rec, charon=CharonState(True)))
+    assert plan.setup == () and plan.reroutes == () and plan.probe_targets == ()
+    (step,) = plan.steps
+    assert (step.charon_actions, step.net_actions, step.memory.desired) == ((), (), None)
+    problem = selector_problem(1, mode, TWO_CIDRS, selectors)
+    assert step.memory.verdict == (Health.DOWN, problem)
+    assert connection_selector_problem(rec) == problem
+
+
+def test_what_an_earlier_answer_loaded_stays_while_the_new_one_is_refused():
+    rec = record()
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
+    plan = plan_pass(inputs(with_selectors(rec, 1, TrafficSelectors.CIDRS), charon=charon,
+                            loaded=loaded_fingerprints(rec)))
+    assert plan.setup == () and plan.steps[0].charon_actions == ()
+
+
+@pytest.mark.parametrize(("mode", "ike_version", "selectors", "child_ts"), [
+    (Mode.POLICY, 2, TrafficSelectors.CIDRS, (TWO_CIDRS, ("10.0.0.0/16",))),
+    (Mode.ROUTE, 2, TrafficSelectors.CIDRS, (TWO_CIDRS, ("10.0.0.0/16",))),
+    (Mode.ROUTE, 1, TrafficSelectors.WIDE, (("0.0.0.0/0",), ("0.0.0.0/0",))),
+])
+def test_answers_whose_every_cidr_crosses_are_loaded(mode, ike_version, selectors, child_ts):
+    rec = with_selectors(record(mode), ike_version, selectors)
+    plan = plan_pass(inputs(rec, charon=CharonState(True)))
+    loads = [a for a in plan.setup if isinstance(a, LoadTunnel)]
+    assert [a.number for a in loads] == [1, 2]
+    assert all(a.connection.child_ts == child_ts for a in loads)
+    assert loads[0].connection.remote_ts == ("10.0.0.0/16",)  # what route mode routes into the tunnels
+
+
+def test_a_refused_answer_keeps_the_previous_settings_running_and_managed():
+    """IKEv1 with a second routable CIDR cannot be loaded as it is: what ran stays."""
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
+    rec = record(generation=1)
+    loaded = loaded_fingerprints(rec)
+    rec = settled(rec, charon, loaded)
+    two = replace(VPN, routable_cidrs=("172.16.0.0/16", "192.168.50.0/24"))
+    rec = replace(rec, far_end=replace(rec.far_end, vpn=two, generation=2))
+    plan = plan_pass(inputs(rec, charon=charon, loaded=loaded))
+    assert plan.setup == ()  # nothing reloaded with only the first selector
+    (step,) = plan.steps
+    health, summary = step.memory.verdict
+    assert health is Health.DEGRADED and "not loaded" in summary and "192.168.50.0/24" in summary
+    assert step.memory.running[1].routable_cidrs == ("172.16.0.0/16",)

@@ -449,12 +449,12 @@ def _as_served(body: dict) -> dict:
 
 def start_fake_api(lab: Lab, token: str) -> FakePlatformApi:
     """The fake Platform API, listening on 127.0.0.1 inside the customer namespace and
-    serving SPACE/VPN with the lab's tunnel endpoints and PSKs."""
+    serving SPACE/VPN with the lab's tunnel endpoints, PSKs and routable CIDRs."""
     api = FakePlatformApi(token, netns=lab.topology.cust_ns).start()
     api.add_connection(
         SPACE, VPN,
         public_ip=topology.CUSTOMER_PUBLIC_IP,
-        routable_cidrs=[topology.ROUTABLE_CIDR],
+        routable_cidrs=list(lab.routable_cidrs),
         space_cidr_block=topology.SPACE_CIDR,
         ike_version=lab.ike_version,
         tunnel_ips=list(lab.tunnel_ips),

@@ -1,6 +1,7 @@
 """Kernel-lab scenarios that drive the real agent (inside the VM, Debian's kernel):
 route mode end to end with TCP probes at the space's internal-routing app (answered
-over either tunnel), its restart and failover, and policy mode on kernel ESP.
+over either tunnel), its restart and failover, IKEv1 with two routable CIDRs over wide
+selectors in route mode, and policy mode on kernel ESP.
 
 Run as `python -m space_vpn_lab.kernel_agent_scenarios --results DIR`: registers these
 next to the manual scenarios of kernel_scenarios and runs them all, one VM boot.
@@ -8,6 +9,7 @@ next to the manual scenarios of kernel_scenarios and runs them all, one VM boot.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -19,9 +21,11 @@ from space_vpn_lab import kernel_scenarios as ks
 from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, tunnels_of, write_secret_file
 from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
 from space_vpn_lab.lab import Lab, generate_psk
-from space_vpn_lab.topology import (APP_HOST_IPS, APP_PORT, CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, SPACE_CIDR,
-                                    SPACE_HOST_IP)
-from space_vpn_lab.traffic import Pinger
+from space_vpn_lab.space_side import conn_name as space_conn_name
+from space_vpn_lab.topology import (APP_HOST_IPS, APP_PORT, CUSTOMER_HOST_IP, CUSTOMER_PUBLIC_IP, ROUTABLE_CIDR,
+                                    SECOND_CUSTOMER_HOST_IP, SECOND_ROUTABLE_CIDR, SPACE_CIDR, SPACE_HOST_IP,
+                                    SPACE_PUBLIC_IP)
+from space_vpn_lab.traffic import Pinger, ping
 
 KEY = f"{SPACE}-{VPN}"
 IF1, IF2 = interface_name(KEY, VPN, 1), interface_name(KEY, VPN, 2)
@@ -32,8 +36,9 @@ TCP_PROBE = {"target": APP_HOST_IPS[0], "port": APP_PORT, "interval": "300ms", "
 ICMP_PROBE = {"target": SPACE_HOST_IP, "interval": "300ms", "failures": 3}
 
 
-def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *,
-                mode: str, probe: dict = ICMP_PROBE) -> tuple[AgentProcess, FakePlatformApi]:
+def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *, mode: str, probe: dict = ICMP_PROBE,
+                connection: dict | None = None) -> tuple[AgentProcess, FakePlatformApi]:
+    """The agent against the lab's fake API; `connection` adds keys to its connection."""
     token = "HRKU-" + secrets.token_hex(16)
     api = stack.enter_context(start_fake_api(lab, token))
     workdir = ctx.workdir / "agent"
@@ -44,6 +49,7 @@ def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *,
         local_address=CUSTOMER_PUBLIC_IP, mode=mode,
     )
     config["connections"][0]["probe"] = dict(probe)
+    config["connections"][0].update(connection or {})
     agent = AgentProcess(workdir, lab.topology.cust_ns, config)
     stack.callback(agent.stop)
     agent.start()
@@ -292,6 +298,87 @@ def _forgotten_before_quick_mode(ctx: ks.ScenarioContext, lab: Lab, agent: Agent
         lab.space.ignore_quick_mode(2, False)
     ok, detail = wait(agent, both_children, 40)  # charon alone: about 165 s of retransmits
     ctx.check("forgotten_ike_sa_replaced", ok, detail)
+
+
+def negotiated_selectors(charon, name: str) -> tuple[list[str], list[str]] | None:
+    """(local-ts, remote-ts) of the installed CHILD_SA of IKE SA `name`, None without one."""
+    with charon.connected() as session:
+        events = list(session.list_sas())
+    for event in events:
+        for ike_name, ike in event.items():
+            for child in ike.get("child-sas", {}).values():
+                if ike_name == name and child["state"] == b"INSTALLED":
+                    return [ts.decode() for ts in child["local-ts"]], [ts.decode() for ts in child["remote-ts"]]
+    return None
+
+
+def xfrm_policies(netns: str) -> list[str]:
+    """`ip xfrm policy` entries that use an SA (a template), one string each (a policy's
+    lines joined); bypass policies have none."""
+    out = subprocess.run(["ip", "-n", netns, "xfrm", "policy", "list"], capture_output=True, text=True).stdout
+    entries: list[str] = []
+    for line in out.splitlines():
+        if line and not line[0].isspace():
+            entries.append(line.strip())
+        elif entries:
+            entries[-1] += " " + line.strip()
+    return [entry for entry in entries if " tmpl " in entry]
+
+
+def tx_packets(netns: str, name: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", name], capture_output=True, text=True).stdout
+    return int(json.loads(out)[0]["stats64"]["tx"]["packets"])
+
+
+@ks.scenario("agent_route_mode_wide_selectors")
+def agent_route_mode_wide_selectors(ctx: ks.ScenarioContext) -> None:
+    """IKEv1 negotiates only a child's first selector, so a VPN with two routable CIDRs
+    runs with wide selectors in route mode: 0.0.0.0/0 on both sides (the space side as
+    AWS's VTI samples), policies bound to the XFRM interfaces' if_id, routes choosing what
+    enters. Traffic from the second CIDR crosses over either tunnel, and traffic that is
+    not routed into a tunnel interface stays outside the tunnels. No probe: the tunnel
+    interfaces carry only what this scenario sends."""
+    with ExitStack() as stack:
+        lab = stack.enter_context(ctx.lab(space_route_based=True, space_wide_selectors=True,
+                                          routable_cidrs=(ROUTABLE_CIDR, SECOND_ROUTABLE_CIDR)))
+        ns = lab.topology.cust_ns
+        agent, _api = start_agent(stack, ctx, lab, mode="route", probe={},
+                                  connection={"traffic_selectors": "wide"})
+        ok, detail = wait(agent, lambda s: both_children(s) and len(routes(ns)) == 2)
+        if not ctx.check("wide_both_children_installed", ok, detail):
+            return
+        wide = (["0.0.0.0/0"], ["0.0.0.0/0"])
+        seen = {name: negotiated_selectors(lab.customer_charon, name) for name in (T1, T2)}
+        seen |= {f"space {n}": negotiated_selectors(lab.space_charon, space_conn_name(n)) for n in (1, 2)}
+        ctx.check("wide_selectors_negotiated", all(ts == wide for ts in seen.values()), repr(seen))
+        policies = xfrm_policies(ns)
+        unbound = [p for p in policies if "if_id" not in p or "src 0.0.0.0/0 dst 0.0.0.0/0" not in p]
+        ctx.check("wide_policies_bound_to_if_id", len(policies) >= 4 and not unbound,
+                  f"{len(policies)} policies; unbound or narrow: {unbound[:2]}")
+        tunnel_routes = subprocess.run(["ip", "-n", ns, "route", "show"], capture_output=True, text=True).stdout
+        routed = [line for line in tunnel_routes.splitlines() if f"dev {IF1}" in line or f"dev {IF2}" in line]
+        ctx.check("wide_routes_only_the_space_cidr", len(routed) == 2 and all(r.startswith(SPACE_CIDR) for r in routed),
+                  repr(routed))
+
+        before = ks.xfrm_stat(ns)
+        for number in (1, 2):
+            lab.space.answer_via(number)
+            for label, source in (("first", CUSTOMER_HOST_IP), ("second", SECOND_CUSTOMER_HOST_IP)):
+                result = lab.customer_ping(source=source)
+                ctx.check(f"wide_ping_from_{label}_cidr_via_tunnel{number}", result.received == result.transmitted == 5,
+                          f"from {source}: {result.received}/{result.transmitted}")
+        lab.space.answer_via(1)
+
+        # Outside traffic: the space's public address is reached over the veth, in clear.
+        sent = {name: tx_packets(ns, name) for name in (IF1, IF2)}
+        result = ping(ns, CUSTOMER_PUBLIC_IP, SPACE_PUBLIC_IP, count=5, interval=0.2)
+        grew = {name: tx_packets(ns, name) - sent[name] for name in (IF1, IF2)}
+        ctx.check("wide_other_traffic_not_captured", result.received == 5 and not any(grew.values()),
+                  f"{result.received}/5 to {SPACE_PUBLIC_IP}; tunnel interfaces sent {grew} more")
+        after = ks.xfrm_stat(ns)
+        for key in ("XfrmInNoPols", "XfrmOutPolBlock", "XfrmInTmplMismatch"):
+            grown = ks.stat_growth(before, after, key)
+            ctx.check(f"wide_no_{key}", grown == 0, f"{key} grew by {grown}")
 
 
 @ks.scenario("agent_policy_mode_kernel")

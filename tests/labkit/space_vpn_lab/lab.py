@@ -5,7 +5,8 @@ in a real Private Space), and an empty customer-side charon for the agent under 
 `close()` always removes everything (charons and the app listener by pid, nft tables,
 /etc/netns files, namespaces), also when building fails half way; an atexit hook is
 the last safety net.
-kernel_ipsec / space_route_based need a kernel with ESP and XFRM interfaces (kernel_vm).
+kernel_ipsec / space_route_based / space_wide_selectors need a kernel with ESP and XFRM
+interfaces (kernel_vm). Several routable CIDRs get a customer host each (the .2 of each).
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ from pathlib import Path
 from space_vpn_lab.app_host import AppHost
 from space_vpn_lab.charon_instance import DEFAULT_BINARY, CharonInstance
 from space_vpn_lab.space_side import SpaceSide, SpaceTunnel
-from space_vpn_lab.topology import (APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, SPACE_HOST_IP, TUNNEL_CIDR,
-                                    Topology, ip)
+from space_vpn_lab.topology import (APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, ROUTABLE_CIDR, SPACE_HOST_IP,
+                                    TUNNEL_CIDR, Topology, ip)
 from space_vpn_lab.traffic import PingResult, ping
 
 log = logging.getLogger(__name__)
 
 _PSK_ALPHABET = string.ascii_letters + string.digits + "._"
 PSK_LENGTH = 32
+
+
+def customer_host_in(cidr: str) -> str:
+    """The lab's customer LAN host inside a routable CIDR: its .2 (172.16.0.2 in the first)."""
+    return str(ipaddress.ip_network(cidr).network_address + 2)
 
 
 def generate_psk(length: int = PSK_LENGTH) -> str:
@@ -47,7 +53,8 @@ class Lab:
     def __init__(self, workdir: str | os.PathLike, prefix: str = "svpn", ike_version: int = 1,
                  psks: Sequence[str] | None = None, charon_binary: str = DEFAULT_BINARY,
                  space_extra_conf: str = "", customer_extra_conf: str = "",
-                 kernel_ipsec: bool = False, space_route_based: bool = False) -> None:
+                 kernel_ipsec: bool = False, space_route_based: bool = False,
+                 routable_cidrs: Sequence[str] = (ROUTABLE_CIDR,), space_wide_selectors: bool = False) -> None:
         self.workdir = Path(workdir)
         self.ike_version = ike_version
         self.psks: tuple[str, str] = tuple(psks) if psks is not None else (generate_psk(), generate_psk())
@@ -55,6 +62,10 @@ class Lab:
             raise ValueError("a lab has exactly two tunnels: give two PSKs")
         self.topology = Topology(prefix)
         self.tunnel_ips = self.topology.tunnel_ips
+        #: The customer side of the VPN, as the fake Platform API serves it.
+        self.routable_cidrs = tuple(routable_cidrs)
+        if customer_host_in(self.routable_cidrs[0]) != CUSTOMER_HOST_IP:
+            raise ValueError(f"the first routable CIDR must hold the lab's customer host {CUSTOMER_HOST_IP}")
         self.kernel_ipsec = kernel_ipsec
         self.space_charon = CharonInstance("space", self.topology.space_ns, self.workdir,
                                            binary=charon_binary, extra_conf=space_extra_conf,
@@ -64,7 +75,8 @@ class Lab:
                                               kernel_ipsec=kernel_ipsec)
         tunnels = [SpaceTunnel(ip, psk) for ip, psk in zip(self.tunnel_ips, self.psks)]
         self.space = SpaceSide(self.space_charon, tunnels, ike_version=ike_version,
-                               route_based=space_route_based)
+                               remote_ts=self.routable_cidrs, route_based=space_route_based,
+                               wide_selectors=space_wide_selectors)
         self.app = AppHost(self.topology.space_ns, APP_HOST_IPS, APP_PORT)
         self._open = False
 
@@ -80,6 +92,8 @@ class Lab:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.topology.create()
+            for cidr in self.routable_cidrs[1:]:
+                self.topology.add_customer_host(customer_host_in(cidr))
             self.app.start()
             self.space_charon.start()
             self.space.load()
@@ -142,7 +156,7 @@ class Lab:
         self.topology.write_hosts({name: address})
 
     def customer_ping(self, count: int = 5, interval: float = 0.2,
-                      deadline: float | None = None) -> PingResult:
-        """Ping the space host from the customer LAN address: crosses the tunnel."""
-        return ping(self.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP,
+                      deadline: float | None = None, source: str = CUSTOMER_HOST_IP) -> PingResult:
+        """Ping the space host from a customer LAN address: crosses the tunnel."""
+        return ping(self.topology.cust_ns, source, SPACE_HOST_IP,
                     count=count, interval=interval, deadline=deadline)

@@ -4,7 +4,9 @@ Like AWS it is a responder only (start_action none, never initiates), so a tunne
 drops stays down until the customer re-initiates. Knobs simulate maintenance:
 graceful (DELETE sent) and silent (nftables blackhole, then forget the SA).
 Route-based (like an AWS VGW): one XFRM interface per tunnel, and the lab's route
-to the customer picks the tunnel replies take (`answer_via`).
+to the customer picks the tunnel replies take (`answer_via`). Children accept all of
+the customer's routable CIDRs (IKEv2 puts them in one CHILD_SA), or 0.0.0.0/0 both ways
+(`wide_selectors`, route-based only: AWS's VTI side).
 """
 
 from __future__ import annotations
@@ -74,14 +76,18 @@ class SpaceSide:
     def __init__(self, charon: CharonInstance, tunnels: Sequence[SpaceTunnel | tuple[str, str]],
                  ike_version: int = 1, customer_id: str = CUSTOMER_PUBLIC_IP,
                  customer_ip: str = CUSTOMER_PUBLIC_IP, local_ts: str = SPACE_CIDR,
-                 remote_ts: str = ROUTABLE_CIDR, route_based: bool = False) -> None:
+                 remote_ts: str | Sequence[str] = ROUTABLE_CIDR, route_based: bool = False,
+                 wide_selectors: bool = False) -> None:
         self.charon = charon
         self.tunnels = tuple(SpaceTunnel(*t) if isinstance(t, tuple) else t for t in tunnels)
         self.ike_version = ike_version
         self.customer_id = customer_id
         self.customer_ip = customer_ip
         self.local_ts = local_ts
-        self.remote_ts = remote_ts
+        #: The customer's routable CIDRs: what the children accept and replies are routed to.
+        self.remote_ts: tuple[str, ...] = (remote_ts,) if isinstance(remote_ts, str) else tuple(remote_ts)
+        #: 0.0.0.0/0 both ways, bound to the XFRM interfaces: the routes choose.
+        self.wide_selectors = wide_selectors
         self.childless = "allow"  # IKEv2 RFC 6023 as responder; "never" plays a peer without it
         #: True: children carry if_id_in/out and replies follow the lab's route (needs
         #: kernel XFRM interfaces, i.e. the kernel lab); False: one policy per tunnel.
@@ -90,6 +96,9 @@ class SpaceSide:
         self._nft_ready = False
         if route_based and len(self.tunnels) > len(SPACE_XFRM_IFACES):
             raise ValueError("route-based space side supports %d tunnels" % len(SPACE_XFRM_IFACES))
+        if wide_selectors and not route_based:
+            # Unbound 0.0.0.0/0 policies would take the namespace's IKE traffic too.
+            raise ValueError("wide selectors need a route-based space side")
 
     # --- configuration -------------------------------------------------------
 
@@ -127,7 +136,7 @@ class SpaceSide:
         if customer_id is not None:
             self.customer_id = customer_id
         if remote_ts is not None:
-            self.remote_ts = remote_ts
+            self.remote_ts = (remote_ts,) if isinstance(remote_ts, str) else tuple(remote_ts)
         if childless is not None:
             self.childless = childless
         self.load()
@@ -165,10 +174,11 @@ class SpaceSide:
         return conn
 
     def _child(self, number: int) -> dict:
+        wide = ["0.0.0.0/0"] if self.wide_selectors else None
         child = {
             "mode": "tunnel",
-            "local_ts": [self.local_ts],
-            "remote_ts": [self.remote_ts] if isinstance(self.remote_ts, str) else list(self.remote_ts),
+            "local_ts": wide or [self.local_ts],
+            "remote_ts": wide or ([self.remote_ts] if isinstance(self.remote_ts, str) else list(self.remote_ts)),
             "esp_proposals": [PROPOSAL],
             "life_time": "3600s",
             "rekey_time": "3330s",
@@ -237,12 +247,13 @@ class SpaceSide:
         return []
 
     def answer_via(self, number: int) -> None:
-        """Route-based only: send everything for the customer's routable CIDR over
+        """Route-based only: send everything for the customer's routable CIDRs over
         tunnel `number` (the way AWS picks the return tunnel by itself)."""
         if not self.route_based:
             raise SpaceSideError("answer_via needs a route-based space side")
         ifname = SPACE_XFRM_IFACES[number][0]
-        self._ip_cmd("route", "replace", self.remote_ts, "dev", ifname)
+        for cidr in self.remote_ts:
+            self._ip_cmd("route", "replace", cidr, "dev", ifname)
         self.answering_tunnel = number
         log.info("space side: answering over tunnel %s (%s)", number, ifname)
 

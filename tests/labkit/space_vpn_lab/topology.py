@@ -32,6 +32,10 @@ APP_NAME = "app.acme.internal"
 NETNS_ETC = "/etc/netns"
 ROUTABLE_CIDR = "172.16.0.0/16"
 SPACE_CIDR = "10.0.0.0/16"
+#: A second routable CIDR (`heroku spaces:vpn:connect --cidrs A,B`) and a customer host
+#: inside it: traffic from there must cross the tunnel too.
+SECOND_ROUTABLE_CIDR = "192.168.50.0/24"
+SECOND_CUSTOMER_HOST_IP = "192.168.50.2"
 
 #: Seconds a process gets between SIGTERM and SIGKILL when a namespace is torn down.
 KILL_GRACE_S = 3.0
@@ -157,6 +161,10 @@ class Topology:
         ip("-n", cust, "link", "set", self._CUST_VETH, "up")
         ip("-n", space, "link", "set", self._SPACE_VETH, "up")
         ip("-n", cust, "route", "add", TUNNEL_CIDR, "via", SPACE_PUBLIC_IP)
+
+    def add_customer_host(self, address: str) -> None:
+        """One more LAN host address in the customer namespace (on lo, like the first)."""
+        ip("-n", self.cust_ns, "addr", "add", f"{address}/32", "dev", "lo")
 
     def write_hosts(self, entries: dict[str, str]) -> None:
         """Give the customer namespace its own /etc/hosts (name -> address) and make
