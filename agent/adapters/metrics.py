@@ -323,5 +323,5 @@ class _BufferedHandler(WSGIRequestHandler):
     def finish(self) -> None:
         pass
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+    def log_message(self, format: str, *args: object) -> None:
         pass  # like prometheus_client: no line per scrape

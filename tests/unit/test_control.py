@@ -19,8 +19,8 @@ import pytest
 from agent.adapters.bounded_server import Limits
 from agent.control import protocol
 from agent.control.server import LIMITS, ControlServer, peer_of
-from agent.daemon.messages import ControlRequest
 from agent.core.snapshot import Snapshot
+from agent.daemon.messages import ControlRequest
 
 SNAPSHOT = Snapshot(agent_version="1.2.0", started_at=1700000000.0, generated_at=1700000060.0,
                     charon_reachable=True, charon_version="5.9.8", ready=True)

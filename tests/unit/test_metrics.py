@@ -235,7 +235,7 @@ def test_the_answer_is_the_one_prometheus_clients_own_server_gives(head):
 
     server = MetricsServer("127.0.0.1", 0, lambda: GOLDEN_SNAPSHOT)
     server.start()
-    theirs, thread = start_http_server(0, addr="127.0.0.1", registry=server.registry)
+    theirs, _ = start_http_server(0, addr="127.0.0.1", registry=server.registry)
     try:
         mine = raw_get(server.port, head)
         reference = raw_get(theirs.server_port, head)
