@@ -338,3 +338,30 @@ def test_clients_beyond_the_cap_are_told_the_agent_is_busy(socket_dir):
         for sock in waiting:
             sock.close()
         srv.stop()
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped_at_the_connection_deadline(socket_dir):
+    """The answer is sent within the connection's deadline or not at all: a worker is never
+    held by a reader that stopped reading."""
+    from agent.adapters.bounded_server import BoundedServer
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_dir / "big.sock"))
+    listener.listen()
+    srv = BoundedServer(listener, "test", lambda request: b"\n" in request,
+                        lambda client: client.send(b"x" * (32 << 20)),
+                        limits=Limits(connection_deadline=0.8))
+    srv.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(socket_dir / "big.sock"))
+            started = time.monotonic()
+            sock.sendall(b"give me a lot\n")
+            while not srv.open_clients and time.monotonic() - started < 1:
+                time.sleep(0.01)
+            while srv.open_clients and time.monotonic() - started < 3:
+                time.sleep(0.05)
+            assert srv.open_clients == 0
+            assert 0.6 < time.monotonic() - started < 1.5
+    finally:
+        srv.stop()
