@@ -7,12 +7,13 @@ registers at import time; the server owns its own registry.
 
 from __future__ import annotations
 
+import io
 import logging
-import threading
+import socket
 from collections.abc import Callable, Iterable, Iterator
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agent.adapters.bounded_server import BoundedServer, Client, Limits
 from agent.core.failover import FailoverKind, TunnelRole
 from agent.core.lifecycle import Stage
 from agent.core.model import TunnelApiStatus
@@ -215,17 +217,26 @@ def _total(tunnel: TunnelView, name: str) -> int:
     return getattr(tunnel, f"{name}_total")
 
 
-class MetricsServer:
-    """Serves the agent's own registry over HTTP from a daemon thread."""
+# Prometheus scrapes with a timeout of 10 s by default; a scrape is one short request.
+LIMITS = Limits(max_clients=16, request_deadline=3.0, connection_deadline=10.0, max_request=8192)
+_TOO_LARGE = b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n"
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
 
-    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot]):
+
+class MetricsServer:
+    """Serves the agent's own registry over HTTP: prometheus_client's WSGI app (the same
+    exposition as its start_http_server) behind a BoundedServer instead of a thread per
+    client."""
+
+    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot], limits: Limits = LIMITS):
         self._host = host
         self._port = port
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(snapshot))
         ProcessCollector(registry=self.registry)  # process_* (CPU, memory, fds) of the agent
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._limits = limits
+        self._server: BoundedServer | None = None
+        self._wsgi: _WsgiHost | None = None
 
     @property
     def address(self) -> str:
@@ -235,21 +246,82 @@ class MetricsServer:
     @property
     def port(self) -> int:
         """The bound port once started (port 0 asks the kernel for a free one)."""
-        return self._server.server_port if self._server is not None else self._port
+        return self._server.listener.getsockname()[1] if self._server is not None else self._port
 
     def start(self) -> None:
         try:
-            self._server, self._thread = start_http_server(self._port, addr=self._host, registry=self.registry)
+            listener = _listen(self._host, self._port)
         except OSError as e:
             raise OSError(e.errno, f"metrics.listen {self.address}: cannot serve /metrics: "
                                    f"{e.strerror or e}") from e
+        self._wsgi = _WsgiHost(make_wsgi_app(self.registry), listener)
+        self._server = BoundedServer(listener, "metrics", _head_is_complete, self._answer, busy=_BUSY,
+                                     limits=self._limits)
+        self._server.start()
         log.info("metrics on http://%s/metrics", self.address)
 
     def stop(self) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        self._server.stop()
+        self._server = None
+
+    def _answer(self, client: Client) -> None:
+        if len(client.request) > self._limits.max_request:
+            client.send(_TOO_LARGE)
+            return
+        handler = _BufferedHandler(client, self._wsgi)
+        client.send(handler.wfile.getvalue())
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, of the family the host asks for (as
+    prometheus_client picks it)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                  flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(64)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _head_is_complete(request: bytes) -> bool:
+    return b"\r\n\r\n" in request or b"\n\n" in request
+
+
+class _WsgiHost:
+    """What wsgiref's request handler needs of its server: the app and the base environ."""
+
+    def __init__(self, app: Callable, listener: socket.socket):
+        host, port = listener.getsockname()[:2]
+        self._app = app
+        self.base_environ = {"SERVER_NAME": socket.getfqdn(host), "GATEWAY_INTERFACE": "CGI/1.1",
+                             "SERVER_PORT": str(port), "REMOTE_HOST": "", "CONTENT_LENGTH": "",
+                             "SCRIPT_NAME": ""}
+
+    def get_app(self) -> Callable:
+        return self._app
+
+
+class _BufferedHandler(WSGIRequestHandler):
+    """wsgiref's handler over a request already read and an answer kept in memory: the
+    BoundedServer did the reading and sends the answer within the client's deadline."""
+
+    def __init__(self, client: Client, host: _WsgiHost):
+        self._client = client
+        super().__init__(client.sock, client.address, host)
+
+    def setup(self) -> None:
+        self.rfile = io.BytesIO(self._client.request)
+        self.wfile = io.BytesIO()
+
+    def finish(self) -> None:
+        pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # like prometheus_client: no line per scrape

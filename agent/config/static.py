@@ -5,10 +5,9 @@ and their PSK files, which must be private to the owner and are never echoed in 
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
 from pathlib import Path
 
+from agent.adapters.secret_files import SecretFileError, read_secret_file
 from agent.config.fields import _describe, _ip, _mapping, _resolve
 from agent.config.schema import StaticConfig, StaticTunnelConfig
 from agent.core.addresses import PRIVATE_NETWORKS_TEXT, is_private_network
@@ -107,7 +106,8 @@ def _static_tunnel(raw: object, path: str, problems: list[str],
 
 def _read_psk(raw: object, path: str, problems: list[str],
               base_dir: Path) -> tuple[Secret, str] | None:
-    """(key, absolute path), checking first that nobody but the owner can read the file.
+    """(key, absolute path) from a regular file of root's (or the agent's user's) that
+    group and others can neither read nor write.
 
     Messages name the file, never its content."""
     if raw is None:
@@ -119,31 +119,10 @@ def _read_psk(raw: object, path: str, problems: list[str],
         return None
     file = _resolve(raw, base_dir)
     try:
-        info = os.stat(file)
-    except FileNotFoundError:
-        problems.append(f"{path}: {file} does not exist")
-        return None
-    except OSError as e:
-        problems.append(f"{path}: cannot read {file}: {e.strerror}")
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        problems.append(f"{path}: {file} is not a regular file")
-        return None
-    if info.st_mode & 0o077:
-        problems.append(f"{path}: {file} is accessible by group or others "
-                        f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 {file}")
-        return None
-    try:
-        key = file.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        problems.append(f"{path}: cannot read {file}: {e.strerror}")
-        return None
-    except UnicodeDecodeError:
-        # The decoder's own message quotes bytes of the key: keep it out.
-        problems.append(f"{path}: {file} is not UTF-8 text")
-        return None
-    if not key:
-        problems.append(f"{path}: {file} is empty; it must hold the pre-shared key")
+        # One open, every check on that descriptor: nothing can be swapped in between.
+        key = read_secret_file(str(file), "")
+    except SecretFileError as e:
+        problems.append(f"{path}: {e}")
         return None
     if "\n" in key:
         problems.append(f"{path}: {file} holds more than one line; it must hold only the key")

@@ -15,6 +15,8 @@ import socket
 
 MAX_MESSAGE = 1 << 20  # bytes; a status of many connections stays far below
 COMMANDS = ("status", "reload", "ping", "drain", "undrain", "show-config")
+#: The arguments each command takes; every other one is refused.
+ARGUMENTS: dict[str, tuple[str, ...]] = {"drain": ("tunnel", "connection"), "undrain": ("tunnel", "connection")}
 
 
 class ProtocolError(Exception):
@@ -42,6 +44,43 @@ def decode(line: bytes) -> dict[str, object]:
     return message
 
 
+def checked_request(message: dict[str, object]) -> tuple[str, dict[str, object]]:
+    """(command, args) of a request, its types checked; ProtocolError says what is wrong.
+
+    drain/undrain need `tunnel` 1 or 2 (an integer, not true/false) and may name a
+    `connection` (a string; null for the only one). Other commands take no arguments."""
+    command = message.get("command")
+    if not isinstance(command, str) or command not in COMMANDS:
+        raise ProtocolError(f"unknown command {_shown(command)} (known: {', '.join(COMMANDS)})")
+    args = message.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ProtocolError(f'"args" must be a JSON object such as {{"tunnel": 1}}, got {_shown(args)}')
+    known = ARGUMENTS.get(command, ())
+    unknown = sorted(str(name) for name in args if name not in known)
+    if unknown:
+        takes = f"takes {', '.join(known)}" if known else "takes no arguments"
+        raise ProtocolError(f"{command} {takes}; unknown argument(s): {_shown(', '.join(unknown), 80)}")
+    if "tunnel" in known:
+        tunnel = args.get("tunnel")
+        if type(tunnel) is not int or tunnel not in (1, 2):
+            raise ProtocolError(f"{command}: tunnel must be 1 or 2, got {_shown(tunnel)}")
+        connection = args.get("connection")
+        if connection is not None and not isinstance(connection, str):
+            raise ProtocolError(f"{command}: connection must be a name such as SPACE/VPN, got {_shown(connection)}")
+    return command, args
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """A value from a request, short and on one line (it ends up in messages and logs):
+    strings quoted as 'restart', anything else as JSON (true, [1], null)."""
+    text = json.dumps(value, ensure_ascii=True)
+    if isinstance(value, str):
+        text = "'" + text[1:-1] + "'"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_message(sock_file) -> dict[str, object]:
     """Read one line from a socket file object, refusing oversized input."""
     line = sock_file.readline(MAX_MESSAGE + 1)
@@ -67,11 +106,16 @@ def request(path: str, command: str, args: dict[str, object] | None = None, *, t
             raise AgentUnreachable(f"permission denied on {path}: run as root or a member of its group") from e
         except OSError as e:
             raise AgentUnreachable(f"cannot connect to {path}: {e.strerror or e}") from e
-        sock.sendall(encode({"id": 1, "command": command, "args": args or {}}))
+        try:
+            sock.sendall(encode({"id": 1, "command": command, "args": args or {}}))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # turned away before the request was in: its answer (busy) may still be there
         with sock.makefile("rb") as f:
             answer = read_message(f)
     except socket.timeout as e:
         raise AgentUnreachable(f"the agent did not answer on {path} within {timeout:g} s") from e
+    except ConnectionResetError as e:
+        raise AgentUnreachable(f"the agent closed the connection on {path} without an answer") from e
     finally:
         sock.close()
     if not answer.get("ok"):

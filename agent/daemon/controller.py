@@ -124,8 +124,8 @@ class Controller:
                 charon_gone(state)
             case ProbeResult(key=key):
                 self._update(key, lambda r: with_probe_result(r, message, state.charon))
-            case ControlRequest(command=command, args=args, reply=reply):
-                reply.put(self._on_control(command, args))
+            case ControlRequest(command=command, args=args, reply=reply, peer=peer):
+                reply.put(self._on_control(command, args, peer))
             case ApiAnswer(key=key):
                 self._update(key, lambda r: with_api_answer(r, message, self._wall()))
                 answer, raw = message.result.answer, message.result.raw
@@ -165,11 +165,13 @@ class Controller:
         self._on_config(config)
         log.info("config reloaded: %d connection(s)", len(config.connections))
 
-    def _on_control(self, command: str, args: dict) -> tuple[bool, object]:
+    def _on_control(self, command: str, args: object, peer: str) -> tuple[bool, object]:
         """drain N / undrain N: traffic leaves (or may return to) tunnel N.
         show-config: the running config, secrets left out (file paths only)."""
         if command == "show-config":
             return True, redacted(self.state.config)
+        if not isinstance(args, dict):  # the server checks; a bad message must not cost a pass
+            return False, f"arguments must be an object, got {type(args).__name__}"
         try:
             record = self._control_target(args.get("connection"))
             tunnel = args.get("tunnel")
@@ -178,12 +180,15 @@ class Controller:
             return False, str(e)
         self.state.records[record.key] = record
         label = record.settings.label
-        log.warning("%s: tunnel %d %s by the operator", label, tunnel, "drained" if command == "drain" else "undrained")
+        log.warning("%s: tunnel %d %s by the operator%s", label, tunnel,
+                    "drained" if command == "drain" else "undrained", f" ({peer})" if peer else "")
         return True, {"connection": label, "tunnel": tunnel, "drained": sorted(record.memory.drained)}
 
     def _control_target(self, label: object) -> ConnectionRecord:
         records = list(self.state.records.values())
         names = ", ".join(r.settings.label for r in records)
+        if label is not None and not isinstance(label, str):
+            raise ValueError(f"connection must be a name such as SPACE/VPN, got {type(label).__name__}")
         if label is None:
             if len(records) != 1:
                 raise ValueError(f"several connections ({names}): name one with --connection SPACE/VPN")

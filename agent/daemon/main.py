@@ -17,6 +17,7 @@ from pathlib import Path
 from agent import __version__, doctor
 from agent.adapters.charon import CharonClient, CharonEventListener
 from agent.adapters.connection_cache import ConnectionCache
+from agent.adapters.core_dumps import forbid_core_dumps
 from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import PlatformApi
 from agent.adapters.links import LinkManager, xfrm_interface_support
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "doctor":  # reports a bad config as one of its checks
         return doctor.run_doctor(args.config, as_json=args.json)
+    forbid_core_dumps()  # before any secret is read (the config reads the PSK files)
     try:
         config = load_config(args.config)
     except (ConfigError, OSError, ValueError) as e:

@@ -55,3 +55,4 @@ class ControlRequest:
     command: str
     args: dict
     reply: object  # queue.SimpleQueue, put() by the loop thread
+    peer: str = ""  # who asked, from the socket's peer credentials: "pid 812, uid 0"

@@ -340,22 +340,32 @@ def test_static_problem_message(psk_dir, data, expected):
 
 @pytest.mark.parametrize("name, content, mode, expected", [
     ("missing.psk", None, None, "{file} does not exist"),
-    ("open.psk", PSK1, 0o644, "{file} is accessible by group or others (mode 0644); "
-                              "run chmod 600 {file}"),
-    ("group.psk", PSK1, 0o640, "{file} is accessible by group or others (mode 0640); "
-                               "run chmod 600 {file}"),
-    ("others-write.psk", PSK1, 0o602, "{file} is accessible by group or others (mode 0602); "
-                                      "run chmod 600 {file}"),
-    ("empty.psk", " \n", 0o600, "{file} is empty; it must hold the pre-shared key"),
+    ("open.psk", PSK1, 0o644, "{file} is readable or writable by group/others (mode 0644); "
+                              "run: chmod 600 {file}"),
+    ("group.psk", PSK1, 0o640, "{file} is readable or writable by group/others (mode 0640); "
+                               "run: chmod 600 {file}"),
+    ("others-write.psk", PSK1, 0o602, "{file} is readable or writable by group/others (mode 0602); "
+                                      "run: chmod 600 {file}"),
+    ("empty.psk", " \n", 0o600, "{file} is empty"),
     ("two-lines.psk", PSK1 + "\n" + PSK2, 0o600,
      "{file} holds more than one line; it must hold only the key"),
     ("binary.psk", b"\xff\xfe" + PSK1.encode(), 0o600, "{file} is not UTF-8 text"),
-    ("a-dir", "dir", None, "{file} is not a regular file"),
+    ("a-dir", "dir", None, "{file} is not a regular file (a directory); "
+                           "it must be a plain file holding only the secret"),
+    ("a-fifo", "fifo", 0o600, "{file} is not a regular file (a FIFO); "
+                              "it must be a plain file holding only the secret"),
+    ("a-link", "link", None, "{file} is a symbolic link; name the file itself (e.g. {target})"),
+    ("big.psk", "x" * 5000, 0o600, "{file} holds 5000 bytes, more than 4096; it must hold only the secret"),
 ])
 def test_psk_file_problems(psk_dir, name, content, mode, expected):
     file = psk_dir / name
+    target = psk_dir / "tunnel1.psk"
     if content == "dir":
         file.mkdir()
+    elif content == "fifo":
+        os.mkfifo(file)
+    elif content == "link":
+        file.symlink_to(target)
     elif isinstance(content, bytes):
         file.write_bytes(content)
     elif content is not None:
@@ -365,7 +375,7 @@ def test_psk_file_problems(psk_dir, name, content, mode, expected):
     data = static_config(tunnels=[{"ip": "198.51.100.1", "psk_file": name},
                                   {"ip": "198.51.100.2", "psk_file": "tunnel2.psk"}])
     problems = problems_of(data, psk_dir)
-    assert problems == [f"{S}.tunnels[0].psk_file: " + expected.format(file=file)]
+    assert problems == [f"{S}.tunnels[0].psk_file: " + expected.format(file=file, target=target)]
     assert PSK1 not in problems[0] and PSK2 not in problems[0]
 
 

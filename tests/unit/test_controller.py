@@ -294,6 +294,39 @@ def test_drain_moves_traffic_make_before_break_and_records_the_failover(config_f
                                                                  "(configured: acme-space/office)")
 
 
+@pytest.mark.parametrize("args, error", [
+    ([1], "arguments must be an object, got list"),
+    ({"tunnel": True}, "tunnel must be 1 or 2, got True"),
+    ({"tunnel": 1, "connection": ["acme-space/office"]}, "connection must be a name such as SPACE/VPN, got list"),
+])
+def test_a_bad_control_request_is_answered_not_raised(config_file, args, error):
+    """The server checks first; the loop still answers (never raises) whatever it gets."""
+    import queue
+
+    from agent.daemon.messages import ControlRequest
+
+    controller, _ = make_controller(config_file, FakeCharon())
+    controller.handle(answer(vpn_json()))
+    reply: queue.SimpleQueue = queue.SimpleQueue()
+    controller.handle(ControlRequest("drain", args, reply, "pid 812, uid 0"))
+    assert reply.get_nowait() == (False, error)
+    assert controller.state.records["acme-space-office"].memory.drained == frozenset()
+
+
+def test_the_log_says_who_drained(config_file, caplog):
+    import queue
+
+    from agent.daemon.messages import ControlRequest
+
+    controller, _ = make_controller(config_file, FakeCharon())
+    controller.handle(answer(vpn_json()))
+    reply: queue.SimpleQueue = queue.SimpleQueue()
+    with caplog.at_level(logging.WARNING):
+        controller.handle(ControlRequest("drain", {"tunnel": 2}, reply, "pid 812, uid 0"))
+    assert reply.get_nowait()[0] is True
+    assert "acme-space/office: tunnel 2 drained by the operator (pid 812, uid 0)" in caplog.messages
+
+
 def test_peer_delete_of_the_active_tunnel_fails_over_at_once(config_file):
     charon = FakeCharon()
     clock = Clock()

@@ -4,6 +4,7 @@ the agent looked without ever showing the token."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -114,3 +115,117 @@ def test_nothing_found_without_credentials_directory():
 def test_token_is_a_secret(tmp_path):
     token = load_token(None, {"HEROKU_API_KEY": TOKEN})
     assert TOKEN not in repr(token) and TOKEN not in str(token)
+
+
+# --- the file itself: one open, every check on the descriptor ---------------------------------
+
+def refused(path: str) -> str:
+    with pytest.raises(CredentialError) as info:
+        load_token(path, {"HEROKU_API_KEY": "fallback-is-not-used"})
+    message = str(info.value)
+    assert path in message and TOKEN not in message
+    return message
+
+
+def test_a_fifo_is_refused_at_once_instead_of_hanging(tmp_path):
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo, 0o600)
+    started = time.monotonic()
+    message = refused(str(fifo))
+    assert time.monotonic() - started < 1  # a blocking open would wait for a writer for ever
+    assert message == f"token file {fifo} is not a regular file (a FIFO); it must be a plain file holding only the secret"
+
+
+def test_a_symlink_is_refused_even_to_a_good_file(tmp_path):
+    real = write(tmp_path / "real-token", TOKEN)
+    link = tmp_path / "token"
+    link.symlink_to(real)
+    assert refused(str(link)) == f"token file {link} is a symbolic link; name the file itself (e.g. {real})"
+
+
+def test_a_dangling_symlink_is_refused_as_a_link(tmp_path):
+    link = tmp_path / "token"
+    link.symlink_to(tmp_path / "nowhere")
+    assert "is a symbolic link" in refused(str(link))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_file_of_another_user_is_refused(tmp_path):
+    f = write(tmp_path / "token", TOKEN)
+    os.chown(f, 4321, -1)
+    assert refused(f) == f"token file {f} is owned by uid 4321, not by root; run: chown root {f}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_file_of_another_group_is_fine_while_the_mode_is_private(tmp_path):
+    f = write(tmp_path / "token", TOKEN)
+    os.chown(f, 0, 4321)
+    assert load_token(f, {}).reveal() == TOKEN
+
+
+def test_group_readable_says_chmod(tmp_path):
+    f = write(tmp_path / "token", TOKEN, 0o640)
+    assert refused(f) == (f"token file {f} is readable or writable by group/others (mode 0640); "
+                          f"run: chmod 600 {f}")
+
+
+def test_a_directory_says_what_it_is(tmp_path):
+    d = tmp_path / "token"
+    d.mkdir(mode=0o700)
+    assert "is not a regular file (a directory)" in refused(str(d))
+
+
+def test_a_big_file_is_refused_without_reading_it(tmp_path):
+    f = write(tmp_path / "token", TOKEN + "x" * 5000)
+    assert refused(f) == f"token file {f} holds {len(TOKEN) + 5000} bytes, more than 4096; it must hold only the secret"
+
+
+def test_a_device_is_not_read(tmp_path):
+    # /dev/zero would never end: the checks come before any read.
+    assert "is not a regular file (a character device)" in refused("/dev/zero")
+
+
+def test_empty_file_message_is_plain(tmp_path):
+    f = write(tmp_path / "token", "")
+    assert refused(f) == f"token file {f} is empty"
+
+
+def test_binary_content_is_not_quoted(tmp_path):
+    f = tmp_path / "token"
+    f.write_bytes(b"\xff\xfe" + TOKEN.encode())
+    os.chmod(f, 0o600)
+    assert refused(str(f)) == f"token file {f} is not UTF-8 text"
+
+
+def test_the_descriptor_is_closed_whatever_happens(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    good = write(tmp_path / "good", TOKEN)
+    before = len(os.listdir("/proc/self/fd"))
+    for path in (str(fifo), good, write(tmp_path / "open", TOKEN, 0o644)):
+        try:
+            load_token(path, {})
+        except CredentialError:
+            pass
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_open_follows_no_link_and_never_blocks(tmp_path, monkeypatch):
+    """The flags of the one open, and fstat (not stat) for every check: no window between a
+    check and the read."""
+    f = write(tmp_path / "token", TOKEN)
+    seen = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *a: seen.append(flags) or real_open(path, flags, *a))
+    monkeypatch.setattr(os, "stat", lambda *a, **k: pytest.fail("checked by name, not on the descriptor"))
+    monkeypatch.setattr(os, "lstat", lambda *a, **k: pytest.fail("checked by name, not on the descriptor"))
+    assert load_token(f, {}).reveal() == TOKEN
+    wanted = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    assert len(seen) == 1 and seen[0] & wanted == wanted
+
+
+def test_systemd_credential_skips_owner_and_mode_but_not_the_file_checks(tmp_path):
+    # systemd owns the mode of its credential directory; a FIFO is still no token.
+    os.mkfifo(tmp_path / "heroku-token", 0o644)
+    with pytest.raises(CredentialError, match="a FIFO"):
+        load_token(None, {}, str(tmp_path))

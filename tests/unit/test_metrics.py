@@ -201,3 +201,109 @@ def test_port_in_use_names_the_address_and_the_config_key():
         with pytest.raises(OSError, match=f"metrics.listen 127.0.0.1:{port}"):
             server.start()
     server.stop()  # never started: nothing to do
+
+
+# -- the bounded HTTP server: same exposition, no thread per client ---------------------
+
+def raw_get(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def without_volatile(response: bytes) -> tuple[bytes, list[bytes]]:
+    """(status line and headers but Date, body lines but process_* and Content-Length)."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.startswith((b"Date:", b"Content-Length:"))]
+    return b"\r\n".join(lines), [line for line in body.split(b"\n") if b"process_" not in line]
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    b"GET /metrics?name[]=space_vpn_tunnel_configured HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /favicon.ico HTTP/1.1\r\n\r\n",
+    b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"OPTIONS /metrics HTTP/1.1\r\n\r\n",
+    b"BREW\r\n\r\n",
+], ids=["text", "openmetrics", "name-filter", "favicon", "post", "options", "garbage"])
+def test_the_answer_is_the_one_prometheus_clients_own_server_gives(head):
+    from prometheus_client import start_http_server
+
+    server = MetricsServer("127.0.0.1", 0, lambda: GOLDEN_SNAPSHOT)
+    server.start()
+    theirs, _ = start_http_server(0, addr="127.0.0.1", registry=server.registry)
+    try:
+        mine = raw_get(server.port, head)
+        reference = raw_get(theirs.server_port, head)
+    finally:
+        server.stop()
+        theirs.shutdown()
+        theirs.server_close()
+    assert without_volatile(mine) == without_volatile(reference)
+
+
+def test_gzip_is_offered_as_before():
+    server = MetricsServer("127.0.0.1", 0, lambda: GOLDEN_SNAPSHOT)
+    server.start()
+    try:
+        response = httpx.get(f"http://127.0.0.1:{server.port}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
+    finally:
+        server.stop()
+    assert response.headers["content-encoding"] == "gzip"
+    assert 'space_vpn_tunnel_configured{space="acme-space",tunnel="1"' in response.text
+
+
+def test_300_trickling_clients_hold_no_threads_and_a_scrape_is_still_fast():
+    import threading
+    import time
+
+    from agent.adapters.bounded_server import Limits
+
+    server = MetricsServer("127.0.0.1", 0, lambda: GOLDEN_SNAPSHOT, Limits(request_deadline=1.0, max_request=8192))
+    server.start()
+    threads_before = threading.active_count()
+    clients = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.setblocking(False)
+            try:
+                sock.send(b"GET /met")
+            except OSError:
+                pass
+            clients.append(sock)
+        time.sleep(0.3)
+        for sock in clients:
+            try:
+                sock.send(b"r")
+            except OSError:
+                pass
+        started = time.monotonic()
+        response = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
+        assert response.status_code == 200 and "space_vpn_tunnel_configured" in response.text
+        assert time.monotonic() - started < 0.5
+        assert threading.active_count() - threads_before <= 16
+        assert server._server.open_clients <= 16
+        time.sleep(1.3)  # past the deadline: every trickler is let go
+        assert server._server.open_clients == 0
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()
+
+
+def test_an_oversized_request_head_is_not_kept():
+    server = MetricsServer("127.0.0.1", 0, lambda: GOLDEN_SNAPSHOT)
+    server.start()
+    try:
+        try:
+            answer = raw_get(server.port, b"GET /metrics HTTP/1.1\r\nX-Junk: " + b"a" * 20000 + b"\r\n\r\n")
+        except ConnectionResetError:
+            answer = None  # closed with part of the junk unread: the kernel resets, the answer may go
+    finally:
+        server.stop()
+    assert answer in (None, b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n")

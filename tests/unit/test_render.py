@@ -244,7 +244,7 @@ def test_show_config_leaves_ordinary_strings_plain(text):
 def test_agentctl_show_config_prints_yaml(short_dir, capsys):
     document = json.loads(json.dumps(redacted(STATIC_CONFIG)))
     server = ControlServer(str(short_dir / "control.sock"), lambda: OK, lambda request: None, lambda: "reload",
-                           make_request=lambda command, args, reply: reply.put((True, document)))
+                           make_request=lambda command, args, reply, peer: reply.put((True, document)))
     server.start()
     try:
         assert agentctl.main(["--socket", server.path, "show-config"]) == 0

@@ -1,0 +1,40 @@
+"""The agent marks itself non-dumpable with a core limit of 0 before it reads a secret.
+Checked in a fresh interpreter (the flag is per process and sticks) with PR_GET_DUMPABLE:
+/proc/self/status has no line for it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+REPORT = """
+import json, resource
+from agent.adapters.core_dumps import is_dumpable
+print(json.dumps({"dumpable": is_dumpable(), "core": list(resource.getrlimit(resource.RLIMIT_CORE))}))
+"""
+
+
+def run(code: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code + REPORT], capture_output=True, text=True, cwd=REPO,
+                          timeout=60, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_fresh_interpreter_is_dumpable_to_begin_with():
+    assert run("")["dumpable"] is True
+
+
+def test_forbid_core_dumps_clears_the_flag_and_the_limit():
+    assert run("from agent.adapters.core_dumps import forbid_core_dumps; forbid_core_dumps()") == {"dumpable": False, "core": [0, 0]}
+
+
+def test_the_daemon_entry_point_does_it_before_reading_the_config(tmp_path):
+    # A config that does not exist: main() returns 2 after loading it, and has already
+    # marked the process by then.
+    code = ("from agent.daemon.main import main\n"
+            f"assert main(['check-config', '--config', {str(tmp_path / 'absent.yaml')!r}]) == 2\n")
+    assert run(code) == {"dumpable": False, "core": [0, 0]}
