@@ -206,7 +206,7 @@ class Daemon:
         if not self._notifier.enabled:
             return
         status = "; ".join(f"{c.space}/{c.vpn}: {c.summary}" for c in snapshot.connections)
-        self._notifier.notify(READY="1", STATUS=status[:200], WATCHDOG="1")
+        self._notifier.notify(READY="1", STATUS=status, WATCHDOG="1")  # the notifier makes it one line
 
 
 if __name__ == "__main__":
