@@ -188,6 +188,8 @@ class Daemon:
                 log.error("%s; keeping the running Platform API poller", e)
                 return
         if self._poller is not None:
+            # Told to stop, not waited for: a request in flight (up to api.timeout and its
+            # retries) must not hold the loop; what it still learns is never posted.
             self._poller.stop()
             self._poller = None
         if token is None:
