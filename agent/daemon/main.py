@@ -122,6 +122,7 @@ class Daemon:
             on_config=self._start_poller,
             on_pass=self._after_pass,
             on_probe_targets=self._set_probe_targets,
+            on_alive=self._alive,
         )
         self._prober = Prober(self._controller.post)
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._on_charon_message)
@@ -208,7 +209,12 @@ class Daemon:
         if not self._notifier.enabled:
             return
         status = "; ".join(f"{c.space}/{c.vpn}: {c.summary}" for c in snapshot.connections)
-        self._notifier.notify(READY="1", STATUS=status, WATCHDOG="1")  # the notifier makes it one line
+        self._notifier.notify(READY="1", STATUS=status)  # the notifier makes it one line
+
+    def _alive(self) -> None:
+        """The loop thread came round: the systemd watchdog hears it (WatchdogSec), and from
+        nowhere else, so a hung loop is restarted whatever the other threads do."""
+        self._notifier.notify(WATCHDOG="1")
 
 
 if __name__ == "__main__":
