@@ -20,14 +20,21 @@ from vici.exception import CommandException, SessionException
 from agent.adapters import charon_messages as messages
 from agent.core.desired import DesiredConnection
 from agent.core.observation import CharonState
+from agent.core.text import one_line
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("ike-updown", "child-updown", "ike-rekey", "child-rekey")
 
 
+MAX_ERROR_TEXT = 500  # characters of an error message (it quotes charon's own words)
+
+
 class CharonError(Exception):
-    """Base of this adapter's errors."""
+    """Base of this adapter's errors; the message is one printable line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message, MAX_ERROR_TEXT))
 
 
 class CharonUnavailable(CharonError):
@@ -140,7 +147,7 @@ class CharonEvent:
 def event_from(kind: str, payload: dict[str, Any]) -> CharonEvent:
     """updown events carry `up = yes` next to the SA sections when something came up."""
     up = messages.decode_text(payload.get("up")) == "yes"
-    return CharonEvent(kind, tuple(name for name in payload if name != "up"), up)
+    return CharonEvent(kind, tuple(messages.decode_text(name) for name in payload if name != "up"), up)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """VICI messages for one tunnel, and list-sas answers parsed into observations.
 
 Pure functions, kept apart from the socket code so they are unit-tested against
-golden dicts (values as bytes, the way charon sends them).
+golden dicts (values as bytes, the way charon sends them). Every string charon sends is
+read as one printable line of bounded length: it reaches logs, metrics and terminals.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Any
 from agent.core import desired as seed
 from agent.core.desired import DesiredConnection, DesiredTunnel
 from agent.core.observation import ChildSa, ChildState, IkeSa, IkeState, TunnelSas
+from agent.core.text import one_line
+
+MAX_TEXT = 256  # characters of one value: names, states, versions, ids are far shorter
 
 
 def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
@@ -93,8 +97,8 @@ def terminate_message(*, ike_id: str | None = None, child_id: str | None = None,
 
 def decode_text(value: Any) -> str:
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
+        value = value.decode("utf-8", "replace")
+    return "" if value is None else one_line(str(value), MAX_TEXT)
 
 
 def decode_int(value: Any) -> int | None:

@@ -2,11 +2,14 @@
 
 Retries only what may heal by itself (network errors, timeouts, 5xx, 429 honouring
 Retry-After); a refused token or a missing connection is reported at once. Library errors
-are translated into the small PlatformApiError tree; the token never appears in one.
+are translated into the small PlatformApiError tree; the token never appears in one, and
+its message is one printable line (it reaches logs, sd_notify and terminals). Answers are
+streamed: at most MAX_ANSWER_BYTES, and all of it within the request's timeout.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,12 +23,16 @@ from agent import __version__
 from agent.core.addresses import is_loopback_host
 from agent.core.model import Secret, VpnAnswer
 from agent.core.payload import PayloadError, parse_vpn_answer
+from agent.core.text import one_line
 
 log = logging.getLogger(__name__)
 
 ACCEPT = "application/vnd.heroku+json; version=3"
 DEFAULT_USER_AGENT = f"space-vpn-agent/{__version__}"
-_MAX_ERROR_TEXT = 200
+_MAX_ERROR_TEXT = 200  # of an error answer's body, in an error message
+MAX_ERROR_MESSAGE = 1000  # characters: a payload error lists every problem, each shortened
+MAX_ANSWER_BYTES = 1 << 20  # a vpn-connection is about 2 KiB: a larger body is not one
+_MAX_ERROR_BODY = 64 << 10  # bytes read of an error answer: only its first words are shown
 _MAX_COUNT_DIGITS = 9  # a rate-limit count longer than this is not one
 
 
@@ -38,7 +45,7 @@ class PlatformApiError(Exception):
     rate_limit_remaining: int | None = None
 
     def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
-        super().__init__(message)
+        super().__init__(one_line(message, MAX_ERROR_MESSAGE))
         self.status = status
         self.kind = kind or self.default_kind
 
@@ -122,13 +129,20 @@ def _rate_limit_remaining(response: httpx.Response) -> int | None:
     return int(value)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(body: bytes, scrub: Callable[[str], str]) -> str:
+    """The error answer's `id: message`, else its text, as one short printable line;
+    `scrub` runs on the whole text first, so a cut never leaves part of a secret."""
     try:
-        body = response.json()
-        detail = f"{body.get('id', '?')}: {body.get('message', '')}"
+        data = json.loads(body)
+        detail = f"{data.get('id', '?')}: {data.get('message', '')}"
     except (ValueError, AttributeError):
-        detail = response.text
-    return detail.strip()[:_MAX_ERROR_TEXT] or "(no body)"
+        detail = body.decode("utf-8", "replace")
+    return one_line(scrub(detail), _MAX_ERROR_TEXT) or "(no body)"
+
+
+def _declared_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("Content-Length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _wait_strategy(max_backoff: float) -> Callable[[tenacity.RetryCallState], float]:
@@ -179,11 +193,18 @@ class PlatformApi:
         user_agent: str = DEFAULT_USER_AGENT,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`timeout` (s) bounds each request as a whole, from connecting to the answer's
+        last byte (httpx's own timeouts are per read: a server trickling bytes would hold
+        the poller for ever); checked as bytes arrive, so a request ends at most one read
+        timeout past it."""
         parsed = _check_url(url)
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
         self._token = token
+        self._timeout = timeout
+        self._clock = clock
         self._retrying = retry_policy(attempts=attempts, max_backoff=max_backoff, sleep=sleep)
         # The token is added per request, not as a client default, so it lives in one place.
         self._client = httpx.Client(
@@ -213,33 +234,58 @@ class PlatformApi:
         headers = {"Authorization": f"Bearer {self._token.reveal()}"}
         if etag:
             headers["If-None-Match"] = etag
+        deadline = self._clock() + self._timeout
         try:
-            response = self._client.get(path, headers=headers)
+            with self._client.stream("GET", path, headers=headers) as response:
+                body = self._read_body(response, what, deadline)
         except httpx.TimeoutException as e:
             raise ApiUnavailable(f"{what}: timed out ({type(e).__name__})") from e
         except httpx.TransportError as e:
             raise ApiUnavailable(f"{what}: cannot reach the API ({type(e).__name__}: {e})") from e
         except httpx.HTTPError as e:
             raise ApiHttpError(f"{what}: request failed ({type(e).__name__}: {e})") from e
-        return self._result(response, what, etag)
+        return self._result(response, body, what, etag)
 
-    def _result(self, response: httpx.Response, what: str, etag: str | None) -> FetchResult:
+    def _read_body(self, response: httpx.Response, what: str, deadline: float) -> bytes:
+        """The body (decoded, so a compressed bomb counts at its real size), refused past
+        MAX_ANSWER_BYTES or the deadline; of an error answer only the first part."""
+        answer = response.status_code == 200
+        limit = MAX_ANSWER_BYTES if answer else _MAX_ERROR_BODY
+        declared = _declared_length(response)
+        if answer and declared is not None and declared > limit:
+            raise ApiPayloadError(f"{what}: answer of {declared} bytes refused (a vpn-connection is a few KiB; "
+                                  f"at most {limit} bytes are read)", status=200)
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            if self._clock() > deadline:
+                raise ApiUnavailable(f"{what}: answer still incomplete after {self._timeout:g} s "
+                                     f"({size} bytes so far); api.timeout bounds the whole request")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                if not answer:
+                    break  # enough of an error page to show its first words
+                raise ApiPayloadError(f"{what}: answer refused: larger than {limit} bytes "
+                                      f"(a vpn-connection is a few KiB)", status=200)
+        return b"".join(chunks)[:limit]
+
+    def _result(self, response: httpx.Response, body: bytes, what: str, etag: str | None) -> FetchResult:
         status = response.status_code
         remaining = _rate_limit_remaining(response)
         new_etag = response.headers.get("ETag")
         if status == 304:
             return FetchResult(None, None, new_etag or etag, remaining)
         if status == 200:
-            raw, answer = self._parse(response, what)
+            raw, answer = self._parse(body, what)
             return FetchResult(answer, raw, new_etag, remaining)
-        error = self._status_error(response, what)
+        error = self._status_error(response, body, what)
         # A 429 means the pool is empty even where the header is missing.
         error.rate_limit_remaining = 0 if status == 429 and remaining is None else remaining
         raise error
 
-    def _parse(self, response: httpx.Response, what: str) -> tuple[dict, VpnAnswer]:
+    def _parse(self, body: bytes, what: str) -> tuple[dict, VpnAnswer]:
         try:
-            raw = response.json()
+            raw = json.loads(body)
         except ValueError as e:
             raise ApiPayloadError(f"{what}: answer is not JSON ({e})") from e
         try:
@@ -247,9 +293,9 @@ class PlatformApi:
         except PayloadError as e:
             raise ApiPayloadError(f"{what}: {e}") from e
 
-    def _status_error(self, response: httpx.Response, what: str) -> PlatformApiError:
+    def _status_error(self, response: httpx.Response, body: bytes, what: str) -> PlatformApiError:
         status = response.status_code
-        message = f"{what}: HTTP {status} ({self._scrub(_error_detail(response))})"
+        message = f"{what}: HTTP {status} ({_error_detail(body, self._scrub)})"
         if status in (401, 403):
             return ApiAuthError(message, status=status)
         if status == 404:

@@ -15,6 +15,7 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.adapters.route_socket import ipv4_network
 from agent.core.netstate import INTERFACE_PREFIX, Link, NetState, Route
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,9 @@ class LinkManager:
             raise LinkError(f"removing interface {name}: {e}") from e
 
     def set_route(self, dst: str, ifname: str, metric: int, src: str | None) -> None:
-        """Replace the route of that destination and metric: an atomic move, no gap."""
+        """Replace the route of that destination and metric: an atomic move, no gap.
+        ValueError for what is not an IPv4 network (pyroute2 would guess another family)."""
+        ipv4_network(dst)
         try:
             index = self._ipr.link_lookup(ifname=ifname)[0]
             spec = {"dst": dst, "oif": index, "priority": metric, "table": 254}

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.adapters.bounded_server import BoundedServer, Client, Limits
 from agent.core.failover import FailoverKind, TunnelRole
+from agent.core.faults import FaultStage
 from agent.core.lifecycle import Stage
 from agent.core.model import TunnelApiStatus
 from agent.core.observation import ChildState, IkeState
@@ -45,6 +46,7 @@ CHILD_STATES = tuple(s.value for s in (ChildState.INSTALLED, ChildState.REKEYING
 # Failover kinds, exported at 0 before the first failover so rate() sees the first increase.
 FAILOVER_REASONS = tuple(kind.value for kind in FailoverKind)
 STAGES = tuple(stage.value for stage in Stage)
+FAULT_STAGES = tuple(stage.value for stage in FaultStage)  # exported at 0 too, for rate() and alerts
 API_UP = {TunnelApiStatus.UP.value: 1, TunnelApiStatus.DOWN.value: 0}  # UNKNOWN: no sample
 
 
@@ -112,6 +114,10 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
     stage = GaugeMetricFamily(PREFIX + "connection_stage",
                               "1 for the connection's stage at Heroku (waiting, active, failed, gone...), 0 for the others.",
                               labels=(*CONNECTION_LABELS, "stage"))
+    errors = CounterMetricFamily(PREFIX + "connection_errors_total",
+                                 "Unexpected errors while planning or applying the connection since start, by stage "
+                                 "(plan, apply): the agent left its tunnels as they were and went on with the others.",
+                                 labels=(*CONNECTION_LABELS, "stage"))
     generation = GaugeMetricFamily(PREFIX + "settings_generation",
                                    "Generation of the far end's settings: 1 for the first seen, +1 for each change.",
                                    labels=CONNECTION_LABELS)
@@ -128,7 +134,9 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
         counts = {reason: 0 for reason in FAILOVER_REASONS} | conn.failover_counts
         for reason, count in sorted(counts.items()):
             failovers.add_metric([*labels, reason], count)
-    yield from (health, stage, generation, last_success, api_errors, failovers)
+        for name in FAULT_STAGES:
+            errors.add_metric([*labels, name], conn.connection_errors.get(name, 0))
+    yield from (health, stage, generation, last_success, api_errors, failovers, errors)
 
 
 def tunnel_families(connections: tuple[ConnectionView, ...]) -> Iterator[Metric]:

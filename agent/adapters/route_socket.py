@@ -10,6 +10,7 @@ main, static, replace), so the loop's next look sees exactly the route it planne
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import socket
@@ -50,13 +51,14 @@ class RouteSocket:
         self._sock.close()
 
     def prepare(self, dst: str, ifname: str, ifindex: int, metric: int, src: str | None) -> PreparedRoute:
-        network, _, length = dst.partition("/")
+        """Raises ValueError for what is not an IPv4 route (the encoder's own errors say less)."""
+        network = ipv4_network(dst)
         msg = rtmsg()
         msg["family"] = socket.AF_INET
-        msg["dst_len"] = int(length or 32)
+        msg["dst_len"] = network.prefixlen
         msg["table"], msg["proto"], msg["scope"], msg["type"] = _MAIN_TABLE, _PROTO_STATIC, _SCOPE_UNIVERSE, _UNICAST
-        msg["attrs"] = [("RTA_TABLE", _MAIN_TABLE), ("RTA_DST", network), ("RTA_PRIORITY", metric),
-                        ("RTA_OIF", ifindex)] + ([("RTA_PREFSRC", src)] if src else [])
+        msg["attrs"] = [("RTA_TABLE", _MAIN_TABLE), ("RTA_DST", str(network.network_address)),
+                        ("RTA_PRIORITY", metric), ("RTA_OIF", ifindex)] + ([("RTA_PREFSRC", src)] if src else [])
         sequence = next(self._sequence)
         msg["header"]["type"] = RTM_NEWROUTE
         msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
@@ -81,6 +83,14 @@ class RouteSocket:
         except OSError as e:  # includes the ack timeout
             errors += [f"{route.describe}: {e}" for route in waiting.values()]
         return errors
+
+
+def ipv4_network(dst: str) -> ipaddress.IPv4Network:
+    """`dst` as an IPv4 network, else ValueError naming it: route mode routes IPv4 only."""
+    try:
+        return ipaddress.IPv4Network(dst, strict=False)
+    except ValueError as e:
+        raise ValueError(f"route {dst}: not an IPv4 network ({e}); route mode routes IPv4 only") from e
 
 
 def _acks(data: bytes) -> list[tuple[int, int]]:

@@ -1,13 +1,19 @@
 """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
 
 The protocol is a few lines; a dependency on libsystemd bindings would cost a
-compiled package on every gateway for nothing.
+compiled package on every gateway for nothing. Fields are separated by newlines, so every
+value is sent as one printable line: a STATUS= carrying an API's words must never add a
+WATCHDOG_USEC= or MAINPID= of its own.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+
+from agent.core.text import one_line
+
+MAX_VALUE = 200  # characters: `systemctl status` shows STATUS= on one line
 
 
 class SystemdNotifier:
@@ -26,7 +32,7 @@ class SystemdNotifier:
         """notify(READY="1", STATUS="...") -> "READY=1\\nSTATUS=..."; no-op without systemd."""
         if self._address is None:
             return
-        payload = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        payload = "\n".join(f"{key}={one_line(value, MAX_VALUE)}" for key, value in fields.items()).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             try:
                 sock.sendto(payload, self._address)

@@ -19,7 +19,7 @@ import os
 import sys
 
 from agent import __version__
-from agent.cli.render import EXIT_UNKNOWN, exit_code, render_config, render_status
+from agent.cli.render import EXIT_UNKNOWN, exit_code, printable, render_config, render_status
 from agent.control import protocol
 
 DEFAULT_SOCKET = "/run/space-vpn-agent/control.sock"
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             result = protocol.request(args.socket, args.command,
                                       {"tunnel": args.tunnel, "connection": args.connection})
             drained = ", ".join(str(n) for n in result["drained"]) or "none"
-            print(f"{result['connection']}: tunnel {result['tunnel']} {args.command}ed (drained now: {drained})")
+            print(printable(f"{result['connection']}: tunnel {result['tunnel']} {args.command}ed "
+                            f"(drained now: {drained})"))
             return 0
         if args.command == "show-config":
             print(render_config(protocol.request(args.socket, "show-config")), end="")
@@ -84,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print("reload requested")
         return 0
     except protocol.AgentUnreachable as e:
-        print(f"agentctl: {e}", file=sys.stderr)
+        print(printable(f"agentctl: {e}"), file=sys.stderr)
         return EXIT_UNKNOWN
     except protocol.ProtocolError as e:
-        print(f"agentctl: {args.command} refused: {e}", file=sys.stderr)
+        print(printable(f"agentctl: {args.command} refused: {e}"), file=sys.stderr)
         return EXIT_UNKNOWN if args.command == "status" else 1
 
 

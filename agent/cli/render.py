@@ -3,6 +3,8 @@
 `status` is modelled on `heroku spaces:vpn:info`: a header per connection, then one row
 per tunnel with the live state next to what the Platform API reports. `show-config` is
 printed as YAML that the config loader reads back; stdlib only, so agentctl starts fast.
+Every text of the status document is shown as one printable line (core/text): it carries
+Heroku's and charon's words, and a terminal must not take them for escape sequences.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import re
 import time
 
+from agent.core.text import one_line
+
 FAILOVERS_SHOWN = 5
+MAX_SHOWN_TEXT = 1000  # characters of one field: the agent caps its texts well below
 # The status document's health names and agentctl's exit codes (monitoring-plugin style);
 # the same values as agent.core.snapshot.Health, not imported for agentctl's start-up time.
 EXIT_CODES = {"ok": 0, "degraded": 1, "down": 2}
@@ -21,6 +26,7 @@ _COLUMNS = ("Tunnel", "IP Address", "API Status", "IKE", "CHILD", "Role", "Since
 
 
 def render_status(status: dict[str, object]) -> str:
+    status = printable(status)
     lines = [f"space-vpn-agent {status['agent_version']}: {status['health'].upper()}"]
     charon = f"charon {status['charon_version'] or 'reachable'}" if status["charon_reachable"] else "charon UNREACHABLE"
     lines.append(charon)
@@ -52,6 +58,17 @@ def render_status(status: dict[str, object]) -> str:
             lines += [f"  {_timestamp(f['at'])}  tunnel {f['from_tunnel']} -> {f['to_tunnel']}  {f['reason']}"
                       for f in failovers]
     return "\n".join(lines) + "\n"
+
+
+def printable(value: object) -> object:
+    """`value` (decoded JSON) with every string made one printable line of bounded length."""
+    if isinstance(value, str):
+        return one_line(value, MAX_SHOWN_TEXT)
+    if isinstance(value, dict):
+        return {key: printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(item) for item in value]
+    return value
 
 
 def _rolling(conn: dict) -> list[str]:

@@ -29,7 +29,7 @@ class ApiConfig:
     token_file: str | None = None
     #: How often each VPN connection is read from the API, in seconds.
     poll_interval: float = 30.0
-    #: Timeout of one API request, in seconds.
+    #: Deadline of one API request as a whole (connect to the last byte of the answer), in seconds.
     timeout: float = 10.0
     #: A connection the API does not know (404) counts as still being created for this
     #: long (the API is eventually consistent right after a create), then as an error.

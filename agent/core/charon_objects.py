@@ -87,17 +87,28 @@ def plan_objects(
     `loaded` maps connection names to the fingerprint this agent process loaded.
     Objects of a configured connection whose desired state is unknown (API down, no
     cache) are left alone: an unreachable API never tears tunnels down."""
+    actions = [action for conn in desired for action in plan_loads(conn, loaded, charon)]
+    return actions + plan_unloads(configured_keys, charon)
+
+
+def plan_loads(conn: DesiredConnection, loaded: Mapping[str, str], charon: CharonState) -> list[CharonAction]:
+    """One connection's share of plan_objects: its tunnels missing or changed."""
     actions: list[CharonAction] = []
-    for conn in desired:
-        for tunnel in conn.tunnels:
-            fingerprint = tunnel_fingerprint(conn, tunnel.number)
-            known = loaded.get(tunnel.conn_name)
-            if tunnel.conn_name in charon.conns and known == fingerprint:
-                continue
-            actions.append(LoadTunnel(conn, tunnel.number, fingerprint))
-            if known is not None and known != fingerprint:
-                # Far end changed (PSK rotation, new IP): old SAs are dead weight.
-                actions += terminate_all(tunnel.conn_name, charon.tunnel(tunnel.conn_name))
+    for tunnel in conn.tunnels:
+        fingerprint = tunnel_fingerprint(conn, tunnel.number)
+        known = loaded.get(tunnel.conn_name)
+        if tunnel.conn_name in charon.conns and known == fingerprint:
+            continue
+        actions.append(LoadTunnel(conn, tunnel.number, fingerprint))
+        if known is not None and known != fingerprint:
+            # Far end changed (PSK rotation, new IP): old SAs are dead weight.
+            actions += terminate_all(tunnel.conn_name, charon.tunnel(tunnel.conn_name))
+    return actions
+
+
+def plan_unloads(configured_keys: set[str], charon: CharonState) -> list[CharonAction]:
+    """Our objects (by prefix) that no configured connection names."""
+    actions: list[CharonAction] = []
     ours = {object_name(key, n) for key in configured_keys for n in (1, 2)}
     for name in sorted(charon.conns):
         if name.startswith(OBJECT_PREFIX + "-") and name not in ours:

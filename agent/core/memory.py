@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from agent.core.desired import TCP_MSS, TUNNEL_MTU, DesiredConnection
 from agent.core.failover import FailoverKind, FailoverPolicy, FailoverReason, FailoverState, TunnelHealth
+from agent.core.faults import ConnectionFault, FaultStage, faulted_verdict
 from agent.core.health import InboundWatch, ProbeStats, TrafficTotals
 from agent.core.model import VpnConnection
 from agent.core.modes import Mode
@@ -100,6 +101,7 @@ class ConnectionMemory:
     failovers: tuple[FailoverRecord, ...] = ()  # most recent last, at most FAILOVERS_KEPT
     failover_counts: Mapping[FailoverKind, int] = field(default_factory=dict)  # since start
     running: Mapping[int, TunnelSettings] = field(default_factory=dict)  # far-end settings each tunnel runs
+    faults: Mapping[FaultStage, int] = field(default_factory=dict)  # contained exceptions by stage, since start
 
     @property
     def active(self) -> int | None:
@@ -110,6 +112,11 @@ class ConnectionMemory:
         counts = dict(self.failover_counts)
         counts[record.reason.kind] = counts.get(record.reason.kind, 0) + 1
         return replace(self, failovers=(self.failovers + (record,))[-FAILOVERS_KEPT:], failover_counts=counts)
+
+    def with_fault(self, fault: ConnectionFault) -> "ConnectionMemory":
+        """Counted, and said in the verdict."""
+        counts = {**self.faults, fault.stage: self.faults.get(fault.stage, 0) + 1}
+        return replace(self, faults=counts, verdict=faulted_verdict(self.verdict, fault))
 
     def with_initiate(self, tunnel: int, result: str) -> "ConnectionMemory":
         """`result`: accepted (charon took the request) or refused."""

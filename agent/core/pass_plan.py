@@ -4,18 +4,21 @@ what happened in between, only on the whole state now. No side effects.
 
 Order: setup first (XFRM interfaces, charon objects), then each connection's step, then
 what the loop arms and starts for the time until the next pass (fast reroutes, probes).
+One connection whose planning raises is contained (core/faults): the others are planned.
 A plan with setup asks for a fresh observation before the connections are decided:
 tunnels are planned on what charon and the kernel hold after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
-from agent.core.charon_objects import CharonAction, TerminateIke, plan_objects
+from agent.core.charon_objects import CharonAction, TerminateIke, plan_loads, plan_unloads
 from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
+from agent.core.faults import ConnectionFault, FaultStage
 from agent.core.health import ProbeTarget
 from agent.core.lifecycle import Life, Stage, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord
@@ -32,6 +35,7 @@ PROBE_TIMEOUT_CAP = 1.0  # s: a probe unanswered this long is lost, whatever the
 # gone by then, so an exchange seen in flight at every look is one the peer left
 # unanswered (charon lists no message ids to tell one DPD from the next).
 LIVENESS_SAMPLE = 0.25  # s
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class PassPlan:
     reroutes: tuple[Reroute, ...]
     probe_targets: tuple[ProbeTarget, ...]
     next_pass_in: float | None = None  # s; None: the loop's own tick
+    faults: tuple[ConnectionFault, ...] = ()  # connections whose planning raised (their steps say so)
 
     @property
     def starting_over(self) -> frozenset[str]:
@@ -81,30 +86,107 @@ class _Prepared:
 
 
 def plan_pass(inputs: PassInputs) -> PassPlan:
-    """The whole pass. No side effects."""
-    charon, net = inputs.charon, inputs.net
-    prepared = {r.key: _prepare(r, inputs) for r in inputs.records}
-    desired = {key: p.desired for key, p in prepared.items()}
+    """The whole pass. No side effects. Each connection's share is planned contained: one
+    that raises (bad data, or a bug it hits) gets a faulted step, keeps what it runs (its
+    charon objects, interfaces, MSS rules) and the others are planned as usual."""
+    charon, net, records = inputs.charon, inputs.net, inputs.records
+    contain = _Contained()
+    prepared = {r.key: contain(r.key, lambda r=r: _prepare(r, inputs), None) for r in records}
     if not charon.reachable:
-        steps = tuple(_waiting(r, inputs, desired[r.key], _why_unknown(r, prepared[r.key].life, "charon unreachable")
-                               if desired[r.key] is None else "charon unreachable") for r in inputs.records)
-        return PassPlan((), steps, None, (), _probe_targets(steps, inputs.records))
-    wanted = [conn for conn in desired.values() if conn is not None]
-    routed = [conn for conn in wanted if conn.mode is Mode.ROUTE]
+        steps = {r.key: contain(r.key, lambda r=r: _unreachable(r, prepared[r.key], inputs), None) for r in records}
+        targets = {r.key: contain(r.key, lambda r=r: _probe_targets(r, steps[r.key]), ()) for r in records}
+        return _plan(records, (), steps, None, {}, targets, contain.faults)
+    route = any(r.settings.mode is Mode.ROUTE for r in records)
     # A connection Heroku deleted long enough ago is unloaded like one no longer configured.
-    kept = [r for r in inputs.records if prepared[r.key].life.stage is not Stage.FORGOTTEN]
+    kept = [r for r in records if prepared[r.key] is None or prepared[r.key].life.stage is not Stage.FORGOTTEN]
+    own_setup = {r.key: contain(r.key, lambda r=r: _own_setup(prepared[r.key], inputs), []) for r in records}
+    steps = {r.key: contain(r.key, lambda r=r: _step(r, prepared[r.key], inputs), None) for r in records}
+    reroutes = {r.key: contain(r.key, lambda r=r: _reroute(steps[r.key], charon), None) for r in records}
+    targets = {r.key: contain(r.key, lambda r=r: _probe_targets(r, steps[r.key]), ()) for r in records}
+    faults = contain.faults
     setup: list[RouteAction | CharonAction] = []
-    if any(r.settings.mode is Mode.ROUTE for r in inputs.records):
+    if route:
         setup += plan_stale_interfaces([(r.key, r.settings.vpn) for r in kept], net)
-        for conn in routed:
-            setup += plan_interfaces(conn, net)
-    setup += plan_objects(wanted, {r.key for r in kept}, inputs.loaded, charon)
-    steps = tuple(_step(r, prepared[r.key], inputs) for r in inputs.records)
-    rules = mss_rules(routed) if any(r.settings.mode is Mode.ROUTE for r in inputs.records) else None
-    reroutes = tuple(plan for plan in (plan_reroute(s.memory.desired, charon, s.memory.active)
-                                       for s in steps if s.memory.desired is not None) if plan is not None)
-    return PassPlan(tuple(setup), steps, rules, reroutes, _probe_targets(steps, inputs.records),
-                    LIVENESS_SAMPLE if _request_in_flight(steps) else None)
+    setup += [action for r in records if r.key not in faults for action in own_setup[r.key]]
+    setup += plan_unloads({r.key for r in kept}, charon)
+    rules = _mss_rules(records, prepared, faults) if route else None
+    return _plan(records, tuple(setup), steps, rules, reroutes, targets, faults)
+
+
+class _Contained:
+    """Computes one connection's share of the plan; an exception becomes that connection's
+    fault and every later share of it the default."""
+
+    def __init__(self) -> None:
+        self.faults: dict[str, ConnectionFault] = {}
+
+    def __call__(self, key: str, compute: Callable[[], _T], default: _T) -> _T:
+        if key in self.faults:
+            return default
+        try:
+            return compute()
+        except Exception as e:  # one connection must not stop the plan for the others
+            self.faults[key] = ConnectionFault(key, FaultStage.PLAN, e)
+            return default
+
+
+def _plan(records: tuple[ConnectionRecord, ...], setup: tuple[RouteAction | CharonAction, ...],
+          steps: Mapping[str, ConnectionStep | None], rules: Mapping[str, int] | None,
+          reroutes: Mapping[str, Reroute | None], targets: Mapping[str, tuple[ProbeTarget, ...]],
+          faults: Mapping[str, ConnectionFault]) -> PassPlan:
+    """The plan, faulted connections doing nothing: no actions, no reroute, no probes."""
+    final = tuple(_faulted(r, faults[r.key]) if r.key in faults else steps[r.key] for r in records)
+    assert all(step is not None for step in final)
+    ok = [r.key for r in records if r.key not in faults]
+    armed = tuple(plan for plan in (reroutes.get(key) for key in ok) if plan is not None)
+    probes = tuple(target for key in ok for target in targets[key])
+    return PassPlan(setup, final, rules, armed, probes, LIVENESS_SAMPLE if _request_in_flight(final) else None,
+                    tuple(faults.values()))
+
+
+def _faulted(record: ConnectionRecord, fault: ConnectionFault) -> ConnectionStep:
+    """Nothing decided: what it runs stays as it is (the last desired state too, for status)."""
+    return ConnectionStep(record.key, record.settings.label, record.memory.with_fault(fault), None, (), ())
+
+
+def _unreachable(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
+    conn = prepared.desired
+    why = _why_unknown(record, prepared.life, "charon unreachable") if conn is None else "charon unreachable"
+    return _waiting(record, inputs, conn, why)
+
+
+def _own_setup(prepared: _Prepared, inputs: PassInputs) -> list[RouteAction | CharonAction]:
+    """One connection's interfaces (route mode) and charon objects to load."""
+    conn = prepared.desired
+    if conn is None:
+        return []
+    actions: list[RouteAction | CharonAction] = []
+    if conn.mode is Mode.ROUTE:
+        actions += plan_interfaces(conn, inputs.net)
+    return actions + plan_loads(conn, inputs.loaded, inputs.charon)
+
+
+def _reroute(step: ConnectionStep | None, charon: CharonState) -> Reroute | None:
+    if step is None or step.memory.desired is None:
+        return None
+    return plan_reroute(step.memory.desired, charon, step.memory.active)
+
+
+def _mss_rules(records: tuple[ConnectionRecord, ...], prepared: Mapping[str, _Prepared | None],
+               faults: Mapping[str, ConnectionFault]) -> dict[str, int] | None:
+    """MSS clamping of every route-mode interface; a faulted connection keeps the rules of
+    its last good pass. None (nft left alone) when even those cannot be computed."""
+    rules: dict[str, int] = {}
+    for record in records:
+        found = prepared.get(record.key)
+        conn = record.memory.desired if record.key in faults or found is None else found.desired
+        if conn is None or conn.mode is not Mode.ROUTE:
+            continue
+        try:
+            rules |= mss_rules([conn])
+        except Exception:  # only a faulted connection's old state can get here: keep nft as it is
+            return None
+    return rules
 
 
 def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
@@ -191,21 +273,19 @@ def _waiting(record: ConnectionRecord, inputs: PassInputs, conn: DesiredConnecti
     return ConnectionStep(record.key, record.settings.label, memory, None, (), ())
 
 
-def _probe_targets(steps: tuple[ConnectionStep, ...], records: tuple[ConnectionRecord, ...]) -> tuple[ProbeTarget, ...]:
+def _probe_targets(record: ConnectionRecord, step: ConnectionStep | None) -> tuple[ProbeTarget, ...]:
     """Route mode: probe each tunnel through its own interface, so the standby path is
     verified continuously; policy mode: the active tunnel (the only one with a CHILD_SA,
     reached by the policy). Needs a probe target and a source inside the routable CIDRs."""
-    targets = []
-    for record, step in zip(records, steps):
-        conn, probe = step.memory.desired, record.settings.probe
-        if conn is None or probe.target is None or conn.source_address is None:
-            continue
-        for tunnel in conn.tunnels:
-            if tunnel.interface is not None or tunnel.number == step.memory.active:
-                targets.append(ProbeTarget(
-                    key=record.key, tunnel=tunnel.number, target=probe.target, source=conn.source_address,
+    if step is None:
+        return ()
+    conn, probe = step.memory.desired, record.settings.probe
+    if conn is None or probe.target is None or conn.source_address is None:
+        return ()
+    return tuple(
+        ProbeTarget(key=record.key, tunnel=tunnel.number, target=probe.target, source=conn.source_address,
                     interface=tunnel.interface, interval=probe.interval,
                     timeout=min(probe.interval, PROBE_TIMEOUT_CAP), port=probe.port,
-                    resolve_interval=probe.resolve_interval,
-                ))
-    return tuple(targets)
+                    resolve_interval=probe.resolve_interval)
+        for tunnel in conn.tunnels if tunnel.interface is not None or tunnel.number == step.memory.active
+    )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from agent.core.addresses import is_private_network
 from agent.core.model import ConnectionStatus, Secret, Tunnel, TunnelApiStatus, VpnAnswer, VpnConnection
+from agent.core.text import one_line
 
 _TUNNEL_COUNT = 2
 # Long junk values would make one bad field drown the rest of the report.
@@ -145,7 +146,7 @@ def _tunnel(problems: list[str], raw: object, index: int) -> Tunnel | None:
         ip=ip,
         psk=Secret(psk),
         status=TunnelApiStatus.parse(status),
-        status_message=_bounded_text(status_message, MAX_STATUS_MESSAGE),
+        status_message=one_line(status_message, MAX_STATUS_MESSAGE),
         last_status_change=last_change,
     )
 
@@ -191,7 +192,7 @@ def parse_vpn_connection(data: object) -> VpnConnection:
         ike_version=ike_version,
         status=ConnectionStatus.parse(status),
         tunnels=tunnels,
-        status_message=_bounded_text(status_message, MAX_STATUS_MESSAGE),
+        status_message=one_line(status_message, MAX_STATUS_MESSAGE),
     )
 
 
@@ -206,8 +207,8 @@ def parse_vpn_answer(data: object) -> VpnAnswer:
     if not isinstance(raw_status, str):
         raise PayloadError([f"status: expected a string, got {_type_name(raw_status)}"])
     status = ConnectionStatus.parse(raw_status.lower())
-    message = _bounded_text(raw_message if isinstance(raw_message, str) else "", MAX_STATUS_MESSAGE)
-    name = _bounded_text(raw_status, _MAX_STATUS_NAME) if status is ConnectionStatus.UNKNOWN else ""
+    message = one_line(raw_message if isinstance(raw_message, str) else "", MAX_STATUS_MESSAGE)
+    name = one_line(raw_status, _MAX_STATUS_NAME) if status is ConnectionStatus.UNKNOWN else ""
     if status is ConnectionStatus.ACTIVE:
         return VpnAnswer(status, message, parse_vpn_connection(data))
     if status is ConnectionStatus.UNKNOWN:
@@ -216,10 +217,3 @@ def parse_vpn_answer(data: object) -> VpnAnswer:
         except PayloadError:
             return VpnAnswer(status, message, status_name=name)
     return VpnAnswer(status, message)
-
-
-def _bounded_text(text: str, limit: int) -> str:
-    """One printable line of at most `limit` characters: API text reaches logs,
-    sd_notify and terminals."""
-    line = "".join(c if c.isprintable() else " " for c in text).strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -84,6 +84,9 @@ class ConnectionView:
     stage: str = "unknown"  # a lifecycle.Stage value
     heroku_note: str = ""  # what Heroku says and what the agent does about it
     generation: int = 0  # of the far end's settings
+    # Exceptions contained while planning or applying this connection, by stage, since
+    # start (core/faults); the summary says the last one while it lasts.
+    connection_errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def connection_view(record: ConnectionRecord, charon: CharonState, wall_now: flo
         stage=life.stage.value,
         heroku_note=life.note,
         generation=far_end.generation,
+        connection_errors={stage.value: count for stage, count in memory.faults.items()},
     )
 
 

@@ -56,10 +56,16 @@ class ApiPoller:
         self._thread.start()
 
     def stop(self) -> None:
+        """Asks the thread to stop and returns at once: a request in flight ends on its own
+        (within api.timeout and its retries), then the thread closes its client and ends.
+        Nothing it learns after this is posted: a reload's new poller answers instead."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=15)
-        self._api.close()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the thread to end; True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _mark_waiting(self, key: str, waiting: bool) -> None:
         """A connection still pending/provisioning is polled faster."""
@@ -70,7 +76,13 @@ class ApiPoller:
             self._poll_forever()
         except Exception as e:  # tell the loop; status then shows the API as failing
             log.exception("API poller crashed")
-            self._post(ThreadCrashed("api-poller", f"{type(e).__name__}: {e}"))
+            self._send(ThreadCrashed("api-poller", f"{type(e).__name__}: {e}"))
+        finally:
+            self._api.close()  # on this thread: never under a request still in flight
+
+    def _send(self, message: object) -> None:
+        if not self._stop.is_set():  # a stopped poller's late news would be stale
+            self._post(message)
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
@@ -88,7 +100,7 @@ class ApiPoller:
                 return None
             self._poll(target)
         pace = self.pace()
-        self._post(ApiPace(pace))
+        self._send(ApiPace(pace))
         return pace
 
     def pace(self) -> PollPace:
@@ -102,18 +114,18 @@ class ApiPoller:
             # A connection not found may be one created a moment ago: look again soon.
             self._mark_waiting(target.key, e.kind == "not_found")
             self._note_budget(e.rate_limit_remaining)
-            self._post(ApiFailure(target.key, e.kind, str(e)))
+            self._send(ApiFailure(target.key, e.kind, str(e)))
             return
         except Exception as e:  # a bug here must not kill polling for good
             log.exception("polling %s/%s failed unexpectedly", target.space, target.vpn)
-            self._post(ApiFailure(target.key, "internal", type(e).__name__))
+            self._send(ApiFailure(target.key, "internal", type(e).__name__))
             return
         self._note_budget(result.rate_limit_remaining)
         if result.etag:
             self._etags[target.key] = result.etag
         if result.answer is not None:
             self._mark_waiting(target.key, result.answer.status.is_waiting)
-        self._post(ApiAnswer(target.key, result))
+        self._send(ApiAnswer(target.key, result))
 
     def _note_budget(self, remaining: int | None) -> None:
         # Every connection draws on the same pool: the latest answer is the truth.

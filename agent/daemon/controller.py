@@ -2,6 +2,11 @@
 probe results, control requests, signals) into the loop state, then runs one pass:
 observe, plan (one pure function over the whole state), apply, publish a Snapshot.
 Every pass re-derives everything.
+
+Failures are contained: one connection whose planning or applying raises is logged by
+name, counted and shown in its verdict while the others go on (core/faults); a pass that
+fails as a whole is logged and shown, and the loop goes on. The loop says it is alive
+(`on_alive`: the systemd watchdog) after every round, whatever its passes came to.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEve
 from agent.config import AgentConfig, redacted
 from agent.core.health import ProbeResult, ProbeTarget
 from agent.core.durations import format_duration
+from agent.core.faults import ConnectionFault, FaultStage, action_owner
 from agent.core.lifecycle import Stage, life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.model import object_name
 from agent.core.pass_plan import PassInputs, PassPlan, connection_selector_problem, plan_pass
-from agent.core.snapshot import Snapshot
+from agent.core.snapshot import ConnectionView, Health, Snapshot
+from agent.core.text import one_line
 from agent.core.views import api_budget_view, connection_view
 from agent.daemon.edges import Edges, Outcomes
 from agent.daemon.loop_state import (
@@ -42,6 +49,7 @@ from agent.daemon.ports import CachePort
 log = logging.getLogger(__name__)
 
 TICK = 1.0  # s between passes when nothing happens
+MAX_PASS_ERROR = 300  # characters of a failed pass's error in status
 
 
 class Controller:
@@ -56,6 +64,7 @@ class Controller:
         on_config: Callable[[AgentConfig], None] = lambda c: None,
         on_pass: Callable[[Snapshot], None] = lambda s: None,
         on_probe_targets: Callable[[list[ProbeTarget]], None] = lambda t: None,
+        on_alive: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -68,6 +77,9 @@ class Controller:
         self._on_config = on_config
         self._on_pass = on_pass
         self._on_probe_targets = on_probe_targets
+        self._on_alive = on_alive
+        self._faults_logged: dict[tuple[str, FaultStage], str] = {}  # the fault last logged in full
+        self._pass_error: str | None = None  # the last pass failed as a whole
         self._probe_targets: tuple[ProbeTarget, ...] = ()
         self._forgotten: set[str] = set()  # keys whose deleted connection was forgotten (cache removed)
         self._next_pass_in = TICK  # the last plan may ask for an earlier look
@@ -97,8 +109,20 @@ class Controller:
                         return 0
                     message = self._next_pending()
                 self.reconcile_pass()
-            except Exception:  # one bad pass must not end the daemon
+            except Exception as e:  # one bad pass must not end the daemon
                 log.exception("reconcile pass failed; continuing")
+                self._publish_failure(e)
+            # Alive: this thread came round, whatever the pass did (a hung pass never gets here).
+            self._on_alive()
+
+    def _publish_failure(self, error: Exception) -> None:
+        """Status says that passes fail (the Snapshot would go stale without a word)."""
+        self._pass_error = one_line(f"reconcile pass failed ({type(error).__name__}: {error}); "
+                                    f"retried every pass, see the agent's log", MAX_PASS_ERROR)
+        try:
+            self.snapshot = self._build_snapshot()
+        except Exception:
+            log.exception("cannot publish the state after a failed pass")
 
     def _next_pending(self) -> object | None:
         try:
@@ -130,8 +154,7 @@ class Controller:
                 self._update(key, lambda r: with_api_answer(r, message, self._wall()))
                 answer, raw = message.result.answer, message.result.raw
                 if key in state.records and answer is not None and answer.connection is not None and raw:
-                    settings = state.records[key].settings
-                    self._cache.save(settings.space, settings.vpn, raw)
+                    self._save_answer(state.records[key], raw)
             case ApiFailure(key=key):
                 self._update(key, lambda r: with_api_failure(r, message, self._wall()))
             case ApiPace(pace=pace):
@@ -143,6 +166,13 @@ class Controller:
             case _:
                 log.warning("ignoring unknown inbox message %r", type(message).__name__)
         return True
+
+    def _save_answer(self, record: ConnectionRecord, raw: dict) -> None:
+        settings = record.settings
+        try:
+            self._cache.save(settings.space, settings.vpn, raw)
+        except (OSError, ValueError) as e:  # the answer is used all the same; only a restart misses it
+            log.error("%s: cannot cache the Platform API's answer: %s; a restart waits for the API", settings.label, e)
 
     def _update(self, key: str, change: Callable[[ConnectionRecord], ConnectionRecord]) -> None:
         record = self.state.records.get(key)
@@ -204,8 +234,11 @@ class Controller:
         state, edges = self.state, self._edges
         since = edges.reroutes_fired()
         plan = self._plan()
+        setup_faults: list[ConnectionFault] = []
         if plan.needs_fresh_observation:
-            self._record(edges.apply_setup(plan.setup))
+            setup = edges.apply_setup(plan.setup)
+            self._record(setup)
+            setup_faults = setup.faults
             tunnels_start_over(state, plan.starting_over)
             plan = self._plan()  # setup still wanted after this waits for the next pass
         outcomes = Outcomes()
@@ -217,15 +250,53 @@ class Controller:
         self._record(outcomes)
         self._log_selector_problems()
         edges.sync_mss(dict(plan.mss_rules) if plan.mss_rules is not None else None)
-        edges.arm_reroutes(plan.reroutes, state.net, since)
+        outcomes.faults += edges.arm_reroutes(plan.reroutes, state.net, since)
+        self._note_faults(plan.faults, setup_faults + outcomes.faults)
         if plan.probe_targets != self._probe_targets:
             self._probe_targets = plan.probe_targets
             self._on_probe_targets(list(plan.probe_targets))
         self._forget_deleted()
         self._next_pass_in = min(TICK, plan.next_pass_in or TICK)
         state.ready = True
+        self._pass_error = None
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
+
+    def _note_faults(self, planned: tuple[ConnectionFault, ...], applied: list[ConnectionFault]) -> None:
+        """Planning faults are counted in their steps already; applying faults are counted
+        here, once the steps are recorded, so the verdict says what failed. Each is logged
+        with its traceback when it first shows (or changes), then quietly while it lasts."""
+        state = self.state
+        connections = [(r.key, r.settings.vpn) for r in state.records.values()]
+        owned: list[ConnectionFault] = []
+        for fault in applied:
+            key = fault.key or (action_owner(fault.action, connections) if fault.action is not None else None)
+            if key not in state.records:
+                log.error("%s failed for no configured connection: %s", type(fault.action).__name__,
+                          fault.text, exc_info=fault.error)
+                continue
+            owned.append(replace(fault, key=key))
+            record = state.records[key]
+            state.records[key] = replace(record, memory=record.memory.with_fault(owned[-1]))
+        seen = set()
+        for fault in (*planned, *owned):
+            if fault.key in state.records:
+                seen.add((fault.key, fault.stage))
+                self._log_fault(state.records[fault.key].settings.label, fault)
+        for key, stage in [k for k in self._faults_logged if k not in seen]:
+            del self._faults_logged[(key, stage)]
+            if key in state.records:
+                log.info("%s: %s works again", state.records[key].settings.label,
+                         "planning" if stage is FaultStage.PLAN else "applying")
+
+    def _log_fault(self, label: str, fault: ConnectionFault) -> None:
+        doing = "planning" if fault.stage is FaultStage.PLAN else "applying"
+        if self._faults_logged.get((fault.key, fault.stage)) == fault.text:
+            log.debug("%s: %s failed again: %s", label, doing, fault.text)
+            return
+        self._faults_logged[(fault.key, fault.stage)] = fault.text
+        log.error("%s: %s failed: %s; its tunnels are left as they are, the other connections go on",
+                  label, doing, fault.text, exc_info=fault.error)
 
     def _forget_deleted(self) -> None:
         """A connection Heroku deleted long enough ago has its tunnels unloaded by the
@@ -278,7 +349,12 @@ class Controller:
             vpn = record.far_end.vpn
             if record.settings.local_address or record.memory.local_address or vpn is None:
                 continue
-            found[record.key] = self._edges.detect_local_address(vpn.tunnel(1).ip)
+            try:
+                found[record.key] = self._edges.detect_local_address(vpn.tunnel(1).ip)
+            except Exception as e:  # one connection's far end must not stop the pass
+                log.error("%s: finding our address towards tunnel 1 (%s) failed: %s: %s", record.settings.label,
+                          vpn.tunnel(1).ip, type(e).__name__, e)
+                found[record.key] = None
             if found[record.key] is None:
                 log.error("%s: no route to tunnel 1 (%s); set local_address", record.settings.label, vpn.tunnel(1).ip)
         return found
@@ -305,10 +381,22 @@ class Controller:
             charon_reachable=state.charon.reachable,
             charon_version=state.charon.version,
             ready=state.ready,
-            connections=tuple(connection_view(r, state.charon, self._wall()) for r in state.records.values()),
-            errors=state.errors,
+            connections=tuple(self._view(r) for r in state.records.values()),
+            errors=state.errors + ((self._pass_error,) if self._pass_error else ()),
             api_budget=api_budget_view(state.api_pace),
         )
+
+    def _view(self, record: ConnectionRecord) -> ConnectionView:
+        try:
+            return connection_view(record, self.state.charon, self._wall())
+        except Exception as e:  # one connection's status must not hide the others'
+            log.exception("%s: cannot build its status", record.settings.label)
+            settings = record.settings
+            return ConnectionView(space=settings.space, vpn=settings.vpn, mode=settings.mode.value,
+                                  mode_reason=settings.mode_reason, source=record.far_end.source,
+                                  connection_status=record.far_end.connection_status, health=Health.DOWN,
+                                  summary=one_line(f"status unavailable ({type(e).__name__}: {e}); "
+                                                   f"see the agent's log", MAX_PASS_ERROR))
 
     @property
     def config(self) -> AgentConfig:

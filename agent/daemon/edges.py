@@ -1,6 +1,10 @@
 """The I/O of one pass, at the edges: observe charon and the kernel, then carry out a
 plan's actions through the adapters and report what each came to. Holds adapters and
 nothing else: every fact it learns goes back to the loop, which owns all state.
+
+Each action is applied contained: an adapter's own error is a refusal, anything else
+(an encoder's struct.error on a huge value, a bug) a fault of the connection it works
+for (core/faults), and the next action goes ahead either way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from agent.core.charon_objects import (
     UnloadShared,
 )
 from agent.core.decide import ConnectionStep
+from agent.core.faults import ConnectionFault, FaultStage
 from agent.core.netstate import NetState
 from agent.core.observation import CharonState
 from agent.core.route_mode import DeleteRoute, EnsureInterface, RemoveInterface, Reroute, RouteAction, SetRoute
@@ -45,6 +50,7 @@ class Outcomes:
     loaded: dict[str, str] = field(default_factory=dict)  # conn name -> fingerprint, loads that succeeded
     unloaded: set[str] = field(default_factory=set)
     initiates: list[tuple[str, str, str]] = field(default_factory=list)  # (key, conn name, accepted|refused)
+    faults: list[ConnectionFault] = field(default_factory=list)  # key "" in setup: the loop finds the owner
 
 
 class Edges:
@@ -83,7 +89,7 @@ class Edges:
     def apply_setup(self, actions: tuple[RouteAction | CharonAction, ...]) -> Outcomes:
         """Interfaces first (children bind to their if_ids), then charon's objects."""
         outcomes = Outcomes()
-        self._apply_net([a for a in actions if isinstance(a, ROUTE_ACTIONS)], None)
+        self._apply_net([a for a in actions if isinstance(a, ROUTE_ACTIONS)], None, "", outcomes)
         for action in actions:
             if not isinstance(action, ROUTE_ACTIONS):
                 self._apply_charon(action, "", outcomes)
@@ -95,7 +101,7 @@ class Edges:
                         step.failover.to_tunnel, step.failover.reason.detail)
         for action in step.charon_actions:
             self._apply_charon(action, step.key, outcomes)
-        self._apply_net(list(step.net_actions), since)
+        self._apply_net(list(step.net_actions), since, step.key, outcomes)
 
     def sync_mss(self, rules: dict[str, int] | None) -> None:
         if self._mss is None or rules is None:
@@ -106,10 +112,14 @@ class Edges:
         except MssClampError as e:
             log.warning("%s", e)
 
-    def arm_reroutes(self, plans: tuple[Reroute, ...], net: NetState, since: int) -> None:
-        if self._reroute is not None:
-            ifindex = {link.name: link.index for link in net.links.values()}
-            self._reroute.arm(list(plans), ifindex, since)
+    def arm_reroutes(self, plans: tuple[Reroute, ...], net: NetState, since: int) -> list[ConnectionFault]:
+        """Arms what it can; a plan whose routes cannot be encoded is a fault (key "")."""
+        if self._reroute is None:
+            return []
+        ifindex = {link.name: link.index for link in net.links.values()}
+        failed = self._reroute.arm(list(plans), ifindex, since)
+        return [ConnectionFault("", FaultStage.APPLY, error, plan.routes[0] if plan.routes else None)
+                for plan, error in failed]
 
     def _apply_charon(self, action: CharonAction, key: str, outcomes: Outcomes) -> None:
         result = "accepted"
@@ -117,6 +127,9 @@ class Edges:
             self._charon_call(action, outcomes)
         except CharonError as e:
             log.warning("%s failed: %s", type(action).__name__, e)
+            result = "refused"
+        except Exception as e:  # the loop logs it with the connection's name and counts it
+            outcomes.faults.append(ConnectionFault(key, FaultStage.APPLY, e, action))
             result = "refused"
         if isinstance(action, INITIATES):
             outcomes.initiates.append((key, action.conn_name, result))
@@ -147,7 +160,7 @@ class Edges:
                 log.info("%s: terminating IKE SA #%s", name, ike_id)
                 charon.terminate_ike(ike_id, timeout_ms=TERMINATE_TIMEOUT_MS)
 
-    def _apply_net(self, actions: list[RouteAction], since: int | None) -> None:
+    def _apply_net(self, actions: list[RouteAction], since: int | None, key: str, outcomes: Outcomes) -> None:
         """`since`: route writes of a pass a fast reroute overtook wait for the next pass
         (None: setup, which never touches the routes a reroute moves)."""
         if not actions or self._links is None:
@@ -161,6 +174,8 @@ class Edges:
                     self._link_call(action)
                 except LinkError as e:
                     log.warning("%s failed: %s", type(action).__name__, e)
+                except Exception as e:  # e.g. pyroute2 cannot encode the route: contained
+                    outcomes.faults.append(ConnectionFault(key, FaultStage.APPLY, e, action))
 
     def _net_guard(self, since: int | None) -> AbstractContextManager[bool]:
         if self._reroute is None or since is None:

@@ -55,19 +55,26 @@ class FastReroute:
         """How many reroutes fired so far: a pass notes it before it looks at anything."""
         return self._fired
 
-    def arm(self, plans: Iterable[Reroute], ifindex: Mapping[str, int], since: int) -> None:
+    def arm(self, plans: Iterable[Reroute], ifindex: Mapping[str, int], since: int) -> list[tuple[Reroute, Exception]]:
         """Replace the armed plans with those of the pass that began at `since` (a pass
         that began before the last reroute planned on older facts and arms nothing).
-        A plan towards an interface the kernel does not show is left unarmed."""
+        A plan towards an interface the kernel does not show is left unarmed; one whose
+        messages cannot be encoded too, and comes back with its error."""
+        failed: list[tuple[Reroute, Exception]] = []
         with self._lock:
             if self._fired != since:
-                return
+                return failed
             self._armed = {}
             for plan in plans:
                 if all(route.ifname in ifindex for route in plan.routes):
-                    routes = [self._sender.prepare(r.dst, r.ifname, ifindex[r.ifname], r.metric, r.src)
-                              for r in plan.routes]
+                    try:
+                        routes = [self._sender.prepare(r.dst, r.ifname, ifindex[r.ifname], r.metric, r.src)
+                                  for r in plan.routes]
+                    except Exception as e:  # one connection's routes must not unarm the others
+                        failed.append((plan, e))
+                        continue
                     self._armed[plan.trigger] = _Armed(plan, routes)
+        return failed
 
     @contextmanager
     def guard(self, since: int) -> Iterator[bool]:

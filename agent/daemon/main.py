@@ -151,6 +151,7 @@ class Daemon:
             on_config=self._start_poller,
             on_pass=self._after_pass,
             on_probe_targets=self._set_probe_targets,
+            on_alive=self._alive,
         )
         self._prober = Prober(self._controller.post)
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._on_charon_message)
@@ -217,6 +218,8 @@ class Daemon:
                 log.error("%s; keeping the running Platform API poller", e)
                 return
         if self._poller is not None:
+            # Told to stop, not waited for: a request in flight (up to api.timeout and its
+            # retries) must not hold the loop; what it still learns is never posted.
             self._poller.stop()
             self._poller = None
         if token is None:
@@ -235,7 +238,12 @@ class Daemon:
         if not self._notifier.enabled:
             return
         status = "; ".join(f"{c.space}/{c.vpn}: {c.summary}" for c in snapshot.connections)
-        self._notifier.notify(READY="1", STATUS=status[:200], WATCHDOG="1")
+        self._notifier.notify(READY="1", STATUS=status)  # the notifier makes it one line
+
+    def _alive(self) -> None:
+        """The loop thread came round: the systemd watchdog hears it (WatchdogSec), and from
+        nowhere else, so a hung loop is restarted whatever the other threads do."""
+        self._notifier.notify(WATCHDOG="1")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def test_importing_agentctl_loads_no_heavy_or_daemon_module():
 
 
 def test_agentctl_loads_nothing_of_the_agent_beyond_protocol_and_renderer():
-    """Not even agent.core.snapshot: its dataclasses cost more than the rest of agentctl."""
+    """Not even agent.core.snapshot: its dataclasses cost more than the rest of agentctl.
+    The core's text helper (stdlib only) keeps terminals safe from what the agent relays."""
     loaded = modules_of_agentctl()
     assert [name for name in loaded if name.startswith("agent")] == [
-        "agent", "agent.cli", "agent.cli.agentctl", "agent.cli.render", "agent.control", "agent.control.protocol"]
+        "agent", "agent.cli", "agent.cli.agentctl", "agent.cli.render", "agent.control", "agent.control.protocol",
+        "agent.core", "agent.core.text"]

@@ -115,7 +115,7 @@ def test_the_thread_waits_what_the_pace_says():
         p.start()
         time.sleep(1.0)
         p.stop()
-        assert api.closed
+        assert p.join(2.0) and api.closed
         assert (len(api.calls) > 5) is expect_many, (remaining, len(api.calls))
 
 
@@ -127,5 +127,65 @@ def test_stop_wakes_a_stretched_wait_at_once():
         time.sleep(0.01)
     started = time.monotonic()
     p.stop()
+    assert p.join(2.0)
     assert time.monotonic() - started < 2.0
     assert not any(t.name == "api-poller" and t.is_alive() for t in threading.enumerate())
+
+
+class StuckApi(ScriptedApi):
+    """A request that hangs until released, like a server trickling its answer."""
+
+    def __init__(self, *outcomes) -> None:
+        super().__init__(*outcomes)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def get_vpn_connection(self, space: str, vpn: str, etag: str | None = None) -> FetchResult:
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().get_vpn_connection(space, vpn, etag)
+
+
+def test_stop_returns_at_once_while_a_request_hangs_and_the_late_answer_is_dropped():
+    raw = vpn_json()
+    api = StuckApi(FetchResult(parse_vpn_connection(raw), raw, '"e"', 4000))
+    p, posted = poller(api)
+    p.start()
+    assert api.entered.wait(5)
+    started = time.monotonic()
+    p.stop()
+    assert time.monotonic() - started < 0.1  # the loop thread is not held
+    assert not api.closed  # never closed under the request in flight
+    api.release.set()
+    assert p.join(5.0)
+    assert api.closed  # the thread closed it on its way out
+    assert posted == []  # the answer came after stop: the new poller's news counts, not this
+
+
+def test_a_reload_does_not_wait_for_the_old_poller(monkeypatch):
+    """Daemon._start_poller on the loop thread, while the old poller hangs in a request."""
+    from types import SimpleNamespace
+
+    from agent.config import AgentConfig, ApiConfig, ConnectionConfig
+    from agent.daemon.main import Daemon
+
+    old_api = StuckApi(4000)
+    old, _ = poller(old_api)
+    old.start()
+    assert old_api.entered.wait(5)
+    posted: list[object] = []
+    daemon = object.__new__(Daemon)  # only what _start_poller uses: the rest needs a gateway
+    daemon._poller, daemon._controller = old, SimpleNamespace(post=posted.append)
+    monkeypatch.setenv("HEROKU_API_KEY", "hrku-test-token-0123456789")
+    monkeypatch.setattr("agent.daemon.main.PlatformApi", lambda *args, **kwargs: ScriptedApi(4000))
+    config = AgentConfig(api=ApiConfig(url="http://127.0.0.1:9", poll_interval=30.0),
+                         connections=(ConnectionConfig(space="acme-space", vpn="lab"),))
+    started = time.monotonic()
+    daemon._start_poller(config)
+    try:
+        assert time.monotonic() - started < 0.5
+        assert daemon._poller is not old
+    finally:
+        daemon._poller.stop()
+        old_api.release.set()
+    assert old.join(5.0) and daemon._poller.join(5.0)

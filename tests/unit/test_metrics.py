@@ -59,7 +59,7 @@ OFFICE = connection("office", Health.OK, (
 LAB = connection("lab", Health.DOWN, (
     tunnel_view(1, api_status="DOWN", ike_state="DOWN", role="active"),
     tunnel_view(2, api_status="UNKNOWN", ike_state="PASSIVE", child_state="NONE"),
-), mode="route", source="cache")
+), mode="route", source="cache", connection_errors={"apply": 3})
 
 # The token's pool runs low: two connections a round, the poller waits 80 s, not 30 s.
 GOLDEN_SNAPSHOT = snapshot(OFFICE, LAB, api_budget=ApiBudgetView(

@@ -87,6 +87,7 @@ def test_to_dict_round_trips_through_json():
             "summary": "redundancy lost: tunnel 2 not established",
             "api_error": "Platform API unreachable", "api_last_success": 1699999000.0,
             "api_errors": {}, "failovers": [], "failover_counts": {}, "status_message": "", "stage": "unknown", "heroku_note": "", "generation": 0,
+            "connection_errors": {},
             "tunnels": [
                 {"number": 1, "ip": "203.0.113.11", "api_status": "UP", "ike_state": "ESTABLISHED",
                  "child_state": "INSTALLED", "role": "active", "established_seconds": 3725,
