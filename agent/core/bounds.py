@@ -113,3 +113,38 @@ def text_problem(text: str, limit: int) -> str | None:
     if not text.isprintable():
         return "holds control characters"
     return None
+
+
+def swallowed_addresses(space_cidr_block: str, routable_cidrs: Sequence[str], *,
+                        local_address: str | None, api_address: str | None) -> list[str]:
+    """What a far end's CIDRs would pull into the tunnel that must stay outside it, one
+    problem each: our own address inside space_cidr_block (it may well sit in our own
+    LAN, a gateway behind NAT, but never in the far end's network), the Platform API's
+    address (when api.url names one) inside any of them: the agent would cut itself off
+    from the answer that could fix it. None: unknown. Unparsable text is left to the
+    validation that owns it."""
+    space = [("space_cidr_block", space_cidr_block)]
+    every = space + [(f"routable_cidrs[{i}]", cidr) for i, cidr in enumerate(routable_cidrs)]
+    problems = []
+    for name, text, networks in (("local_address", local_address, space), ("the API host", api_address, every)):
+        address = _address_or_none(text)
+        for path, cidr in networks:
+            network = _network_or_none(cidr)
+            if address is not None and network is not None and network.version == address.version \
+                    and address in network:
+                problems.append(f"{path} {network} holds {name} {address}")
+    return problems
+
+
+def _address_or_none(text: str | None) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text) if text else None
+    except ValueError:
+        return None
+
+
+def _network_or_none(text: str) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None

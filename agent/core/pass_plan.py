@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from agent.core.bounds import swallowed_addresses
 from agent.core.charon_objects import CharonAction, TerminateIke, plan_objects
 from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
@@ -71,11 +72,13 @@ class PassPlan:
 @dataclass(frozen=True)
 class _Prepared:
     """One connection before its decision: its stage at Heroku, the settings roll, and
-    the charon setup wanted (None: far end or local address unknown, or forgotten)."""
+    the charon setup wanted (None: far end or local address unknown, forgotten, or
+    refused because its CIDRs would swallow our own address or the API's)."""
 
     life: Life
     roll: RollPlan | None
     desired: DesiredConnection | None
+    refused: str | None = None  # why the far end's settings are not loaded, though known
 
 
 def plan_pass(inputs: PassInputs) -> PassPlan:
@@ -111,6 +114,8 @@ def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
 
 def _step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
     conn, roll, life = prepared.desired, prepared.roll, prepared.life
+    if prepared.refused is not None:
+        return _waiting(record, inputs, None, prepared.refused)
     if conn is None or roll is None:
         return _waiting(record, inputs, None, _why_unknown(record, life, "VPN connection not known yet (Platform API)"))
     memory = replace(record.memory, local_address=_local_address(record, inputs), running=roll.settings)
@@ -134,6 +139,12 @@ def _prepare(record: ConnectionRecord, inputs: PassInputs) -> _Prepared:
     vpn, local_address = far_end.vpn, _local_address(record, inputs)
     if vpn is None or local_address is None or life.stage is Stage.FORGOTTEN:
         return _Prepared(life, None, None)
+    swallowed = swallowed_addresses(vpn.space_cidr_block, vpn.routable_cidrs, local_address=local_address,
+                                    api_address=settings.api_address)
+    if swallowed:
+        # Nothing new is loaded; what runs stays as it is (like an unreachable API).
+        return _Prepared(life, None, None, refused="refused the far end's settings: " + "; ".join(swallowed)
+                         + " (tunnels left as they are)")
     roll = plan_roll(published(vpn, far_end.generation), memory.running, memory.active, memory.health,
                      route_mode=settings.mode is Mode.ROUTE)
     source = settings.source_address or source_inside(tuple(vpn.routable_cidrs), inputs.net.addresses)

@@ -87,8 +87,8 @@ class _Reader:
         return value
 
     def parsed(self, key: str, parse: Callable[[str], str], what: str, *, optional=False) -> str:
-        raw = self.string(key, optional=optional)
-        if not raw:
+        raw = self.string(key, optional=optional, non_empty=not optional)
+        if not raw.strip():
             return ""
         try:
             return parse(raw)
