@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent.adapters.connection_cache import ConnectionCache
 from agent.core.payload import PayloadError, parse_vpn_answer
+from agent.core.snapshot import Health
+from tests.unit.test_controller import config_file  # noqa: F401 (a fixture)
 from tests.unit.test_payload import GOOD, PSK1, PSK2, _set, good
 
 LONG_PSK = "A" * 70_000
@@ -170,3 +172,50 @@ def test_any_json_value_gives_an_answer_or_a_payload_error(data):
 @given(st.lists(st.tuples(PATHS, FIELD_VALUES), min_size=1, max_size=4))
 def test_any_mutated_answer_gives_an_answer_or_a_payload_error(changes):
     _parses_or_refuses(_mutated(changes))
+
+
+# --- a refused answer changes nothing that runs -------------------------------------------
+
+HOSTILE = [
+    ("space-half-internet", _set("space_cidr_block", "0.0.0.0/1"), "space_cidr_block"),
+    ("psk-70000", _set("tunnels[0].pre_shared_key", LONG_PSK), "tunnels[0].pre_shared_key"),
+    ("tunnel-ip-loopback", _set("tunnels[1].ip", "127.0.0.1"), "tunnels[1].ip"),
+]
+
+
+@pytest.mark.parametrize("mutate, field", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_a_refused_answer_keeps_the_last_good_one_the_cache_and_the_tunnels(config_file, mutate, field):
+    """Through the real adapter: the poller posts the refusal as an ApiFailure; charon
+    gets no call, the cache keeps the last good answer, status names the field."""
+    import httpx
+
+    from agent.adapters.heroku import ApiPayloadError, PlatformApi
+    from agent.core.model import Secret
+    from agent.daemon.messages import ApiFailure
+    from tests.unit.test_controller import FakeCharon, answer, make_controller, vpn_json
+
+    charon = FakeCharon()
+    controller, cache = make_controller(config_file, charon)
+    good_body = vpn_json()
+    controller.handle(answer(good_body))
+    controller.reconcile_pass()
+    controller.reconcile_pass()
+    cached_before = cache.path("acme-space", "office").read_bytes()
+    charon.calls.clear()
+
+    hostile = copy.deepcopy(good_body)
+    mutate(hostile)
+    api = PlatformApi("http://127.0.0.1:9", Secret("HRKU-test"), timeout=5.0, attempts=1,
+                      transport=httpx.MockTransport(lambda request: httpx.Response(200, json=hostile)))
+    with pytest.raises(ApiPayloadError) as refused:
+        api.get_vpn_connection("acme-space", "office")
+    controller.handle(ApiFailure("acme-space-office", refused.value.kind, str(refused.value)))
+    controller.reconcile_pass()
+
+    assert charon.calls == []
+    assert cache.path("acme-space", "office").read_bytes() == cached_before
+    view = controller.snapshot.connections[0]
+    assert f"{field}:" in view.api_error and LONG_PSK not in view.api_error
+    assert view.health is Health.OK
+    record = controller.state.records["acme-space-office"]
+    assert record.far_end.vpn == parse_vpn_answer(good_body).connection
