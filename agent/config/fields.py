@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from agent.core.durations import parse_duration
+from agent.core.durations import format_duration, parse_duration
 
 # Keys people write when they mean to inline a secret: say where the secret belongs instead.
 _INLINE_SECRET_KEYS = {"psk": "psk_file", "pre_shared_key": "psk_file", "token": "token_file",
@@ -77,17 +77,25 @@ def _resolve(value: str, base_dir: Path) -> Path:
     return Path(base_dir, value.strip())
 
 
-def _duration(section: dict, key: str, path: str, problems: list[str], default: float) -> float:
+def _duration(section: dict, key: str, path: str, problems: list[str], default: float,
+              bounds: tuple[float, float]) -> float:
+    """Seconds, from `bounds` (minimum, maximum) inclusive; the default when absent or wrong."""
     raw = section.get(key)
     if raw is None:
         return default
+    where = _at(path, key)
     try:
-        seconds = parse_duration(raw, path=_at(path, key))
+        seconds = parse_duration(raw, path=where)
     except ValueError as e:
         problems.append(str(e))
         return default
-    if seconds <= 0:
-        problems.append(f"{_at(path, key)}: must be longer than 0s, got '{raw}'")
+    low, high = bounds
+    shown = raw.strip() if isinstance(raw, str) else format_duration(seconds)
+    if seconds < low:
+        problems.append(f"{where}: {shown} is below the minimum {format_duration(low)}")
+        return default
+    if seconds > high:
+        problems.append(f"{where}: {shown} is above the maximum {format_duration(high)}")
         return default
     return seconds
 

@@ -1,7 +1,8 @@
 """The agent's config as frozen dataclasses, each field documented with its unit, plus
 ConfigError and split_listen, which MetricsConfig uses to read its "host:port".
 
-Nothing here reads files or validates YAML: see validation.py for that.
+Nothing here reads files or validates YAML: see validation.py for that (and its
+DURATION_BOUNDS for every duration's minimum and maximum).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ class ApiConfig:
     #: File holding the API token (absolute path). None: env HEROKU_API_KEY, else the
     #: systemd credential.
     token_file: str | None = None
-    #: How often each VPN connection is read from the API, in seconds.
+    #: How often each VPN connection is read from the API, in seconds (1 s to 1 h).
     poll_interval: float = 30.0
-    #: Deadline of one API request as a whole (connect to the last byte of the answer), in seconds.
+    #: Deadline of one API request as a whole (connect to the last byte of the answer), in seconds
+    #: (1 s to 2 min).
     timeout: float = 10.0
     #: A connection the API does not know (404) counts as still being created for this
     #: long (the API is eventually consistent right after a create), then as an error.
@@ -44,7 +46,8 @@ class ApiConfig:
 class StrongswanConfig:
     #: Path of charon's VICI unix socket.
     vici_socket: str = "/var/run/charon.vici"
-    #: Seconds an IKE SA may stay CONNECTING before it is dropped and initiated afresh.
+    #: Seconds an IKE SA may stay CONNECTING before it is dropped and initiated afresh
+    #: (1 s to 5 min).
     connect_timeout: float = 5.0
 
 
@@ -72,7 +75,7 @@ class ProbeConfig:
     #: Host on the far side probed through the tunnel: an IPv4 address (RFC 1918) or a
     #: host name (resolved at run time, RFC 1918 answers only); None: no data-path probe.
     target: str | None = None
-    #: Time between two probes, in seconds.
+    #: Time between two probes, in seconds (50 ms to 60 s).
     interval: float = 1.0
     #: Consecutive lost probes (a count) before the active tunnel counts as broken.
     failures: int = 3

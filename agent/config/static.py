@@ -10,11 +10,12 @@ from pathlib import Path
 from agent.adapters.secret_files import SecretFileError, read_secret_file
 from agent.config.fields import _describe, _ip, _mapping, _resolve
 from agent.config.schema import StaticConfig, StaticTunnelConfig
-from agent.core.addresses import PRIVATE_NETWORKS_TEXT, is_private_network
+from agent.core.bounds import overlap_problems, psk_problem, tunnel_ip_problem, tunnelled_cidr_problem
 from agent.core.model import Secret
 
 _STATIC_KEYS = ("ike_version", "routable_cidrs", "space_cidr_block", "tunnels")
 _TUNNEL_KEYS = ("ip", "psk_file")
+MAX_ROUTABLE_CIDRS = 32  # as for an API answer
 
 
 def _static(raw: object, path: str, problems: list[str], base_dir: Path) -> StaticConfig | None:
@@ -38,6 +39,18 @@ def _static(raw: object, path: str, problems: list[str], base_dir: Path) -> Stat
 
 
 def _cidr(raw: object, path: str, problems: list[str]):
+    """A tunnelled CIDR block (IPv4 inside RFC 1918), or None with the problem noted."""
+    network = _any_cidr(raw, path, problems)
+    if network is None:
+        return None
+    problem = tunnelled_cidr_problem(network)
+    if problem is not None:
+        problems.append(f"{path}: {problem}")
+        return None
+    return network
+
+
+def _any_cidr(raw: object, path: str, problems: list[str]):
     if raw is None:
         problems.append(f"{path}: required: a CIDR block such as 10.0.0.0/16")
         return None
@@ -58,21 +71,16 @@ def _routable_cidrs(raw: object, path: str, space_block, problems: list[str]) ->
         problems.append(f"{path}: expected a list of your side's RFC 1918 CIDR blocks, "
                         f"got {_describe(raw)}")
         return ()
+    if len(raw) > MAX_ROUTABLE_CIDRS:
+        problems.append(f"{path}: {len(raw)} entries, more than the {MAX_ROUTABLE_CIDRS} allowed")
+        return ()
     networks = []
     for index, item in enumerate(raw):
-        item_path = f"{path}[{index}]"
-        network = _cidr(item, item_path, problems)
-        if network is None:
-            continue
-        if not is_private_network(network):
-            problems.append(f"{item_path}: {network} is not private (RFC 1918: {PRIVATE_NETWORKS_TEXT})")
-        elif space_block is not None and network.overlaps(space_block):
-            problems.append(f"{item_path}: {network} overlaps space_cidr_block {space_block}")
-        for earlier_index, earlier in networks:
-            if network.overlaps(earlier):
-                problems.append(f"{item_path}: {network} overlaps "
-                                f"routable_cidrs[{earlier_index}] {earlier}")
-        networks.append((index, network))
+        network = _cidr(item, f"{path}[{index}]", problems)
+        if network is not None:
+            networks.append((f"{path}[{index}]", network))
+    for item_path, problem in overlap_problems(space_block, networks):
+        problems.append(f"{item_path}: {problem}")
     return tuple(str(network) for _, network in networks)
 
 
@@ -98,6 +106,9 @@ def _static_tunnel(raw: object, path: str, problems: list[str],
     ip = _ip(section, "ip", path, problems)
     if ip is None and section.get("ip") is None:
         problems.append(f"{path}.ip: required: the public IP of this tunnel's far end")
+    elif ip is not None and (problem := tunnel_ip_problem(ipaddress.ip_address(ip))) is not None:
+        problems.append(f"{path}.ip: {problem}")
+        ip = None
     psk = _read_psk(section.get("psk_file"), f"{path}.psk_file", problems, base_dir)
     if ip is None or psk is None:
         return None
@@ -126,5 +137,9 @@ def _read_psk(raw: object, path: str, problems: list[str],
         return None
     if "\n" in key:
         problems.append(f"{path}: {file} holds more than one line; it must hold only the key")
+        return None
+    problem = psk_problem(key)
+    if problem is not None:
+        problems.append(f"{path}: the key in {file} {problem}")
         return None
     return Secret(key), str(file)

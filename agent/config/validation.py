@@ -24,7 +24,8 @@ from agent.config.schema import (
     split_listen,
 )
 from agent.config.static import _static
-from agent.core.addresses import is_loopback_host, is_private_address
+from agent.core.addresses import is_loopback_host, is_private_address, url_address
+from agent.core.bounds import swallowed_addresses
 from agent.core.model import object_name
 from agent.core.modes import Mode
 from agent.core.selectors import TrafficSelectors, selector_problem
@@ -38,10 +39,23 @@ _CONNECTION_KEYS = ("space", "vpn", "local_address", "local_id", "mode", "probe"
                     "source_address", "tunnel_mtu", "tcp_mss", "preferred_tunnel", "failback_hold_down",
                     "traffic_selectors")
 _PROBE_KEYS = ("target", "port", "interval", "failures", "resolve_interval")
-#: Bounds of probe.resolve_interval, in seconds.
-_RESOLVE_INTERVAL_BOUNDS = (1.0, 3600.0)
+#: (minimum, maximum) of each duration, in seconds; config/agent.example.yaml states them.
+#: Polling faster than 1 s would spend the account's API budget (shared with its other
+#: tools); probes faster than 50 ms are noise, slower than a minute no failover.
+DURATION_BOUNDS = {
+    "api.poll_interval": (1.0, 3600.0),
+    "api.timeout": (1.0, 120.0),
+    "api.not_found_grace": (1.0, 86400.0),
+    "api.forget_deleted_after": (1.0, 7 * 86400.0),
+    "strongswan.connect_timeout": (1.0, 300.0),
+    "connections[].probe.interval": (0.05, 60.0),
+    "connections[].probe.resolve_interval": (1.0, 3600.0),
+    "connections[].failback_hold_down": (1.0, 86400.0),
+}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_CONFIG_NAME = 63  # characters of a space or vpn name
+_MAX_SHOWN = 60
 
 
 def parse_config(data: object, *, base_dir: Path) -> AgentConfig:
@@ -54,15 +68,16 @@ def parse_config(data: object, *, base_dir: Path) -> AgentConfig:
     if log_level not in _LOG_LEVELS:
         problems.append(f"log_level: '{top['log_level']}' is not a log level "
                         "(use debug, info, warning or error)")
+    api = _api(top.get("api"), problems, base_dir)
     config = AgentConfig(
-        api=_api(top.get("api"), problems, base_dir),
+        api=api,
         strongswan=_strongswan(top.get("strongswan"), problems, base_dir),
         state_dir=_file_path(top, "state_dir", "", problems, base_dir, AgentConfig.state_dir),
         control_socket=_file_path(top, "control_socket", "", problems, base_dir,
                                   AgentConfig.control_socket),
         metrics=_metrics(top.get("metrics"), problems),
         log_level=log_level,
-        connections=_connections(top.get("connections"), problems, base_dir),
+        connections=_connections(top.get("connections"), problems, base_dir, url_address(api.url)),
     )
     if problems:
         raise ConfigError(problems)
@@ -77,11 +92,13 @@ def _api(raw: object, problems: list[str], base_dir: Path) -> ApiConfig:
     return ApiConfig(
         url=url.rstrip("/"),
         token_file=token_file,
-        poll_interval=_duration(section, "poll_interval", "api", problems, ApiConfig.poll_interval),
-        timeout=_duration(section, "timeout", "api", problems, ApiConfig.timeout),
-        not_found_grace=_duration(section, "not_found_grace", "api", problems, ApiConfig.not_found_grace),
+        poll_interval=_duration(section, "poll_interval", "api", problems, ApiConfig.poll_interval,
+                                DURATION_BOUNDS["api.poll_interval"]),
+        timeout=_duration(section, "timeout", "api", problems, ApiConfig.timeout, DURATION_BOUNDS["api.timeout"]),
+        not_found_grace=_duration(section, "not_found_grace", "api", problems, ApiConfig.not_found_grace,
+                                  DURATION_BOUNDS["api.not_found_grace"]),
         forget_deleted_after=_duration(section, "forget_deleted_after", "api", problems,
-                                       ApiConfig.forget_deleted_after),
+                                       ApiConfig.forget_deleted_after, DURATION_BOUNDS["api.forget_deleted_after"]),
     )
 
 
@@ -107,7 +124,7 @@ def _strongswan(raw: object, problems: list[str], base_dir: Path) -> StrongswanC
         vici_socket=_file_path(section, "vici_socket", "strongswan", problems, base_dir,
                                StrongswanConfig.vici_socket),
         connect_timeout=_duration(section, "connect_timeout", "strongswan", problems,
-                                   StrongswanConfig.connect_timeout),
+                                   StrongswanConfig.connect_timeout, DURATION_BOUNDS["strongswan.connect_timeout"]),
     )
 
 
@@ -127,7 +144,8 @@ def _metrics(raw: object, problems: list[str]) -> MetricsConfig:
     return MetricsConfig(listen=listen)
 
 
-def _connections(raw: object, problems: list[str], base_dir: Path) -> tuple[ConnectionConfig, ...]:
+def _connections(raw: object, problems: list[str], base_dir: Path,
+                 api_address: str | None) -> tuple[ConnectionConfig, ...]:
     if raw is None or raw == []:
         problems.append("connections: at least one connection is required")
         return ()
@@ -136,7 +154,7 @@ def _connections(raw: object, problems: list[str], base_dir: Path) -> tuple[Conn
         return ()
     parsed = []
     for index, item in enumerate(raw):
-        connection = _connection(item, f"connections[{index}]", problems, base_dir)
+        connection = _connection(item, f"connections[{index}]", problems, base_dir, api_address)
         if connection is not None:
             parsed.append((index, connection))
     _check_unique(parsed, problems)
@@ -160,8 +178,8 @@ def _check_unique(parsed: list[tuple[int, ConnectionConfig]], problems: list[str
         by_object.setdefault(name, (index, conn.label))
 
 
-def _connection(raw: object, path: str, problems: list[str],
-                base_dir: Path) -> ConnectionConfig | None:
+def _connection(raw: object, path: str, problems: list[str], base_dir: Path,
+                api_address: str | None) -> ConnectionConfig | None:
     """None when space/vpn are unusable; other problems only land in `problems`."""
     section = _mapping(raw, path, _CONNECTION_KEYS, problems)
     if not isinstance(raw, dict):
@@ -183,6 +201,11 @@ def _connection(raw: object, path: str, problems: list[str],
     selectors = _traffic_selectors(section, mode, path, problems)
     if static is not None:
         _check_static_selectors(static, mode, selectors, f"{path}.static", problems)
+    if static is not None:
+        # What the loop would refuse in every pass (core/pass_plan) is refused here already.
+        for problem in swallowed_addresses(static.space_cidr_block, static.routable_cidrs,
+                                           local_address=local_address, api_address=api_address):
+            problems.append(f"{path}.static: {problem}")
     connection_kwargs = dict(
         local_address=local_address,
         local_id=_string(section, "local_id", path, problems, None) or local_address,
@@ -195,7 +218,8 @@ def _connection(raw: object, path: str, problems: list[str],
         tcp_mss=_whole(section, "tcp_mss", path, problems, ConnectionConfig.tcp_mss, 0, 8960),
         preferred_tunnel=_whole(section, "preferred_tunnel", path, problems, None, 1, 2),
         failback_hold_down=_duration(section, "failback_hold_down", path, problems,
-                                     ConnectionConfig.failback_hold_down),
+                                     ConnectionConfig.failback_hold_down,
+                                     DURATION_BOUNDS["connections[].failback_hold_down"]),
     )
     if space is None or vpn is None:
         return None
@@ -232,10 +256,19 @@ def _name(section: dict, key: str, path: str, problems: list[str],
     if raw is None:
         return default
     if not isinstance(raw, str) or not _NAME.fullmatch(raw):
-        problems.append(f"{path}.{key}: '{raw}' is not a valid name "
+        problems.append(f"{path}.{key}: '{_shown(raw)}' is not a valid name "
                         "(letters, digits, '.', '_' and '-')")
         return None
+    if len(raw) > MAX_CONFIG_NAME:
+        # It ends up in file names (the cache) and charon's object names.
+        problems.append(f"{path}.{key}: {len(raw)} characters, more than the {MAX_CONFIG_NAME} allowed")
+        return None
     return raw
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
 def _mode(section: dict, path: str, problems: list[str]) -> Mode:
@@ -288,9 +321,11 @@ def _probe(raw: object, path: str, problems: list[str]) -> ProbeConfig:
     return ProbeConfig(
         target=target,
         port=port,
-        interval=_duration(section, "interval", path, problems, ProbeConfig.interval),
+        interval=_duration(section, "interval", path, problems, ProbeConfig.interval,
+                           DURATION_BOUNDS["connections[].probe.interval"]),
         failures=failures,
-        resolve_interval=_resolve_interval(section, path, problems),
+        resolve_interval=_duration(section, "resolve_interval", path, problems, ProbeConfig.resolve_interval,
+                                   DURATION_BOUNDS["connections[].probe.resolve_interval"]),
     )
 
 
@@ -326,12 +361,3 @@ def _port(raw: object, path: str, problems: list[str]) -> int | None:
                         "internal-routing app")
         return None
     return raw
-
-
-def _resolve_interval(section: dict, path: str, problems: list[str]) -> float:
-    seconds = _duration(section, "resolve_interval", path, problems, ProbeConfig.resolve_interval)
-    low, high = _RESOLVE_INTERVAL_BOUNDS
-    if not low <= seconds <= high:
-        problems.append(f"{path}.resolve_interval: must be from 1s to 1h, got '{section['resolve_interval']}'")
-        return ProbeConfig.resolve_interval
-    return seconds

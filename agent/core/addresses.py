@@ -6,6 +6,7 @@ cannot disagree about them.
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
 
 #: RFC 1918: the only networks a Private Space VPN routes, and the only probe targets.
 PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
@@ -35,3 +36,12 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address((host or "").strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def url_address(url: str) -> str | None:
+    """The IP address a URL names as its host (None for a host name or no URL)."""
+    try:
+        host = urlsplit(url).hostname
+        return str(ipaddress.ip_address(host)) if host else None
+    except ValueError:
+        return None

@@ -54,6 +54,7 @@ class ConnectionSettings:
     connect_timeout: float = 5.0  # s a negotiation may take before it is dropped
     not_found_grace: float = 300.0  # s a 404 counts as "still being created"
     forget_deleted_after: float = 900.0  # s a deleted connection keeps its tunnels
+    api_address: str | None = None  # the Platform API's IP when api.url names one: never tunnelled
 
     @property
     def label(self) -> str:

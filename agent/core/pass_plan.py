@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from agent.core.bounds import swallowed_addresses
 from agent.core.charon_objects import CharonAction, TerminateIke, plan_loads, plan_unloads
 from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
@@ -77,12 +78,14 @@ class PassPlan:
 @dataclass(frozen=True)
 class _Prepared:
     """One connection before its decision: its stage at Heroku, the settings roll, and
-    the charon setup wanted (None: far end or local address unknown, or forgotten)."""
+    the charon setup wanted (None: far end or local address unknown, forgotten, or
+    refused because its CIDRs would swallow our own address or the API's)."""
 
     life: Life
     roll: RollPlan | None
     desired: DesiredConnection | None
     refusal: str | None = None  # why the far end's latest settings are not loaded (core/selectors)
+    refused: str | None = None  # why the far end's settings are not loaded at all, though known (core/bounds)
 
 
 def plan_pass(inputs: PassInputs) -> PassPlan:
@@ -195,6 +198,8 @@ def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
 
 def _step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
     conn, roll, life = prepared.desired, prepared.roll, prepared.life
+    if prepared.refused is not None:
+        return _waiting(record, inputs, None, prepared.refused)
     if conn is None or roll is None:
         why = prepared.refusal or _why_unknown(record, life, "VPN connection not known yet (Platform API)")
         return _waiting(record, inputs, None, why)
@@ -224,6 +229,12 @@ def _prepare(record: ConnectionRecord, inputs: PassInputs) -> _Prepared:
     vpn, local_address = far_end.vpn, _local_address(record, inputs)
     if vpn is None or local_address is None or life.stage is Stage.FORGOTTEN:
         return _Prepared(life, None, None)
+    swallowed = swallowed_addresses(vpn.space_cidr_block, vpn.routable_cidrs, local_address=local_address,
+                                    api_address=settings.api_address)
+    if swallowed:
+        # Nothing new is loaded; what runs stays as it is (like an unreachable API).
+        return _Prepared(life, None, None, refused="refused the far end's settings: " + "; ".join(swallowed)
+                         + " (tunnels left as they are)")
     target = published(vpn, far_end.generation)
     refusal = connection_selector_problem(record)
     if refusal is not None:

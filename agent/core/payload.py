@@ -9,7 +9,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from agent.core.addresses import is_private_network
+from agent.core.bounds import (
+    MAX_NAME,
+    MAX_TOKEN,
+    networks_holding,
+    overlap_problems,
+    psk_problem,
+    text_problem,
+    tunnel_ip_problem,
+    tunnelled_cidr_problem,
+)
 from agent.core.model import ConnectionStatus, Secret, Tunnel, TunnelApiStatus, VpnAnswer, VpnConnection
 from agent.core.text import one_line
 
@@ -19,6 +28,8 @@ _MAX_SHOWN = 60
 # Heroku's messages are a sentence ("supplied CIDR block already in use"); more is junk.
 MAX_STATUS_MESSAGE = 500
 _MAX_STATUS_NAME = 40
+# Heroku allows a handful of routable CIDRs; far more is junk, and each costs selectors.
+MAX_ROUTABLE_CIDRS = 32
 
 
 class PayloadError(ValueError):
@@ -66,9 +77,19 @@ class _Reader:
             self.problem(key, "must not be empty")
         return value
 
+    def capped(self, key: str, limit: int, *, optional: bool = False, non_empty: bool = False) -> str:
+        """A name or token: refused when too long or holding control characters (the
+        message says which, never the value: it may be junk of any size)."""
+        value = self.string(key, optional=optional, non_empty=non_empty)
+        problem = text_problem(value, limit)
+        if problem is not None:
+            self.problem(key, problem)
+            return ""
+        return value
+
     def parsed(self, key: str, parse: Callable[[str], str], what: str, *, optional=False) -> str:
-        raw = self.string(key, optional=optional)
-        if not raw:
+        raw = self.string(key, optional=optional, non_empty=not optional)
+        if not raw.strip():
             return ""
         try:
             return parse(raw)
@@ -85,19 +106,29 @@ def _network(raw: str) -> str:
     return str(ipaddress.ip_network(raw, strict=False))
 
 
-def _is_rfc1918(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return is_private_network(net)
+def _space_cidr(r: _Reader) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    text = r.parsed("space_cidr_block", _network, "a network")
+    if not text:
+        return None
+    network = ipaddress.ip_network(text)
+    problem = tunnelled_cidr_problem(network)
+    if problem is not None:
+        r.problem("space_cidr_block", problem)
+        return None
+    return network
 
 
-def _routable_cidrs(problems: list[str], data: dict, space_cidr: str) -> tuple[str, ...]:
+def _routable_cidrs(problems: list[str], data: dict, space) -> list:
     value = data.get("routable_cidrs")
     if not isinstance(value, list):
         problems.append(f"routable_cidrs: expected a list, got {_type_name(value)}")
-        return ()
+        return []
     if not value:
         problems.append("routable_cidrs: must not be empty")
-    space = ipaddress.ip_network(space_cidr) if space_cidr else None
-    result = []
+    if len(value) > MAX_ROUTABLE_CIDRS:
+        problems.append(f"routable_cidrs: {len(value)} entries, more than the {MAX_ROUTABLE_CIDRS} allowed")
+        return []
+    networks = []
     for i, raw in enumerate(value):
         where = f"routable_cidrs[{i}]"
         if not isinstance(raw, str):
@@ -108,13 +139,14 @@ def _routable_cidrs(problems: list[str], data: dict, space_cidr: str) -> tuple[s
         except ValueError:
             problems.append(f"{where}: {_show(raw)} is not a network")
             continue
-        if not _is_rfc1918(net):
-            problems.append(f"{where}: {_show(raw)} is not an RFC 1918 range")
-        elif space is not None and net.overlaps(space):
-            problems.append(f"{where}: {_show(raw)} overlaps the space CIDR {space}")
+        problem = tunnelled_cidr_problem(net)
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
         else:
-            result.append(str(net))
-    return tuple(result)
+            networks.append((where, net))
+    for where, problem in overlap_problems(space, networks):
+        problems.append(f"{where}: {problem}")
+    return networks
 
 
 def _ike_version(problems: list[str], data: dict) -> int:
@@ -134,11 +166,19 @@ def _tunnel(problems: list[str], raw: object, index: int) -> Tunnel | None:
     r = _Reader(problems, raw, prefix)
     before = len(problems)
     ip = r.parsed("ip", _ip, "an IP address")
+    if ip:
+        problem = tunnel_ip_problem(ipaddress.ip_address(ip))
+        if problem is not None:
+            r.problem("ip", problem)
     r.parsed("customer_ip", _ip, "an IP address", optional=True)
     psk = r.string("pre_shared_key", non_empty=True)
-    status = r.string("status")
+    if psk:
+        problem = psk_problem(psk)
+        if problem is not None:
+            r.problem("pre_shared_key", problem)
+    status = r.capped("status", MAX_TOKEN)
     status_message = r.string("status_message", optional=True)
-    last_change = r.string("last_status_change", optional=True)
+    last_change = r.capped("last_status_change", MAX_TOKEN, optional=True)
     if len(problems) > before:
         return None
     return Tunnel(
@@ -158,7 +198,9 @@ def _tunnels(problems: list[str], data: dict) -> tuple[Tunnel, ...]:
         return ()
     if len(value) != _TUNNEL_COUNT:
         problems.append(f"tunnels: expected {_TUNNEL_COUNT} tunnels, got {len(value)}")
-    tunnels = tuple(t for t in (_tunnel(problems, raw, i) for i, raw in enumerate(value)) if t is not None)
+    # Only the two a connection has are read: a list of thousands must not drown the report.
+    tunnels = tuple(t for t in (_tunnel(problems, raw, i) for i, raw in enumerate(value[:_TUNNEL_COUNT]))
+                    if t is not None)
     # Tunnels are told apart by their IP (they carry no id): two with one IP are one.
     for later in tunnels[1:]:
         if any(t.ip == later.ip for t in tunnels[: later.number - 1]):
@@ -172,23 +214,30 @@ def parse_vpn_connection(data: object) -> VpnConnection:
         raise PayloadError([f"<root>: expected an object, got {_type_name(data)}"])
     problems: list[str] = []
     r = _Reader(problems, data)
-    conn_id = r.string("id", non_empty=True)
-    name = r.string("name", non_empty=True)
+    conn_id = r.capped("id", MAX_NAME, non_empty=True)
+    name = r.capped("name", MAX_NAME, non_empty=True)
     public_ip = r.parsed("public_ip", _ip, "an IP address")
-    space_cidr = r.parsed("space_cidr_block", _network, "a network")
-    routable = _routable_cidrs(problems, data, space_cidr)
+    space = _space_cidr(r)
+    routable = _routable_cidrs(problems, data, space)
     ike_version = _ike_version(problems, data)
     status = r.string("status")
     status_message = r.string("status_message", optional=True)
     tunnels = _tunnels(problems, data)
+    cidrs = ([("space_cidr_block", space)] if space is not None else []) + routable
+    for tunnel in tunnels:
+        # Tunnelling a tunnel's own endpoint would route its IKE and ESP into itself. The
+        # rules above already keep them apart (public endpoints, private CIDRs); this stays
+        # true should either rule ever be relaxed.
+        for where in networks_holding(ipaddress.ip_address(tunnel.ip), cidrs):
+            problems.append(f"{where}: holds tunnels[{tunnel.number - 1}].ip {tunnel.ip}")
     if problems:
         raise PayloadError(problems)
     return VpnConnection(
         id=conn_id,
         name=name,
         public_ip=public_ip,
-        routable_cidrs=routable,
-        space_cidr_block=space_cidr,
+        routable_cidrs=tuple(str(net) for _, net in routable),
+        space_cidr_block=str(space),
         ike_version=ike_version,
         status=ConnectionStatus.parse(status),
         tunnels=tunnels,

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from agent.config import AgentConfig, ConnectionConfig, static_vpn_connection
+from agent.core.addresses import url_address
 from agent.core.api_budget import PollPace
 from agent.core.decide import current_probes
 from agent.core.failover import FailoverPolicy
@@ -53,6 +54,7 @@ def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported:
         policy=FailoverPolicy(preferred=conn.preferred_tunnel, hold_down=conn.failback_hold_down),
         connect_timeout=config.strongswan.connect_timeout,
         not_found_grace=config.api.not_found_grace, forget_deleted_after=config.api.forget_deleted_after,
+        api_address=url_address(config.api.url),
     )
 
 

@@ -49,10 +49,10 @@ def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
     cache.save("s", "v", good())
     first_inode = os.stat(cache.path("s", "v")).st_ino
     newer = good()
-    newer["tunnels"][0]["pre_shared_key"] = "rotated-key"
+    newer["tunnels"][0]["pre_shared_key"] = "rotated.key"
     cache.save("s", "v", newer)
     assert os.stat(cache.path("s", "v")).st_ino != first_inode  # a new file renamed over
-    assert cache.load("s", "v").tunnel(1).psk.reveal() == "rotated-key"
+    assert cache.load("s", "v").tunnel(1).psk.reveal() == "rotated.key"
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.path("s", "v").name]
 
 

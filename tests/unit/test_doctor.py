@@ -40,7 +40,7 @@ def raw_vpn(**fields) -> dict:
         "id": "123456789012", "name": "office", "public_ip": "35.161.69.30",
         "routable_cidrs": ["172.16.0.0/16"], "space_cidr_block": "10.0.0.0/16", "ike_version": 1,
         "status": "active", "status_message": "",
-        "tunnels": [{"ip": ip, "customer_ip": "35.161.69.30", "pre_shared_key": "psk-not-shown",
+        "tunnels": [{"ip": ip, "customer_ip": "35.161.69.30", "pre_shared_key": "psk.not_shown",
                      "status": "UP", "status_message": "", "last_status_change": "2016-10-25T22:09:05Z"}
                     for ip in TUNNEL_IPS],
     }

@@ -13,7 +13,7 @@ import pytest
 from space_vpn_lab.fake_api import ACCEPT, FakePlatformApi
 
 TOKEN = "HRKU-fake-token-0123456789"
-PSKS = ["fake-psk-one-AAAA", "fake-psk-two-BBBB"]
+PSKS = ["fake.psk_one_AAAA", "fake.psk_two_BBBB"]
 
 
 def add_office(fake: FakePlatformApi, space: str = "my-space", vpn: str = "office") -> dict:

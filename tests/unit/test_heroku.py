@@ -221,7 +221,7 @@ def test_invalid_payload_is_payload_error(fake, make_api, sleeps):
         make_api().get_vpn_connection("my-space", "bad")
     message = str(info.value)
     assert info.value.kind == "payload"
-    assert "routable_cidrs[0]: '8.8.0.0/16' is not an RFC 1918 range" in message
+    assert "routable_cidrs[0]: 8.8.0.0/16 is not inside RFC 1918" in message
     assert "ike_version: must be 1 or 2, got 3" in message
     assert "tunnels[1].ip: 'abc' is not an IP address" in message
     assert all(psk not in message for psk in PSKS)

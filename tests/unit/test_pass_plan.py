@@ -287,3 +287,33 @@ def test_a_refused_answer_keeps_the_previous_settings_running_and_managed():
     health, summary = step.memory.verdict
     assert health is Health.DEGRADED and "not loaded" in summary and "192.168.50.0/24" in summary
     assert step.memory.running[1].routable_cidrs == ("172.16.0.0/16",)
+
+
+def test_a_far_end_whose_cidrs_hold_our_own_address_or_the_apis_is_refused_and_what_runs_stays():
+    """The answer is valid on its own; only with the config is it wrong: the space CIDR
+    would swallow local_address, or a CIDR the Platform API's address."""
+    running = record()
+    loaded = loaded_fingerprints(running)
+    charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(child=True), T2: up(child=False)})
+    swallowing = replace(VPN, space_cidr_block="10.0.0.0/8")
+    cases = [
+        (replace(running.settings, local_address="10.9.0.1"),
+         "space_cidr_block 10.0.0.0/8 holds local_address 10.9.0.1"),
+        (replace(running.settings, api_address="172.16.3.4"),
+         "routable_cidrs[0] 172.16.0.0/16 holds the API host 172.16.3.4"),
+    ]
+    for settings, expected in cases:
+        far_end = running.far_end if settings.api_address else replace(running.far_end, vpn=swallowing)
+        plan = plan_pass(inputs(ConnectionRecord(settings, far_end, running.memory), charon=charon, loaded=loaded))
+        assert plan.setup == ()  # nothing loaded, unloaded or terminated
+        (step,) = plan.steps
+        assert step.charon_actions == () and step.net_actions == ()
+        assert step.memory.verdict == (Health.DOWN, f"refused the far end's settings: {expected} (tunnels left as they are)")
+
+
+def test_our_own_address_inside_our_own_routable_cidr_is_fine():
+    """A gateway behind NAT often has its address in its own LAN."""
+    rec = record()
+    settings = replace(rec.settings, local_address="172.16.0.1")
+    plan = plan_pass(inputs(ConnectionRecord(settings, rec.far_end, rec.memory), charon=CharonState(True)))
+    assert [type(a) for a in plan.setup] == [LoadTunnel, LoadTunnel]

@@ -11,8 +11,8 @@ from hypothesis import given, strategies as st
 from agent.core.model import ConnectionStatus, Secret, TunnelApiStatus
 from agent.core.payload import MAX_STATUS_MESSAGE, PayloadError, parse_vpn_answer, parse_vpn_connection
 
-PSK1 = "psk-one-Xq9Lr2"
-PSK2 = "psk-two-Zk4Tn7"
+PSK1 = "psk.one_Xq9Lr2"
+PSK2 = "psk.two_Zk4Tn7"
 
 GOOD = {
     "id": "123456789012",
@@ -95,9 +95,9 @@ _DELETE = object()
 BAD_CASES = [
     ("tunnels.1.ip", _set("tunnels[1].ip", "abc"), "tunnels[1].ip: 'abc' is not an IP address"),
     ("rfc1918", _set("routable_cidrs", ["8.8.0.0/16"]),
-     "routable_cidrs[0]: '8.8.0.0/16' is not an RFC 1918 range"),
+     "routable_cidrs[0]: 8.8.0.0/16 is not inside RFC 1918 (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)"),
     ("overlap", _set("routable_cidrs", ["10.0.0.0/24"]),
-     "routable_cidrs[0]: '10.0.0.0/24' overlaps the space CIDR 10.0.0.0/16"),
+     "routable_cidrs[0]: 10.0.0.0/24 overlaps space_cidr_block 10.0.0.0/16"),
     ("ike3", _set("ike_version", 3), "ike_version: must be 1 or 2, got 3"),
     ("ike-bool", _set("ike_version", True), "ike_version: must be 1 or 2, got True"),
     ("ike-str", _set("ike_version", "2"), "ike_version: must be 1 or 2, got '2'"),
@@ -118,7 +118,7 @@ BAD_CASES = [
      "routable_cidrs[0]: '172.16.0.0/33' is not a network"),
     ("cidr-int", _set("routable_cidrs", [5]), "routable_cidrs[0]: expected a string, got int"),
     ("ipv6-cidr", _set("routable_cidrs", ["fd00::/8"]),
-     "routable_cidrs[0]: 'fd00::/8' is not an RFC 1918 range"),
+     "routable_cidrs[0]: fd00::/8 is not an IPv4 network (a Private Space VPN routes IPv4 only)"),
     ("status-missing", _set("status", _DELETE), "status: missing"),
     ("status-message-type", _set("status_message", 3), "status_message: expected a string, got int"),
     ("customer-ip", _set("tunnels[0].customer_ip", "x"),

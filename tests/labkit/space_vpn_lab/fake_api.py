@@ -55,6 +55,7 @@ class _Failure:
     status: int
     error_id: str
     retry_after: float | None
+    message: str | None = None
 
 
 @dataclass
@@ -286,6 +287,11 @@ class FakePlatformApi:
         with self._state.lock:
             self._tunnel(space, vpn, n)["ip"] = ip
 
+    def set_space_cidr_block(self, space: str, vpn: str, cidr: str) -> None:
+        """Any text at all: a hostile or broken API may send what Heroku never would."""
+        with self._state.lock:
+            self._state.connections[(space, vpn)]["space_cidr_block"] = cidr
+
     def set_connection_status(self, space: str, vpn: str, status: str, message: str = "") -> None:
         """While not active (pending, provisioning, failed...) the body has no tunnels,
         as Heroku's has none before AWS made them; they come back with `active`."""
@@ -329,10 +335,12 @@ class FakePlatformApi:
         status: int = 503,
         error_id: str = "service_unavailable",
         retry_after: float | None = None,
+        message: str | None = None,
     ) -> None:
-        """Answer the next `count` requests with `status` before any other check."""
+        """Answer the next `count` requests with `status` before any other check; the
+        error body's message is `message` (any text, newlines included) if given."""
         with self._state.lock:
-            self._state.failure = _Failure(count, status, error_id, retry_after) if count else None
+            self._state.failure = _Failure(count, status, error_id, retry_after, message) if count else None
 
     def set_token(self, token: str) -> None:
         with self._state.lock:
@@ -408,7 +416,7 @@ class FakePlatformApi:
         if failure is None or failure.count <= 0:
             return None
         failure.count -= 1
-        reply = _error(failure.status, failure.error_id, "Simulated failure.")
+        reply = _error(failure.status, failure.error_id, failure.message or "Simulated failure.")
         if failure.retry_after is not None:
             reply.headers += (("Retry-After", f"{failure.retry_after:g}"),)
         return reply
