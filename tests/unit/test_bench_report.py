@@ -118,7 +118,8 @@ def test_report_document_is_json_with_every_run():
 
 
 def test_every_scenario_has_a_driver_and_a_window():
-    assert list(bench.SCENARIOS) == ["a", "b", "c", "d"]
+    assert list(bench.SCENARIOS) == ["a", "b", "c", "d", "e", "f", "g"]
+    assert [k for k, s in bench.SCENARIOS.items() if s.api_change] == ["e", "f", "g"]
     assert all(callable(s.driver) and s.traffic_s > 0 for s in bench.SCENARIOS.values())
     assert set(bench.ROUTE_SCENARIOS) <= set(bench.SCENARIOS)
 
@@ -156,3 +157,62 @@ def test_repeated_runs_get_a_median_and_range_and_numbered_rows():
     assert summarize_repeats(runs) == ["route b graceful agent: ms lost median 13 (11-22) over 3 runs"]
     assert bench.build_row(runs[1])["scenario"] == "b graceful #2"
     assert bench.build_row(runs[0])["scenario"] == "b graceful"
+
+
+def _recreation(**overrides):
+    run = bench.new_record("policy", bench.SCENARIOS["g"], "agent", 0.01)
+    run.update(sent=2000, received=1400, lost=600, ms_lost=6600, restore_s=2.1, traffic_back_s=1.234,
+               traffic_back_window_s=18.0, follows_api=True)
+    run.update(overrides)
+    return run
+
+
+def test_row_of_a_recreation_shows_when_traffic_came_back():
+    assert bench.build_row(_recreation())["traffic_back"] == "1.23 s"
+    assert bench.build_row(_recreation(traffic_back_s=None))["traffic_back"] == "never (> 18 s)"
+    seed = _recreation(system="strongswan", traffic_back_s=None, follows_api=False)
+    assert bench.build_row(seed)["traffic_back"] == "never (needs a human)"
+    assert bench.build_row(_recreation(error="BenchError: x"))["traffic_back"] == "error"
+
+
+def test_the_traffic_back_column_appears_only_with_a_recreation():
+    rows = [bench.build_row(_run()), bench.build_row(_recreation())]
+    lines = bench.format_table(rows).splitlines()
+    assert lines[0].endswith("redundancy restored  traffic back after the new answer")
+    assert lines[1].split()[-3:] == ["3.5", "s", "-"]
+    assert lines[2].rstrip().endswith("1.23 s")
+    text = bench.format_markdown(rows, [])
+    assert text.splitlines()[:4] == [
+        "| mode | scenario | system | ms lost | redundancy restored | traffic back after the new answer |",
+        "|---|---|---|---:|---|---|",
+        "| policy | a silent | agent | 640 | 3.5 s | - |",
+        "| policy | g re-creation | agent | 6600 | 2.1 s | 1.23 s |",
+    ]
+    assert "traffic back" not in bench.format_table([bench.build_row(_run())])
+
+
+@pytest.mark.parametrize("before, after, expected", [
+    ({"IKE t1": "1", "IKE t2": "2", "CHILD t1": "3"}, {"IKE t1": "1", "IKE t2": "2", "CHILD t1": "3"}, (0, 0, 3)),
+    ({"IKE t1": "1", "IKE t2": "2", "CHILD t1": "3"}, {"IKE t1": "5", "IKE t2": "4", "CHILD t1": "6"}, (3, 0, 3)),
+    ({"IKE t1": "1", "CHILD t1": "3"}, {"IKE t1": "1"}, (0, 1, 2)),  # gone, not re-created
+    ({}, {"IKE t1": "1"}, (0, 0, 0)),
+])
+def test_sas_recreated_compares_unique_ids(before, after, expected):
+    from space_vpn_lab.bench_report import sas_recreated
+    assert sas_recreated(before, after) == expected
+
+
+def test_api_change_note_counts_the_sas_and_says_what_old_selectors_met():
+    run = bench.new_record("route", bench.SCENARIOS["f"], "agent", 0.01)
+    run.update(sas_before={"IKE t1": "1", "CHILD t1": "2"}, sas_after={"IKE t1": "1", "CHILD t1": "2"})
+    assert bench.api_change_note(run) == "route f reordered agent: SAs re-created: 0/2"
+    seed = bench.new_record("policy", bench.SCENARIOS["e"], "strongswan", 0.01)
+    seed.update(sas_before={"IKE vpn1": "1"}, sas_after={"IKE vpn1": "1"},
+                old_selectors_quick_mode="tunnel 2: accepted (172.16.0.0/16 === 10.0.0.0/16)")
+    assert bench.api_change_note(seed) == (
+        "policy e cidr update strongswan: SAs re-created: 0/1; a new Quick Mode with its old selectors after "
+        "the window: tunnel 2: accepted (172.16.0.0/16 === 10.0.0.0/16)")
+    gone = {**seed, "old_selectors_quick_mode": None, "sas_after": {}}
+    assert bench.api_change_note(gone) == "policy e cidr update strongswan: SAs re-created: 0/1, gone: 1/1"
+    assert bench.api_change_note(_run()) is None
+    assert bench.api_change_note({**run, "error": "x"}) is None

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from space_vpn_lab.bench_timeline import after_delete, describe, line_time
+from space_vpn_lab.bench_timeline import (
+    TimedPinger,
+    after_delete,
+    describe,
+    line_time,
+    reply_times,
+    traffic_back_s,
+)
 
 SPACE = """\
 22:33:58.101 12[IKE] <space-t1|2> closing CHILD_SA space-t1{0} with SPIs 1_i 2_o (a rekey long before)
@@ -39,3 +46,32 @@ def test_description_names_both_stretches():
     assert describe(run) == ("route b agent: our charon received the DELETE 18 ms after the far end closed its "
                              "CHILD_SA; the route had moved 15 ms later.")
     assert describe({"mode": "route", "system": "agent"}) is None
+
+
+PING_D = """\
+PING 10.0.0.10 (10.0.0.10) from 172.16.0.2 : 56(84) bytes of data.
+[1764741600.101000] 64 bytes from 10.0.0.10: icmp_seq=1 ttl=63 time=0.412 ms
+[1764741600.113500] 64 bytes from 10.0.0.10: icmp_seq=2 ttl=63 time=0.388 ms
+From 172.16.0.1 icmp_seq=3 Destination Net Unreachable
+[1764741607.250250] 64 bytes from 10.0.0.10: icmp_seq=540 ttl=63 time=0.501 ms
+
+--- 10.0.0.10 ping statistics ---
+540 packets transmitted, 3 received, 99.4444% packet loss, time 7149ms
+"""
+
+
+def test_reply_times_from_ping_d_output():
+    assert reply_times(PING_D) == [1764741600.101, 1764741600.1135, 1764741607.25025]
+    assert reply_times("") == []
+
+
+def test_traffic_back_is_the_first_reply_after_the_event():
+    replies = reply_times(PING_D)
+    assert traffic_back_s(replies, 1764741606.0) == 1.25
+    assert traffic_back_s(replies, 1764741600.0) == 0.101
+    assert traffic_back_s(replies, 1764741608.0) is None
+
+
+def test_timed_pinger_asks_ping_for_one_timestamped_line_per_reply(tmp_path):
+    pinger = TimedPinger("ns", "172.16.0.2", "10.0.0.10", 100, 0.01, output=tmp_path / "ping.out")
+    assert "-D" in pinger._argv and "-q" not in pinger._argv

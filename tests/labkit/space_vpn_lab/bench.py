@@ -24,6 +24,7 @@ from space_vpn_lab.bench_report import (
     HEADERS,
     IKE_VERSION,
     REDUNDANCY_CAP_S,
+    api_change_note,
     build_row,
     format_markdown,
     format_table,
@@ -57,11 +58,12 @@ from space_vpn_lab.bench_systems import (
     BenchError,
     SeedSystem,
     safe_poll,
+    sa_ids,
     seed_conn,
     seed_name,
     space_redundant,
 )
-from space_vpn_lab.bench_timeline import describe, read_after_delete
+from space_vpn_lab.bench_timeline import TimedPinger, describe, read_after_delete, traffic_back_s
 from space_vpn_lab.lab import Lab
 from space_vpn_lab.topology import CUSTOMER_HOST_IP, SPACE_HOST_IP
 from space_vpn_lab.traffic import Pinger
@@ -70,7 +72,7 @@ from space_vpn_lab.traffic import Pinger
 __all__ = [
     "BASELINE_DATA_PATH", "DEFAULT_JSON", "HEADERS", "IKE_VERSION", "INITIATE_TIMEOUT_MS", "LEAD_S",
     "MIN_INTERVAL_S", "MODES", "POLL_S", "PREFIX", "PROBE", "REDUNDANCY_CAP_S", "ROUTE_SCENARIOS",
-    "SCENARIOS", "SYSTEMS", "SYSTEM_CLASSES", "VM_BOOT_S", "VM_PER_RUN_S",
+    "SCENARIOS", "SYSTEMS", "SYSTEM_CLASSES", "VM_BOOT_S", "VM_PER_RUN_S", "api_change_note",
     "AgentSystem", "BenchError", "ScenarioSpec", "SeedSystem", "Timeline",
     "telemetry", "build_row", "drain", "format_markdown", "format_table", "graceful", "iter_runs",
     "keep_logs", "lab_details", "markdown_notes", "measure", "ms_lost", "new_record", "packet_spacing",
@@ -104,15 +106,22 @@ def new_record(mode: str, spec: ScenarioSpec, system: str, interval_s: float) ->
             "active_tunnel": None, "events": [], "error": None, "started_at": utc_iso(time.time())}
 
 
-def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float) -> dict[str, Any]:
+def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float,
+            workdir: Path | None = None) -> dict[str, Any]:
     """Ping for the scenario's window while it runs, and wait (traffic still flowing
-    inside the window) until redundancy is back or the cap passes."""
+    inside the window) until redundancy is back or the cap passes. API changes (e-g)
+    also keep the customer charon's SA ids before and after, and each reply's time."""
     active = system.active_tunnel()
     if lab.space.route_based:
         lab.space.answer_via(active)  # the favourable case: AWS answers over the carrying tunnel
     # Count is only a bound: the window is timed, since ping often sends slower than -i.
-    pinger = Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP,
-                    count=ping_count(spec.traffic_s * 3, interval_s), interval=interval_s)
+    args = (lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, ping_count(spec.traffic_s * 3, interval_s),
+            interval_s)
+    timed = spec.api_change and workdir is not None
+    pinger = TimedPinger(*args, output=workdir / "ping.out") if timed else Pinger(*args)
+    extra: dict[str, Any] = {}
+    if spec.api_change:
+        extra["sas_before"] = sa_ids(lab)
     began = time.monotonic()
     with pinger:
         run = Timeline(lab, system, active)
@@ -128,8 +137,15 @@ def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float) -> dic
                 restore_s = round(now - run.restore_at, 2)
                 run.mark("redundancy restored")
             time.sleep(POLL_S)
+    if spec.api_change:
+        extra["sas_after"] = sa_ids(lab)
+        extra.update(system.after_window(spec.key))
+        extra["follows_api"] = system.follows_api
+    if timed and run.answer_unix is not None:
+        extra["traffic_back_s"] = traffic_back_s(pinger.replies(), run.answer_unix)
+        extra["traffic_back_window_s"] = round(run.t0_unix + spec.traffic_s - run.answer_unix, 1)
     spacing = packet_spacing(ping_s, result.transmitted, interval_s)
-    return {"active_tunnel": active, "events": run.events, "t0_unix": run.t0_unix, "sent": result.transmitted,
+    return {**extra, "active_tunnel": active, "events": run.events, "t0_unix": run.t0_unix, "sent": result.transmitted,
             "received": result.received, "lost": result.lost, "ping_s": round(ping_s, 2),
             "spacing_ms": round(spacing * 1000, 2), "ms_lost": ms_lost(result.lost, spacing),
             "ms_lost_nominal": ms_lost(result.lost, interval_s), "restore_s": restore_s}
@@ -152,7 +168,7 @@ def run_one(mode: str, spec: ScenarioSpec, system_name: str, interval_s: float, 
             system = SYSTEM_CLASSES[system_name](lab, workdir, stack, mode, probe=probe)
             try:
                 system.start(up_timeout)
-                record.update(measure(lab, system, spec, interval_s))
+                record.update(measure(lab, system, spec, interval_s, workdir))
             finally:
                 record.update(system.details())
         if spec.key == "b":  # the DELETE's path through both charons and the agent
@@ -263,7 +279,7 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
         vm_runs, vm_notes = route_runs(route_set, interval, out_dir / "vm", repeat, probe, ike_version)
         runs += vm_runs
         notes += vm_notes
-    notes += summarize_repeats(runs) + [text for run in runs if (text := describe(run))]
+    notes += summarize_repeats(runs) + [text for run in runs if (text := describe(run) or api_change_note(run))]
     notes.insert(0, f"agent probe: {probe}; IKEv{ike_version}")
     document = report_document(runs, interval_s=interval, started=started, finished=time.time(), notes=notes,
                                ike_version=ike_version)

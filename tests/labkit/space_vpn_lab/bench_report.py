@@ -43,32 +43,76 @@ def restored_cell(run: dict[str, Any]) -> str:
     return f"{run['restore_s']:.1f} s"
 
 
+def traffic_back_cell(run: dict[str, Any]) -> str:
+    """Re-creation (g): from the API's new active answer to the first ping answered."""
+    if run.get("error"):
+        return "error"
+    if run.get("traffic_back_s") is None:
+        if not run.get("follows_api", True):
+            return "never (needs a human)"
+        return f"never (> {run.get('traffic_back_window_s', 0):g} s)"
+    return f"{run['traffic_back_s']:.2f} s"
+
+
 def build_row(run: dict[str, Any]) -> dict[str, str]:
-    """The table cells of one run."""
+    """The table cells of one run; "traffic_back" only for runs that measure it."""
     lost = "error" if run.get("ms_lost") is None else str(run["ms_lost"])
     attempt = f" #{run['attempt']}" if run.get("attempt", 1) > 1 else ""
-    return {"mode": run["mode"], "scenario": f"{run['scenario']} {run['scenario_name']}{attempt}",
-            "system": run["system"], "ms_lost": lost, "restored": restored_cell(run)}
+    row = {"mode": run["mode"], "scenario": f"{run['scenario']} {run['scenario_name']}{attempt}",
+           "system": run["system"], "ms_lost": lost, "restored": restored_cell(run)}
+    if "traffic_back_s" in run:
+        row["traffic_back"] = traffic_back_cell(run)
+    return row
 
 
 HEADERS = {"mode": "mode", "scenario": "scenario", "system": "system", "ms_lost": "ms lost",
-           "restored": "redundancy restored"}
+           "restored": "redundancy restored", "traffic_back": "traffic back after the new answer"}
+#: Shown only when a row has it, so that the failover table stays as it was.
+OPTIONAL_COLUMNS = ("traffic_back",)
+
+
+def columns(rows: list[dict[str, str]]) -> list[str]:
+    return [k for k in HEADERS if k not in OPTIONAL_COLUMNS or any(k in r for r in rows)]
+
+
+def sas_recreated(before: dict[str, str], after: dict[str, str]) -> tuple[int, int, int]:
+    """(re-created, gone, total) of the SAs in `before` (name -> unique id): re-created
+    when the name is there afterwards with another id, gone when it is not there at all."""
+    recreated = sum(name in after and after[name] != uid for name, uid in before.items())
+    gone = sum(name not in after for name in before)
+    return recreated, gone, len(before)
+
+
+def api_change_note(run: dict[str, Any]) -> str | None:
+    """'policy f reordered agent: SAs re-created: 0/3' for a run that kept SA ids."""
+    if run.get("error") or "sas_before" not in run or "sas_after" not in run:
+        return None
+    recreated, gone, total = sas_recreated(run["sas_before"], run["sas_after"])
+    text = f"{run['mode']} {run['scenario']} {run['scenario_name']} {run['system']}: SAs re-created: {recreated}/{total}"
+    if gone:
+        text += f", gone: {gone}/{total}"
+    if run.get("old_selectors_quick_mode"):
+        text += f"; a new Quick Mode with its old selectors after the window: {run['old_selectors_quick_mode']}"
+    return text
 
 
 def format_table(rows: list[dict[str, str]]) -> str:
     """Plain text, columns padded; ms lost right-aligned."""
-    keys = list(HEADERS)
-    widths = {k: max([len(HEADERS[k]), *(len(r[k]) for r in rows)]) for k in keys}
+    keys = columns(rows)
+    widths = {k: max([len(HEADERS[k]), *(len(r.get(k, "-")) for r in rows)]) for k in keys}
 
     def line(cells: dict[str, str]) -> str:
-        parts = [cells[k].rjust(widths[k]) if k == "ms_lost" else cells[k].ljust(widths[k]) for k in keys]
+        parts = [cells.get(k, "-").rjust(widths[k]) if k == "ms_lost" else cells.get(k, "-").ljust(widths[k])
+                 for k in keys]
         return "  ".join(parts).rstrip()
     return "\n".join([line(HEADERS), *(line(r) for r in rows)]) + "\n"
 
 
 def format_markdown(rows: list[dict[str, str]], notes: list[str]) -> str:
-    out = ["| " + " | ".join(HEADERS.values()) + " |", "|---|---|---|---:|---|"]
-    out += ["| " + " | ".join(r[k].replace("|", "/") for k in HEADERS) + " |" for r in rows]
+    keys = columns(rows)
+    out = ["| " + " | ".join(HEADERS[k] for k in keys) + " |",
+           "|" + "|".join("---:" if k == "ms_lost" else "---" for k in keys) + "|"]
+    out += ["| " + " | ".join(r.get(k, "-").replace("|", "/") for k in keys) + " |" for r in rows]
     # The first note is a paragraph (how it was counted), the others a list.
     head, *rest = notes or [""]
     text = "\n".join(out) + "\n" + (f"\n{head}\n" if head else "")

@@ -1,12 +1,15 @@
 """The two systems under test in the failover benchmark: the agent (a process in the
 customer namespace, fake Platform API beside it) and plain strongSwan configured like the
-seed. Both answer the same calls: start, redundant, active_tunnel, announce, drain, details.
+seed. Both answer the same calls: start, redundant, active_tunnel, announce, drain, details,
+and Heroku's changes from the Platform API (update_cidrs, reorder, recreate), which plain
+strongSwan never hears of.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +63,22 @@ class BenchError(Exception):
     """A step of a run failed; the run records the message and the next one goes on."""
 
 
+def sa_ids(lab: Lab) -> dict[str, str]:
+    """The customer charon's established IKE SAs and installed CHILD_SAs, by name, with
+    their unique ids: an SA that was re-created has a new id."""
+    with lab.customer_charon.connected(timeout_s=5.0) as session:
+        entries = list(session.list_sas())
+    ids: dict[str, str] = {}
+    for entry in entries:
+        for name, ike in entry.items():
+            if ike.get("state") == b"ESTABLISHED":
+                ids[f"IKE {name}"] = ike["uniqueid"].decode()
+            for child in (ike.get("child-sas") or {}).values():
+                if child.get("state") == b"INSTALLED":
+                    ids[f"CHILD {child['name'].decode()}"] = child["uniqueid"].decode()
+    return ids
+
+
 def space_redundant(lab: Lab) -> bool:
     """The far end's own view: both tunnels hold an IKE SA, one carries a child. It
     catches a customer side that still believes in an SA the space forgot."""
@@ -71,6 +90,7 @@ class AgentSystem:
     """The agent as a process in the customer namespace, fake API beside it."""
 
     name = "agent"
+    follows_api = True
 
     def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str, probe: str = "icmp") -> None:
         self.lab, self.workdir, self.stack, self.mode, self.probe = lab, workdir, stack, mode, probe
@@ -121,11 +141,37 @@ class AgentSystem:
                              f"{result.stderr.strip()[-200:]}")
         return f"agentctl {verb} {number}"
 
+    def update_cidrs(self, cidrs: list[str]) -> str:
+        self.api.set_routable_cidrs(SPACE, VPN, cidrs)
+        return f"API routable_cidrs {','.join(cidrs)}"
+
+    def reorder(self) -> str:
+        self.api.reorder_tunnels(SPACE, VPN)
+        return "API lists the tunnels the other way round"
+
+    def recreate(self, stage: str, psks: list[str] | None = None, tunnel_ips: list[str] | None = None) -> str:
+        """One stage of a re-creation as the API shows it: gone (404), pending, active."""
+        if stage == "gone":
+            self.api.hide(SPACE, VPN)
+            return "API 404 (VPN destroyed)"
+        if stage == "pending":
+            self.api.hide(SPACE, VPN, False)
+            self.api.recreate(SPACE, VPN, psks=psks, tunnel_ips=tunnel_ips, status="pending")
+            return "API pending (new VPN)"
+        self.api.set_connection_status(SPACE, VPN, "active")
+        return "API active with the new PSKs and tunnel IPs"
+
+    def after_window(self, spec_key: str) -> dict[str, Any]:
+        return {}
+
     def details(self) -> dict[str, Any]:
         status = self.agent.status() if self.agent else None
         conn = status["connections"][0] if status and status.get("connections") else {}
+        gaps = [b - a for a, b in zip(self.api.request_times, self.api.request_times[1:])] if self.api else []
         return {"agent_mode": conn.get("mode"), "failovers": conn.get("failovers"),
-                "final_health": conn.get("health"), "final_summary": conn.get("summary")}
+                "final_health": conn.get("health"), "final_summary": conn.get("summary"),
+                "final_generation": conn.get("generation"),
+                "api_poll_s": round(statistics.median(gaps), 2) if gaps else None}
 
 
 def seed_name(number: int) -> str:
@@ -149,6 +195,7 @@ class SeedSystem:
     """Plain strongSwan configured like the article, both tunnels brought up once (`ipsec up`)."""
 
     name = "strongswan"
+    follows_api = False  # the article's config is written once by hand
 
     def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str, probe: str = "icmp") -> None:
         self.lab, self.mode = lab, mode  # the article's config has no probe: `probe` changes nothing
@@ -223,6 +270,35 @@ class SeedSystem:
             list(session.terminate({"child": seed_name(number), "timeout": 5000}))
         steps.append(f"swanctl --terminate --child {seed_name(number)}")
         return "; ".join(steps)
+
+    def update_cidrs(self, cidrs: list[str]) -> str:
+        return f"API routable_cidrs {','.join(cidrs)} (plain strongSwan does not read the API)"
+
+    def reorder(self) -> str:
+        return "API lists the tunnels the other way round (plain strongSwan does not read the API)"
+
+    def recreate(self, stage: str, psks: list[str] | None = None, tunnel_ips: list[str] | None = None) -> str:
+        return f"API {stage} (plain strongSwan does not read the API; its config has the old PSKs)"
+
+    def after_window(self, spec_key: str) -> dict[str, Any]:
+        """After a CIDR update plain strongSwan keeps its old selectors: does the space
+        side still accept them? One new Quick Mode on the standby tunnel, as at the next
+        rekey, after the traffic window so that it changes no figure."""
+        if spec_key != "e":
+            return {}
+        number = 3 - self.active_tunnel()
+        try:
+            self._initiate(number)
+        except vici.exception.CommandException as e:
+            return {"old_selectors_quick_mode": f"tunnel {number}: refused ({e})"}
+        children = [c for ike in self._sas()[number] for c in (ike.get("child-sas") or {}).values()
+                    if c.get("state") == b"INSTALLED"]
+        newest = max(children, key=lambda c: int(c["uniqueid"]), default=None)
+        if newest is None:
+            return {"old_selectors_quick_mode": f"tunnel {number}: no CHILD_SA installed"}
+        local = ",".join(t.decode() for t in newest.get("local-ts", []))
+        remote = ",".join(t.decode() for t in newest.get("remote-ts", []))
+        return {"old_selectors_quick_mode": f"tunnel {number}: accepted ({local} === {remote})"}
 
     def details(self) -> dict[str, Any]:
         return {"baseline_data_path": BASELINE_DATA_PATH[self.mode]}

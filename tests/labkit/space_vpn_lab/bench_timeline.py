@@ -8,8 +8,11 @@ the customer side; the second is the agent's own.
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from pathlib import Path
+
+from space_vpn_lab.traffic import Pinger, parse_summary
 
 _CHARON_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) ")
 _AGENT_TIME = re.compile(r"^\d{4}-\d\d-\d\d (\d\d):(\d\d):(\d\d),(\d{3}) ")
@@ -17,6 +20,7 @@ _AGENT_TIME = re.compile(r"^\d{4}-\d\d-\d\d (\d\d):(\d\d):(\d\d),(\d{3}) ")
 PEER_CLOSED = "closing CHILD_SA"
 DELETE_RECEIVED = "received DELETE for ESP CHILD_SA"
 REROUTED = "CHILD_SA went down: routed via tunnel"
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
 
 
 def line_time(line: str) -> float | None:
@@ -75,3 +79,48 @@ def describe(run: dict) -> str | None:
     if "rerouted_ms" in timeline:
         text += f"; the route had moved {timeline['rerouted_ms'] - timeline['delete_received_ms']} ms later"
     return text + "."
+
+
+# --- per-reply times ----------------------------------------------------------------------------
+
+def reply_times(output: str) -> list[float]:
+    """Unix times of the replies in `ping -D` output ("[1733200000.123456] 64 bytes from
+    ..."), in the order received; other lines (errors, the summary) are skipped."""
+    return [float(m.group(1)) for line in output.splitlines() if (m := _REPLY.match(line))]
+
+
+def traffic_back_s(replies: list[float], after_unix: float) -> float | None:
+    """Seconds from `after_unix` to the first reply received after it, or None."""
+    later = [t for t in replies if t > after_unix]
+    return round(min(later) - after_unix, 3) if later else None
+
+
+class TimedPinger(Pinger):
+    """The bench's Pinger with one line per reply (`-D`: with its unix time), written to a
+    file rather than a pipe so that a long run never blocks ping on a full pipe. The
+    file is bounded by the count (about 80 bytes a reply)."""
+
+    def __init__(self, netns: str, src: str, dst: str, count: int, interval: float, output: Path) -> None:
+        super().__init__(netns, src, dst, count, interval)
+        self._argv = ["-D" if arg == "-q" else arg for arg in self._argv]
+        self.output = output
+
+    def start(self) -> TimedPinger:
+        if self._proc is not None:
+            raise RuntimeError("pinger already started")
+        with self.output.open("w") as out:
+            self._proc = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.DEVNULL,
+                                          stdin=subprocess.DEVNULL, text=True)
+        return self
+
+    def _collect(self, timeout: float):
+        if self.result is None:
+            try:
+                self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._interrupt()
+            self.result = parse_summary(self.output.read_text(errors="replace"))
+        return self.result
+
+    def replies(self) -> list[float]:
+        return reply_times(self.output.read_text(errors="replace"))
