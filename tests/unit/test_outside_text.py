@@ -6,10 +6,6 @@ never adds an sd_notify field, an escape never reaches a terminal, no text grows
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +17,7 @@ from agent.core.payload import MAX_STATUS_MESSAGE, parse_vpn_answer
 from agent.core.snapshot import Health
 from agent.core.text import one_line
 from tests.unit.test_render import office, snapshot, tunnel_view
+from tests.unit.test_sdnotify import listener  # noqa: F401 (the notify socket fixture)
 
 HOSTILE = "maintenance\nWATCHDOG_USEC=1\nMAINPID=1\r\t\x1b]0;owned\x07\x1b[2J\x7f\u202eexe.txt\x00"
 
@@ -50,20 +47,8 @@ def test_one_line_of_anything_is_printable_and_bounded():
 
 # -- sd_notify -----------------------------------------------------------------------
 
-@pytest.fixture
-def notify_socket():
-    directory = tempfile.mkdtemp(prefix="svpn-notify-", dir="/tmp")
-    path = str(Path(directory) / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(5)
-    yield path, sock
-    sock.close()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def test_a_newline_in_status_adds_no_field(notify_socket):
-    path, sock = notify_socket
+def test_a_newline_in_status_adds_no_field(listener):
+    path, sock = listener
     SystemdNotifier({"NOTIFY_SOCKET": path}).notify(READY="1", STATUS=f"acme-space/office: {HOSTILE}", WATCHDOG="1")
     fields = sock.recv(4096).decode().split("\n")
     assert [f.split("=", 1)[0] for f in fields] == ["READY", "STATUS", "WATCHDOG"]
@@ -71,8 +56,8 @@ def test_a_newline_in_status_adds_no_field(notify_socket):
     assert fields[1].isprintable()
 
 
-def test_a_long_status_is_cut(notify_socket):
-    path, sock = notify_socket
+def test_a_long_status_is_cut(listener):
+    path, sock = listener
     SystemdNotifier({"NOTIFY_SOCKET": path}).notify(STATUS="x" * 10_000)
     assert len(sock.recv(65536)) == len("STATUS=") + MAX_VALUE
 
