@@ -1,7 +1,7 @@
 """`space-vpn-lab`: the simulated Private Space, for a demo on one machine (root).
 
     space-vpn-lab demo [--ike-version 1|2] [--hold]
-    space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d] [--json PATH] [--interval 0.01] [--repeat 1]
+    space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d,e,f,g] [--json PATH] [--interval 0.01] [--repeat 1]
 
 Builds two network namespaces with real charon daemons (the space side plays both
 Heroku tunnel endpoints), a local fake Platform API, runs the agent against them,
@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     failover.add_argument("--modes", default=None,
                           help="policy,route (default: both where the kernel VM can run, else policy)")
     failover.add_argument("--scenarios", default=None,
-                          help="a silent, b graceful, c telemetry (DOWN 10 s after a silent loss), d drain (default: all)")
+                          help="a silent, b graceful, c telemetry (DOWN 10 s after a silent loss), d drain, "
+                               "e cidr update, f reordered answer, g re-creation by Heroku (default: all; "
+                               "route mode leaves e out)")
     failover.add_argument("--json", type=Path, default=None, help="results file (default bench-results/bench.json)")
     failover.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
     failover.add_argument("--repeat", type=int, default=1,
