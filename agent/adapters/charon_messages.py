@@ -16,6 +16,7 @@ from agent.core.observation import ChildSa, ChildState, IkeSa, IkeState, TunnelS
 from agent.core.text import one_line
 
 MAX_TEXT = 256  # characters of one value: names, states, versions, ids are far shorter
+MAX_SELECTORS = 64  # traffic selectors kept per side of a CHILD_SA (ours are a handful)
 
 
 def load_conn_message(conn: DesiredConnection, number: int) -> dict[str, Any]:
@@ -122,7 +123,15 @@ def parse_child(section: Mapping[str, Any]) -> ChildSa:
         use_out=decode_int(section.get("use-out")),
         install_time=decode_int(section.get("install-time")) or 0,
         spi_in=decode_text(section.get("spi-in")),
+        local_ts=decode_list(section.get("local-ts")),
+        remote_ts=decode_list(section.get("remote-ts")),
     )
+
+
+def decode_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        return ()
+    return tuple(decode_text(item) for item in value[:MAX_SELECTORS])
 
 
 def parse_ike(name: str, section: Mapping[str, Any]) -> IkeSa:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from agent.core.desired import DesiredConnection
 from agent.core.model import OBJECT_PREFIX, object_name
+from agent.core.modes import Mode
 from agent.core.observation import CharonState, TunnelSas
 
 
@@ -67,13 +68,22 @@ INITIATES = (InitiateChild, InitiateIke)
 
 def tunnel_fingerprint(conn: DesiredConnection, number: int) -> str:
     """Digest of everything that goes into one tunnel's charon objects, PSK included
-    (hashed, never kept in clear), so a change in any of them triggers a reload."""
+    (hashed, never kept in clear), so a change in any of them triggers a reload. Two
+    halves, "IKE:CHILD": a change of the CHILD_SA's selectors alone keeps the IKE SA."""
     tunnel = conn.tunnel(number)
-    parts = (
-        tunnel.ike_version, conn.local_address, conn.local_id, tunnel.child_ts,
-        conn.mode.value, tunnel.conn_name, tunnel.remote_ip, tunnel.psk.reveal(), tunnel.if_id,
-    )
+    ike = (tunnel.ike_version, conn.local_address, conn.local_id, conn.mode.value, tunnel.conn_name,
+           tunnel.remote_ip, tunnel.psk.reveal())
+    child = (tunnel.child_ts, tunnel.if_id)
+    return f"{_digest(ike)}:{_digest(child)}"
+
+
+def _digest(parts: tuple) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def same_ike(fingerprint: str, other: str) -> bool:
+    """Both loads describe the same IKE SA (only the CHILD_SA's settings may differ)."""
+    return fingerprint.partition(":")[0] == other.partition(":")[0]
 
 
 def plan_objects(
@@ -100,9 +110,12 @@ def plan_loads(conn: DesiredConnection, loaded: Mapping[str, str], charon: Charo
         if tunnel.conn_name in charon.conns and known == fingerprint:
             continue
         actions.append(LoadTunnel(conn, tunnel.number, fingerprint))
-        if known is not None and known != fingerprint:
-            # Far end changed (PSK rotation, new IP): old SAs are dead weight.
-            actions += terminate_all(tunnel.conn_name, charon.tunnel(tunnel.conn_name))
+        if known is None or known == fingerprint:
+            continue
+        if conn.mode is Mode.ROUTE and same_ike(known, fingerprint):
+            continue  # new selectors only: core/selector_roll replaces the CHILD_SA, no outage
+        # Far end changed (PSK rotation, new IP): old SAs are dead weight.
+        actions += terminate_all(tunnel.conn_name, charon.tunnel(tunnel.conn_name))
     return actions
 
 

@@ -23,6 +23,7 @@ from agent.core.netstate import NetState
 from agent.core.observation import CharonState, TunnelSas
 from agent.core.policy_mode import adopt_active, plan_policy_mode
 from agent.core.recovery import plan_replace_broken, plan_stuck
+from agent.core.selector_roll import plan_selector_roll
 from agent.core.route_mode import RouteAction, adopt_active_route, plan_route_tunnels, plan_routes
 from agent.core.tunnel_timing import TunnelTiming, observe_timing, reached_desired_state
 from agent.core.verdicts import connection_verdict
@@ -76,12 +77,14 @@ def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: Desired
     active = state.active
     for t in conn.tunnels:  # a new goal, or a goal reached, starts the backoff afresh
         switched_to = reason is not None and t.number == active
-        if switched_to or reached_desired_state(sas[t.number], wants_child=route or t.number == active):
+        if switched_to or reached_desired_state(sas[t.number], wants_child=route or t.number == active,
+                                                child_ts=t.child_ts if route else None):
             timing[t.conn_name] = timing[t.conn_name].goal_reset()
 
     actions = plan_stuck(conn, charon, timing, now, settings.connect_timeout)
     if route:
         actions += plan_route_tunnels(conn, charon, timing, now)
+        actions += plan_selector_roll(conn, charon, timing, now)
         net_actions = plan_routes(conn, charon, net, active)
     else:
         actions += plan_policy_mode(conn, charon, active, timing, now)

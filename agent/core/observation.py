@@ -8,6 +8,8 @@ the old), so every view here tolerates several.
 from __future__ import annotations
 
 import enum
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.core.model import Lenient
@@ -70,6 +72,27 @@ class ChildSa:
     use_out: int | None = None
     install_time: int = 0  # seconds since installed
     spi_in: str = ""
+    local_ts: tuple[str, ...] = ()  # the traffic selectors it was negotiated with
+    remote_ts: tuple[str, ...] = ()
+
+    def outdated(self, child_ts: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
+        """Negotiated with other (local, remote) selectors than these (a child whose
+        selectors charon did not report counts as current)."""
+        local, remote = child_ts
+        return bool(self.local_ts) and (_networks(self.local_ts), _networks(self.remote_ts)) != (
+            _networks(local), _networks(remote))
+
+
+def _networks(selectors: Iterable[str]) -> frozenset[str]:
+    """charon writes "10.0.0.0/16" (and "10.0.0.0/16[tcp/80]" with ports): compared as
+    networks, a bare address as its /32."""
+    out = set()
+    for text in selectors:
+        try:
+            out.add(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            out.add(text)
+    return frozenset(out)
 
 
 @dataclass(frozen=True)

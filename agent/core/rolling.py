@@ -33,6 +33,10 @@ class TunnelSettings:
     routable_cidrs: tuple[str, ...]
     space_cidr_block: str
 
+    def same_ike(self, other: "TunnelSettings") -> bool:
+        """Equal in everything its IKE SA is built from: only the selectors differ."""
+        return (self.ip, self.psk, self.ike_version) == (other.ip, other.psk, other.ike_version)
+
     def same_as(self, other: "TunnelSettings") -> bool:
         """Equal in everything that goes into charon; the generation is only a label."""
         return (self.ip, self.psk, self.ike_version, self.routable_cidrs, self.space_cidr_block) == (
@@ -64,9 +68,12 @@ def plan_roll(target: Mapping[int, TunnelSettings], running: Mapping[int, Tunnel
     A tunnel carries traffic while it holds an installed CHILD_SA that works and the
     traffic goes to it: in policy mode that is any tunnel with a child (right after a
     move the old child carries until the new one is installed), in route mode the
-    active one (the route points there; the standby's child is only a ready path)."""
+    active one (the route points there). In route mode new selectors alone need no
+    move: each tunnel replaces its CHILD_SA under the same IKE SA, the new one up
+    before the old one goes (core/selector_roll), so both take them at once."""
     stale = {n for n in target if n in running and not running[n].same_as(target[n])}
-    carrying = {n for n in stale if _carries(health.get(n)) and (not route_mode or n == active)}
+    carrying = {n for n in stale if _carries(health.get(n)) and (not route_mode or n == active)
+                and not (route_mode and running[n].same_ike(target[n]))}
     settings = {n: running[n] if n in carrying else target[n] for n in target}
     retiring = None
     if active in carrying:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from agent.core.observation import LIVE_CHILD_STATES, IkeState, TunnelSas
+from agent.core.observation import INSTALLED, LIVE_CHILD_STATES, IkeState, TunnelSas
 
 BACKOFF_BASE = 1.0  # s, first retry
 BACKOFF_CAP = 5.0  # s, retries never wait longer: a replaced endpoint comes back at any time
@@ -68,10 +68,13 @@ def needs_child_initiate(sas: TunnelSas, timing: TunnelTiming, now: float) -> bo
     return sas.ike_state in (IkeState.ESTABLISHED, IkeState.DOWN) and timing.may_initiate(now)
 
 
-def reached_desired_state(sas: TunnelSas, wants_child: bool) -> bool:
-    """True when the tunnel is where the plan wants it (resets its backoff)."""
+def reached_desired_state(sas: TunnelSas, wants_child: bool,
+                          child_ts: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> bool:
+    """True when the tunnel is where the plan wants it (resets its backoff). With
+    `child_ts`, only a CHILD_SA negotiated with those selectors counts (a selector roll
+    is a goal of its own: its retries back off)."""
     if wants_child:
-        return sas.installed_child is not None
+        return any(c.state == INSTALLED and not (child_ts and c.outdated(child_ts)) for c in sas.children)
     return sas.ike_state is IkeState.ESTABLISHED
 
 

@@ -154,7 +154,7 @@ class Edges:
                 log.info("initiating %s (IKE SA only: standby)", name)
                 charon.initiate(name, child=False, timeout_ms=INITIATE_TIMEOUT_MS)
             case TerminateChild(conn_name=name, child_uniqueid=child_id):
-                log.info("%s: closing CHILD_SA #%s (standby keeps its IKE SA)", name, child_id)
+                log.info("%s: closing CHILD_SA #%s (its IKE SA stays)", name, child_id)
                 charon.terminate_child(child_id, timeout_ms=TERMINATE_TIMEOUT_MS)
             case TerminateIke(conn_name=name, ike_uniqueid=ike_id):
                 log.info("%s: terminating IKE SA #%s", name, ike_id)

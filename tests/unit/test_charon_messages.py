@@ -169,6 +169,7 @@ def test_parse_list_sas_groups_reauth_overlap_under_one_tunnel():
                     name=T1, uniqueid="12", state="INSTALLED", reqid="1",
                     bytes_in=1572864, bytes_out=524288, packets_in=1210, packets_out=987,
                     use_in=2, use_out=1, install_time=1920, spi_in="c4f1a9e2",
+                    local_ts=("172.16.0.0/16",), remote_ts=("10.0.0.0/16",),
                 ),),
             ),
             IkeSa(name=T1, uniqueid="9", state="CONNECTING", version=1,
@@ -189,6 +190,7 @@ def test_parse_list_sas_child_without_traffic_has_no_use_in():
     assert child == ChildSa(
         name=T2, uniqueid="44", state="INSTALLED", reqid="1",
         use_in=None, use_out=None, install_time=4, spi_in="e8a0c2f4",
+        local_ts=("172.16.0.0/16",), remote_ts=("10.0.0.0/16",),
     )
     assert parsed[T2].ike_sas[0].version == 2
 

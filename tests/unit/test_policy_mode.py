@@ -15,6 +15,7 @@ from agent.core.charon_objects import (
     UnloadConn,
     UnloadShared,
     plan_objects,
+    same_ike,
     tunnel_fingerprint,
 )
 from agent.core.desired import DesiredConnection, desired_connection
@@ -42,12 +43,13 @@ T2 = "svpn-acme-office-t2"
 NOW = 1000.0
 
 
-def make_conn(*, psk1: str = PSK1, t2_ip: str = T2_IP, ike_version: int = 1, key: str = KEY) -> DesiredConnection:
+def make_conn(*, psk1: str = PSK1, t2_ip: str = T2_IP, ike_version: int = 1, key: str = KEY,
+              routable_cidrs: tuple[str, ...] = ("172.16.0.0/16",)) -> DesiredConnection:
     vpn = VpnConnection(
         id="vpn-1",
         name="office",
         public_ip=LOCAL,
-        routable_cidrs=("172.16.0.0/16",),
+        routable_cidrs=routable_cidrs,
         space_cidr_block="10.0.0.0/16",
         ike_version=ike_version,
         status=ConnectionStatus.ACTIVE,
@@ -93,7 +95,18 @@ def observed(*ike_sas: IkeSa, conns=(T1, T2), shared=(T1, T2)) -> CharonState:
 def test_fingerprint_is_stable_for_the_same_input_and_differs_per_tunnel():
     assert tunnel_fingerprint(make_conn(), 1) == FP1
     assert FP1 != FP2
-    assert len(FP1) == 16 and int(FP1, 16) >= 0
+    ike, child = FP1.split(":")
+    assert len(ike) == len(child) == 16 and int(ike, 16) >= 0 and int(child, 16) >= 0
+
+
+def test_fingerprint_keeps_its_ike_half_when_only_the_selectors_change():
+    wider = make_conn(routable_cidrs=("172.16.0.0/16", "172.17.0.0/16"), ike_version=2)
+    assert same_ike(tunnel_fingerprint(make_conn(ike_version=2), 1), tunnel_fingerprint(wider, 1))
+    assert tunnel_fingerprint(make_conn(ike_version=2), 1) != tunnel_fingerprint(wider, 1)
+    wider = make_conn(routable_cidrs=("172.16.0.0/12",))
+    assert tunnel_fingerprint(wider, 1) != FP1
+    assert same_ike(tunnel_fingerprint(wider, 1), FP1)
+    assert not same_ike(tunnel_fingerprint(make_conn(psk1="charlie-Psk-new-Rt"), 1), FP1)
 
 
 @pytest.mark.parametrize(

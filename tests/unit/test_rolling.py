@@ -87,3 +87,15 @@ def test_never_both_old_and_carrying_tunnel_changed_together(active, h1, h2, sta
     assert all(plan.settings[n] in (running[n], NEW[n]) for n in (1, 2))
     if plan.retiring is not None:
         assert plan.retiring == active and plan.settings[3 - active].same_as(NEW[3 - active])
+
+
+def test_route_mode_takes_new_selectors_on_both_tunnels_at_once():
+    """Each tunnel replaces its CHILD_SA under the same IKE SA (core/selector_roll):
+    no route move, nothing to wait for."""
+    cidrs = {n: TunnelSettings(2, s.ip, s.psk, 1, ("172.16.0.0/16", "172.17.0.0/16"), s.space_cidr_block)
+             for n, s in OLD.items()}
+    plan = plan_roll(cidrs, OLD, 1, {1: CARRYING, 2: CARRYING}, route_mode=True)
+    assert plan.settings == cidrs and plan.retiring is None
+    # Policy mode still rolls one tunnel at a time, and so does a new PSK in route mode.
+    assert plan_roll(cidrs, OLD, 1, {1: CARRYING, 2: STANDBY}, route_mode=False).settings == {1: OLD[1], 2: cidrs[2]}
+    assert plan_roll(NEW, OLD, 1, {1: CARRYING, 2: CARRYING}, route_mode=True).settings == {1: OLD[1], 2: NEW[2]}
