@@ -47,6 +47,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "graceful_moves_to_tunnel1", "graceful_traffic_continues", "graceful_fast_reroute",
         "graceful_tunnel_returns", "forgotten_ike_sa_replaced",
         "psk_roll_moves_to_the_rolled_standby", "psk_roll_both_tunnels_on_new_keys", "psk_roll_traffic_continues",
+        "reordered_answer_recreates_no_sa", "reordered_answer_moves_no_route", "reordered_answer_loses_nothing",
+        "failed_stage_shown_with_heroku_message", "failed_agentctl_status_exits_2", "failed_keeps_what_runs",
+        "failed_then_active_recreates_nothing",
+        "cidr_update_both_tunnels_on_new_selectors", "cidr_update_keeps_ike_sas", "cidr_update_moves_no_route",
+        "cidr_update_loses_nothing",
     ),
     "agent_route_mode_wide_selectors": (
         "wide_both_children_installed", "wide_selectors_negotiated", "wide_policies_bound_to_if_id",

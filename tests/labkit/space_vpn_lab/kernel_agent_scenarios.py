@@ -140,6 +140,94 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
         _graceful(ctx, lab, agent)
         _forgotten_before_quick_mode(ctx, lab, agent)
         _psk_roll(ctx, lab, agent, api)
+        _reordered(ctx, lab, agent, api)
+        _failed_keeps_running(ctx, lab, agent, api)
+        _cidr_update(ctx, lab, agent, api)
+
+
+def ike_ids(lab: Lab) -> dict[str, str]:
+    with lab.customer_charon.connected() as session:
+        events = list(session.list_sas())
+    return {name: ike["uniqueid"].decode() for event in events for name, ike in event.items()}
+
+
+def agentctl(agent: AgentProcess, *args: str) -> int:
+    return subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "--socket", agent.control_socket, *args],
+                          capture_output=True, text=True, timeout=30).returncode
+
+
+def _reordered(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
+    """The API lists the tunnels the other way round (and back): tunnels are known by
+    their IP, so no SA is re-created and nothing is lost."""
+    ids, ikes, before_routes = child_ids(lab), ike_ids(lab), routes(lab.topology.cust_ns)
+    with Pinger(lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=500, interval=0.02) as pinger:
+        for _ in range(2):
+            api.reorder_tunnels(SPACE, VPN)
+            time.sleep(5)  # two polls at 2 s and their passes
+        result = pinger.stop()
+    ctx.check("reordered_answer_recreates_no_sa", child_ids(lab) == ids and ike_ids(lab) == ikes,
+              f"children {ids} -> {child_ids(lab)}, IKE {ikes} -> {ike_ids(lab)}")
+    ctx.check("reordered_answer_moves_no_route", routes(lab.topology.cust_ns) == before_routes,
+              repr(routes(lab.topology.cust_ns)))
+    ctx.check("reordered_answer_loses_nothing", result.transmitted > 100 and result.lost == 0,
+              f"{result.received}/{result.transmitted} at 20 ms")
+
+
+def _failed_keeps_running(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
+    """Heroku reports the connection failed (its body then lists no tunnels): status says
+    so with Heroku's message and `agentctl status` exits 2, and what runs stays running;
+    back to active, nothing was re-created."""
+    ids = child_ids(lab)
+    message = "supplied CIDR block already in use"
+    api.set_connection_status(SPACE, VPN, "failed", message)
+    try:
+        ok, detail = wait(agent, lambda s: s["connections"][0]["stage"] == "failed", 30)
+        conn = (agent.status() or {}).get("connections", [{}])[0]
+        code = agentctl(agent, "status")
+        during = ks.customer_ping(lab)
+    finally:
+        api.set_connection_status(SPACE, VPN, "active")
+    ctx.check("failed_stage_shown_with_heroku_message",
+              ok and message in conn.get("status_message", "") and message in conn.get("heroku_note", ""),
+              f"{detail} stage {conn.get('stage')}, note {conn.get('heroku_note')!r}")
+    ctx.check("failed_agentctl_status_exits_2", code == 2, f"exit {code}")
+    ctx.check("failed_keeps_what_runs", child_ids(lab) == ids and during.received == during.transmitted == 5,
+              f"children {ids} -> {child_ids(lab)}; ping {during.received}/{during.transmitted}")
+    ok, detail = wait(agent, lambda s: s["connections"][0]["stage"] == "active" and both_children(s), 30)
+    ctx.check("failed_then_active_recreates_nothing", ok and child_ids(lab) == ids, f"{detail} {child_ids(lab)}")
+
+
+CIDR_UPDATE = "172.16.0.0/12"  # one selector pair (IKEv1), a superset of the lab's /16
+
+
+def _cidr_update(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
+    """`heroku spaces:vpn:update --cidrs`: AWS takes the new selectors first, then the
+    API says so. Each tunnel gets a CHILD_SA with the new selectors under its IKE SA
+    before the old one goes: no route moves, no IKE SA is re-created, not one ping of
+    a 20 ms stream is lost, whichever tunnel the space side answers over."""
+    ns = lab.topology.cust_ns
+    ikes, before_routes = ike_ids(lab), routes(ns)
+    status = agent.status() or {}
+    failovers = len(status.get("connections", [{}])[0].get("failovers", []))
+    standby = next(n for n, t in tunnels_of(status).items() if t["role"] != "active")
+    lab.space.answer_via(standby)  # the harder case: replies over the tunnel nobody routes to
+    lab.space.reconfigure(remote_ts=CIDR_UPDATE)
+    with Pinger(ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, count=1500, interval=0.02) as pinger:
+        time.sleep(1)
+        api.set_routable_cidrs(SPACE, VPN, [CIDR_UPDATE])
+        done, detail = wait(agent, lambda s: both_children(s) and all(
+            negotiated_selectors(lab.customer_charon, name) == ([CIDR_UPDATE], [SPACE_CIDR]) for name in (T1, T2))
+            and len(child_ids(lab)) == 2, 60)
+        time.sleep(1)
+        result = pinger.stop()
+    now = (agent.status() or {}).get("connections", [{}])[0]
+    ctx.check("cidr_update_both_tunnels_on_new_selectors", done,
+              f"{detail}; {[negotiated_selectors(lab.customer_charon, n) for n in (T1, T2)]}")
+    ctx.check("cidr_update_keeps_ike_sas", ike_ids(lab) == ikes, f"{ikes} -> {ike_ids(lab)}")
+    ctx.check("cidr_update_moves_no_route", routes(ns) == before_routes and len(now.get("failovers", [])) == failovers,
+              f"{routes(ns)}; failovers {failovers} -> {len(now.get('failovers', []))}")
+    ctx.check("cidr_update_loses_nothing", result.transmitted > 100 and result.lost == 0,
+              f"lost {result.lost} of {result.transmitted} at 20 ms")
 
 
 def _psk_roll(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
@@ -263,12 +351,8 @@ def _telemetry_down(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api:
 
 
 def _drain(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
-    def agentctl(*args: str) -> int:
-        return subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "--socket", agent.control_socket, *args],
-                              capture_output=True, text=True, timeout=30).returncode
-
-    _moves(ctx, lab, agent, "drain", 2, lambda: agentctl("drain", "1"))
-    ctx.check("undrain", agentctl("undrain", "1") == 0, "agentctl undrain 1")
+    _moves(ctx, lab, agent, "drain", 2, lambda: agentctl(agent, "drain", "1"))
+    ctx.check("undrain", agentctl(agent, "undrain", "1") == 0, "agentctl undrain 1")
 
 
 def _graceful(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
