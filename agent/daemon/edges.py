@@ -39,7 +39,10 @@ from agent.daemon.ports import CharonPort, LinksPort, MssPort
 log = logging.getLogger(__name__)
 
 INITIATE_TIMEOUT_MS = -1  # return at once: charon negotiates on, events tell us the outcome
-TERMINATE_TIMEOUT_MS = 3000
+# Return at once too: a terminate that waited for a dead peer's answer (IKEv2 retransmits
+# its DELETE) held the loop, and with it the route move of a failover, for seconds. IKE
+# SAs go with force: one DELETE sent, the SA destroyed without waiting for the answer.
+TERMINATE_TIMEOUT_MS = -1
 ROUTE_ACTIONS = (EnsureInterface, RemoveInterface, SetRoute, DeleteRoute)
 
 
@@ -99,9 +102,10 @@ class Edges:
         if step.failover is not None:
             log.warning("%s: failover from tunnel %d to tunnel %d: %s", step.label, step.failover.from_tunnel,
                         step.failover.to_tunnel, step.failover.reason.detail)
+        # Traffic first: the routes move before charon tears anything down.
+        self._apply_net(list(step.net_actions), since, step.key, outcomes)
         for action in step.charon_actions:
             self._apply_charon(action, step.key, outcomes)
-        self._apply_net(list(step.net_actions), since, step.key, outcomes)
 
     def sync_mss(self, rules: dict[str, int] | None) -> None:
         if self._mss is None or rules is None:

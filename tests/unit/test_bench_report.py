@@ -121,7 +121,6 @@ def test_every_scenario_has_a_driver_and_a_window():
     assert list(bench.SCENARIOS) == ["a", "b", "c", "d", "e", "f", "g"]
     assert [k for k, s in bench.SCENARIOS.items() if s.api_change] == ["e", "f", "g"]
     assert all(callable(s.driver) and s.traffic_s > 0 for s in bench.SCENARIOS.values())
-    assert set(bench.ROUTE_SCENARIOS) <= set(bench.SCENARIOS)
 
 
 def test_seed_conn_follows_the_article():

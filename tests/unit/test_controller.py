@@ -557,3 +557,22 @@ def test_the_configured_traffic_selectors_reach_the_decisions(tmp_path):
                                              "traffic_selectors": "wide"}]}, base_dir=tmp_path)
     settings = settings_for(config.connections[0], config, route_unsupported=None)
     assert settings.selectors is TrafficSelectors.WIDE
+
+
+def test_a_step_moves_routes_before_charon_tears_anything_down():
+    """A failover's route move must not wait behind a terminate (a dead peer's DELETE)."""
+    from agent.core.charon_objects import TerminateIke
+    from agent.core.decide import ConnectionStep
+    from agent.core.memory import ConnectionMemory
+    from agent.core.route_mode import SetRoute
+    from agent.daemon.edges import Edges, Outcomes
+
+    order: list[str] = []
+    charon, links = FakeCharon(), FakeLinks()
+    charon.terminate_ike = lambda ike_id, *, timeout_ms: order.append(f"terminate {ike_id} ({timeout_ms} ms)")
+    links.set_route = lambda dst, ifname, metric, src: order.append(f"route {dst} {ifname} {metric}")
+    edges = Edges(charon, links, None, detect_local_address=lambda ip: None)
+    step = ConnectionStep("k", "acme/office", ConnectionMemory(), None, (TerminateIke(T1, "7"),),
+                          (SetRoute("10.0.0.0/16", "svoffice-2", 100, None),))
+    edges.apply_step(step, 0, Outcomes())
+    assert order == ["route 10.0.0.0/16 svoffice-2 100", "terminate 7 (-1 ms)"]

@@ -39,7 +39,6 @@ from space_vpn_lab.bench_report import (
 )
 from space_vpn_lab.bench_scenarios import (
     LEAD_S,
-    ROUTE_SCENARIOS,
     SCENARIOS,
     ScenarioSpec,
     Timeline,
@@ -71,7 +70,7 @@ from space_vpn_lab.traffic import Pinger
 # Names the CLI, bench_kernel and the tests reach through this module.
 __all__ = [
     "BASELINE_DATA_PATH", "DEFAULT_JSON", "HEADERS", "IKE_VERSION", "INITIATE_TIMEOUT_MS", "LEAD_S",
-    "MIN_INTERVAL_S", "MODES", "POLL_S", "PREFIX", "PROBE", "REDUNDANCY_CAP_S", "ROUTE_SCENARIOS",
+    "MIN_INTERVAL_S", "MODES", "POLL_S", "PREFIX", "PROBE", "REDUNDANCY_CAP_S",
     "SCENARIOS", "SYSTEMS", "SYSTEM_CLASSES", "VM_BOOT_S", "VM_PER_RUN_S", "api_change_note",
     "AgentSystem", "BenchError", "ScenarioSpec", "SeedSystem", "Timeline",
     "telemetry", "build_row", "drain", "format_markdown", "format_table", "graceful", "iter_runs",
@@ -274,9 +273,8 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
                                up_timeout=60.0, log_dir=out_dir / "logs", repeat=repeat, probe=probe,
                                ike_version=ike_version))
     if "route" in chosen_modes:
-        route_set = [k for k in chosen if k in ROUTE_SCENARIOS] if scenarios is None else chosen
-        print(f"bench: route mode in the kernel VM ({','.join(route_set)}), this takes minutes ...", flush=True)
-        vm_runs, vm_notes = route_runs(route_set, interval, out_dir / "vm", repeat, probe, ike_version)
+        print(f"bench: route mode in the kernel VM ({','.join(chosen)}), this takes minutes ...", flush=True)
+        vm_runs, vm_notes = route_runs(chosen, interval, out_dir / "vm", repeat, probe, ike_version)
         runs += vm_runs
         notes += vm_notes
     notes += summarize_repeats(runs) + [text for run in runs if (text := describe(run) or api_change_note(run))]

@@ -32,7 +32,7 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="space_vpn_lab.bench_kernel")
     parser.add_argument("--results", required=True, type=Path, help="shared folder for results.json")
-    parser.add_argument("--scenarios", default=",".join(bench.ROUTE_SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(bench.SCENARIOS))
     parser.add_argument("--systems", default=",".join(bench.SYSTEMS))
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--repeat", type=int, default=1)

@@ -18,9 +18,6 @@ from space_vpn_lab.space_side import SpaceSideError
 log = logging.getLogger(__name__)
 
 LEAD_S = 2.0  # traffic before the first action, so the loss is never a start-up artefact
-# e is left out: the route-based space side answers over one pinned tunnel (answer_via) and does
-# not move its replies when the agent rebuilds that tunnel, as AWS does for a tunnel that went down.
-ROUTE_SCENARIOS = ("a", "b", "c", "d", "f", "g")
 
 
 class Timeline:

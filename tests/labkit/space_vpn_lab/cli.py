@@ -43,8 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="policy,route (default: both where the kernel VM can run, else policy)")
     failover.add_argument("--scenarios", default=None,
                           help="a silent, b graceful, c telemetry (DOWN 10 s after a silent loss), d drain, "
-                               "e cidr update, f reordered answer, g re-creation by Heroku (default: all; "
-                               "route mode leaves e out)")
+                               "e cidr update, f reordered answer, g re-creation by Heroku (default: all)")
     failover.add_argument("--json", type=Path, default=None, help="results file (default bench-results/bench.json)")
     failover.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
     failover.add_argument("--repeat", type=int, default=1,
