@@ -1,6 +1,7 @@
 """No core dump of the agent, ever: it holds the API token and the PSKs in memory, and a
 watchdog kill (SIGABRT) would otherwise write them to disk. systemd sets LimitCORE=0 as
 well; this covers a start by hand and makes /proc/<pid>/mem unreadable to ptrace peers.
+The daemon and the doctor (which reads the same secrets) call it before reading any.
 """
 
 from __future__ import annotations

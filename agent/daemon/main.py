@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "doctor":  # reports a bad config as one of its checks
+    if args.command == "doctor":  # reports a bad config as one of its checks; forbids core dumps itself
         return doctor.run_doctor(args.config, as_json=args.json)
     forbid_core_dumps()  # before any secret is read (the config reads the PSK files)
     try:

@@ -1,7 +1,8 @@
 """The doctor's report: `run_checks` gathers the facts (facts.py) and runs every check
 (checks.py, firewall.py) in report order; `render` and `to_json` print them; `run_doctor`
 is the command. Exit 0 all OK, 1 some WARN, 2 some FAIL. The API token is only handed to
-the adapter: no check text ever holds it.
+the adapter: no check text ever holds it; like the daemon, the command makes itself
+non-dumpable before it reads the token or a PSK.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agent.adapters.connection_cache import ConnectionCache
+from agent.adapters.core_dumps import forbid_core_dumps
 from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import PlatformApiError
 from agent.adapters.links import xfrm_interface_support
@@ -150,6 +152,7 @@ def to_json(checks_: list[Check]) -> str:
 
 def run_doctor(config_path: str, *, as_json: bool = False, print_=print, **probes) -> int:
     """Load the config, run every check, print the report; the exit code of the worst."""
+    forbid_core_dumps()  # first: the config reads the PSK files, the checks the token
     try:
         config = load_config(config_path)
     except (ConfigError, OSError, ValueError) as e:

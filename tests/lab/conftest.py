@@ -57,12 +57,13 @@ def make_agent(tmp_path: Path, lab: Lab, fake_api: FakePlatformApi, token: str) 
     yield make
     for agent in agents:
         agent.stop()
-    # Every lab scenario's agent log, whatever the test asserted: no PSK, no token.
+    # Every lab scenario's agent log, whatever the test asserted: no PSK (of any of the
+    # lab's VPNs), no token.
     for agent in agents:
-        assert_no_secret(agent.log_text(), (*lab.psks, token))
+        assert_no_secret(agent.log_text(), (*lab.every_psk, token))
 
 
 @pytest.fixture
 def secrets_of(lab: Lab, token: str) -> tuple[str, ...]:
     """Everything that must never appear in any output."""
-    return (*lab.psks, token)
+    return (*lab.every_psk, token)

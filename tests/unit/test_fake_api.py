@@ -166,6 +166,20 @@ def test_fail_next_comes_before_auth(fake):
     assert httpx.get(fake.url + "/spaces/my-space/vpn-connections/office").status_code == 503
 
 
+def test_fail_next_only_one_connection(fake, client):
+    add_office(fake, vpn="branch")
+    fake.fail_next(2, status=422, error_id="invalid_params", message="line one\nline two", only=("my-space", "office"))
+    office, branch = "/spaces/my-space/vpn-connections/office", "/spaces/my-space/vpn-connections/branch"
+    assert client.get(branch).status_code == 200  # answered, and not counted
+    assert client.get("/spaces/my-space/vpn-connections").status_code == 200
+    first = client.get(office)
+    assert (first.status_code, first.json()["message"]) == (422, "line one\nline two")
+    assert client.get(branch).status_code == 200
+    assert client.get(office).status_code == 422
+    assert client.get(office).status_code == 200
+    assert [s for _, _, s in fake.requests] == [200, 200, 422, 200, 422, 200]
+
+
 def test_tunnel_and_connection_knobs(fake, client):
     before = fake.connection("my-space", "office")["tunnels"][0]["last_status_change"]
     fake.set_tunnel_status("my-space", "office", 1, "DOWN", "maintenance")

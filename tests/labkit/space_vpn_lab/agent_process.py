@@ -147,9 +147,10 @@ def tunnels_of(status: dict[str, Any], index: int = 0) -> dict[int, dict[str, An
     return {t["number"]: t for t in status["connections"][index]["tunnels"]}
 
 
-def is_redundant(status: dict[str, Any], active: int = 1) -> bool:
-    """Active tunnel carries the CHILD_SA, the other has an IKE SA and no child."""
-    tunnels = tunnels_of(status)
+def is_redundant(status: dict[str, Any], active: int = 1, index: int = 0) -> bool:
+    """Active tunnel carries the CHILD_SA, the other has an IKE SA and no child (of the
+    config's connection number `index`)."""
+    tunnels = tunnels_of(status, index)
     if len(tunnels) != 2:
         return False
     standby = tunnels[3 - active]

@@ -3,7 +3,8 @@
 It speaks the documented JSON (ETag/304, RateLimit-Remaining, error bodies) and has knobs
 for the failures the agent must survive: outages, 429, slow answers, token rotation, PSK
 and tunnel changes, a rate-limit pool that runs low (and answers 429 when empty). Lab and unit tests run it; it never logs the token or a PSK.
-`start_fake_api` serves the lab's own connection (SPACE/VPN) to the agent under test.
+`start_fake_api` serves the lab's own connection (SPACE/VPN) to the agent under test,
+`serve_space_side` a further one (Lab.add_vpn).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from space_vpn_lab.netns import in_netns
 
 if TYPE_CHECKING:
     from space_vpn_lab.lab import Lab
+    from space_vpn_lab.space_side import SpaceSide
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class _Failure:
     error_id: str
     retry_after: float | None
     message: str | None = None
+    only: tuple[str, str] | None = None  # (space, vpn): the other connections are answered
 
 
 @dataclass
@@ -336,11 +339,13 @@ class FakePlatformApi:
         error_id: str = "service_unavailable",
         retry_after: float | None = None,
         message: str | None = None,
+        only: tuple[str, str] | None = None,
     ) -> None:
         """Answer the next `count` requests with `status` before any other check; the
-        error body's message is `message` (any text, newlines included) if given."""
+        error body's message is `message` (any text, newlines included) if given. With
+        `only` (space, vpn), just that connection's requests fail and count down."""
         with self._state.lock:
-            self._state.failure = _Failure(count, status, error_id, retry_after, message) if count else None
+            self._state.failure = _Failure(count, status, error_id, retry_after, message, only) if count else None
 
     def set_token(self, token: str) -> None:
         with self._state.lock:
@@ -395,7 +400,7 @@ class FakePlatformApi:
                 return self._record(handler, _Reply(0, answer=False))
 
             def reply() -> _Reply:
-                return self._failure_reply() or self._check(handler) or self._route(handler)
+                return self._failure_reply(handler) or self._check(handler) or self._route(handler)
 
             return self._record(handler, self._with_rate_limit(reply))
 
@@ -411,9 +416,11 @@ class FakePlatformApi:
         reply.headers += (("RateLimit-Remaining", str(remaining or 0)),)
         return reply
 
-    def _failure_reply(self) -> _Reply | None:
+    def _failure_reply(self, handler: _Handler) -> _Reply | None:
         failure = self._state.failure
         if failure is None or failure.count <= 0:
+            return None
+        if failure.only is not None and _connection_of(handler.path) != failure.only:
             return None
         failure.count -= 1
         reply = _error(failure.status, failure.error_id, failure.message or "Simulated failure.")
@@ -432,9 +439,8 @@ class FakePlatformApi:
         return None
 
     def _route(self, handler: _Handler) -> _Reply:
-        parts = [unquote(p) for p in urlsplit(handler.path).path.split("/")]
-        # ["", "spaces", space, "vpn-connections", (vpn)]
-        if len(parts) not in (4, 5) or parts[:2] != ["", "spaces"] or parts[3] != "vpn-connections":
+        parts = _path_parts(handler.path)
+        if parts is None:
             return _error(404)
         space = parts[2]
         in_space = {v: body for (s, v), body in self._state.connections.items() if s == space}
@@ -448,6 +454,20 @@ class FakePlatformApi:
             if wanted in (name, body["id"]) and (space, name) not in self._state.hidden:
                 return _json_reply(_as_served(body), handler.headers.get("If-None-Match"))
         return _error(404, message="Couldn't find that VPN connection.")
+
+
+def _path_parts(path: str) -> list[str] | None:
+    """["", "spaces", space, "vpn-connections"(, vpn)], or None for any other path."""
+    parts = [unquote(p) for p in urlsplit(path).path.split("/")]
+    if len(parts) not in (4, 5) or parts[:2] != ["", "spaces"] or parts[3] != "vpn-connections":
+        return None
+    return parts
+
+
+def _connection_of(path: str) -> tuple[str, str] | None:
+    """(space, vpn) of a request for one connection (by name as asked), else None."""
+    parts = _path_parts(path)
+    return (parts[2], parts[4]) if parts is not None and len(parts) == 5 else None
 
 
 def _as_served(body: dict) -> dict:
@@ -469,3 +489,16 @@ def start_fake_api(lab: Lab, token: str) -> FakePlatformApi:
         psks=list(lab.psks),
     )
     return api
+
+
+def serve_space_side(api: FakePlatformApi, space: str, vpn: str, side: SpaceSide) -> dict:
+    """Serve a further lab VPN (Lab.add_vpn) as space/vpn: its endpoints, PSKs and CIDRs."""
+    return api.add_connection(
+        space, vpn,
+        public_ip=side.customer_ip,
+        routable_cidrs=list(side.remote_ts),
+        space_cidr_block=side.local_ts,
+        ike_version=side.ike_version,
+        tunnel_ips=[t.ip for t in side.tunnels],
+        psks=[t.psk for t in side.tunnels],
+    )

@@ -7,6 +7,7 @@ in a real Private Space), and an empty customer-side charon for the agent under 
 the last safety net.
 kernel_ipsec / space_route_based / space_wide_selectors need a kernel with ESP and XFRM
 interfaces (kernel_vm). Several routable CIDRs get a customer host each (the .2 of each).
+`add_vpn` adds a second VPN connection (another space) to the same two namespaces.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 from space_vpn_lab.app_host import AppHost
 from space_vpn_lab.charon_instance import DEFAULT_BINARY, CharonInstance
 from space_vpn_lab.space_side import SpaceSide, SpaceTunnel
-from space_vpn_lab.topology import (APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, ROUTABLE_CIDR, SPACE_HOST_IP,
-                                    TUNNEL_CIDR, Topology, ip)
+from space_vpn_lab.topology import (APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, OTHER_SPACE_CIDR,
+                                    OTHER_SPACE_HOST_IP, OTHER_VPN_TUNNEL_IPS, ROUTABLE_CIDR, SECOND_ROUTABLE_CIDR,
+                                    SPACE_HOST_IP, TUNNEL_CIDR, Topology, ip)
 from space_vpn_lab.traffic import PingResult, ping
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class Lab:
                                remote_ts=self.routable_cidrs, route_based=space_route_based,
                                wide_selectors=space_wide_selectors)
         self.app = AppHost(self.topology.space_ns, APP_HOST_IPS, APP_PORT)
+        #: Further VPN connections answered by the same space charon (add_vpn).
+        self.other_vpns: list[SpaceSide] = []
         self._open = False
 
     def __repr__(self) -> str:
@@ -112,8 +116,8 @@ class Lab:
             return
         self._open = False
         atexit.unregister(self.close)
-        steps = (self.customer_charon.stop, self.space_charon.stop,
-                 self.space.destroy, self.app.stop, self.topology.destroy)
+        steps = (self.customer_charon.stop, self.space_charon.stop, self.space.destroy,
+                 *(side.destroy for side in self.other_vpns), self.app.stop, self.topology.destroy)
         for step in steps:
             try:
                 step()
@@ -147,6 +151,45 @@ class Lab:
             self.space.graceful_down(number)
         for address in set(old_ips) - set(self.tunnel_ips):
             ip("-n", self.topology.space_ns, "addr", "del", f"{address}/32", "dev", "lo")
+
+    @property
+    def every_psk(self) -> tuple[str, ...]:
+        """The PSKs of every VPN of the lab: what no output may ever hold."""
+        return (*self.psks, *(t.psk for side in self.other_vpns for t in side.tunnels))
+
+    def add_vpn(self, name: str, *, tunnel_ips: Sequence[str] = OTHER_VPN_TUNNEL_IPS,
+                space_cidr: str = OTHER_SPACE_CIDR, space_host_ip: str = OTHER_SPACE_HOST_IP,
+                routable_cidrs: Sequence[str] = (SECOND_ROUTABLE_CIDR,)) -> SpaceSide:
+        """One more VPN connection from the customer gateway, as to a second space: two
+        endpoints of its own in TUNNEL_CIDR with fresh PSKs, answered by the same space
+        charon as conns NAME-t1/-t2 (responder only, like the first), a host in its
+        space CIDR that answers ping, and a customer host in its first routable CIDR
+        (the .2). Distinct CIDRs keep its selectors and kernel routes apart from the
+        first VPN's (both sides' kernel routes go by destination). Serve it with
+        fake_api.serve_space_side. Policy-based space side only."""
+        sides = (self.space, *self.other_vpns)
+        if self.space.route_based:
+            raise ValueError("a second VPN needs a policy-based space side (the XFRM interfaces are the first's)")
+        if name in {s.name for s in sides}:
+            raise ValueError(f"the lab already has a VPN named {name!r}")
+        taken = {t.ip for s in sides for t in s.tunnels}
+        for address in tunnel_ips:
+            if ipaddress.ip_address(address) not in ipaddress.ip_network(TUNNEL_CIDR) or address in taken:
+                raise ValueError(f"tunnel IP {address} is outside the lab's {TUNNEL_CIDR} or taken")
+        if ipaddress.ip_address(space_host_ip) not in ipaddress.ip_network(space_cidr):
+            raise ValueError(f"space host {space_host_ip} is outside {space_cidr}")
+        used = [ipaddress.ip_network(c) for s in sides for c in (s.local_ts, *s.remote_ts)]
+        for cidr in (space_cidr, *routable_cidrs):
+            if any(ipaddress.ip_network(cidr).overlaps(u) for u in used):
+                raise ValueError(f"{cidr} overlaps a CIDR of the lab's other VPNs")
+        for address in (*tunnel_ips, space_host_ip):
+            ip("-n", self.topology.space_ns, "addr", "replace", f"{address}/32", "dev", "lo")
+        ip("-n", self.topology.cust_ns, "addr", "replace", f"{customer_host_in(routable_cidrs[0])}/32", "dev", "lo")
+        side = SpaceSide(self.space_charon, [SpaceTunnel(a, generate_psk()) for a in tunnel_ips],
+                         ike_version=self.ike_version, local_ts=space_cidr, remote_ts=routable_cidrs, name=name)
+        side.load()
+        self.other_vpns.append(side)
+        return side
 
     def name_app(self, address: str = APP_HOST_IPS[0], name: str = APP_NAME) -> None:
         """Resolve `name` to `address` in the customer namespace (its own hosts file):

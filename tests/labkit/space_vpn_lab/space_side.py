@@ -1,7 +1,9 @@
 """The far end of the lab VPN: one charon playing Heroku/AWS's two tunnel endpoints.
 
 Like AWS it is a responder only (start_action none, never initiates), so a tunnel it
-drops stays down until the customer re-initiates. Knobs simulate maintenance:
+drops stays down until the customer re-initiates. One charon can play the far end of
+several VPN connections (a gateway serving two spaces), each a SpaceSide of its own
+`name` and endpoints (Lab.add_vpn). Knobs simulate maintenance:
 graceful (DELETE sent) and silent (nftables blackhole, then forget the SA).
 Route-based (like an AWS VGW): one XFRM interface per tunnel, and the lab's route
 to the customer picks the tunnel replies take (`answer_via`). Children accept all of
@@ -60,8 +62,8 @@ class TunnelSas:
         return self.ike_state == "ESTABLISHED" and "INSTALLED" in self.child_states
 
 
-def conn_name(number: int) -> str:
-    return f"space-t{number}"
+def conn_name(number: int, side: str = "space") -> str:
+    return f"{side}-t{number}"
 
 
 def _drain(stream: Iterable) -> list:
@@ -77,8 +79,11 @@ class SpaceSide:
                  ike_version: int = 1, customer_id: str = CUSTOMER_PUBLIC_IP,
                  customer_ip: str = CUSTOMER_PUBLIC_IP, local_ts: str = SPACE_CIDR,
                  remote_ts: str | Sequence[str] = ROUTABLE_CIDR, route_based: bool = False,
-                 wide_selectors: bool = False) -> None:
+                 wide_selectors: bool = False, name: str = "space") -> None:
         self.charon = charon
+        #: Names its conns (`NAME-t1`, `NAME-t2`), shared keys and nft table.
+        self.name = name
+        self._nft_table = NFT_TABLE if name == "space" else f"{NFT_TABLE}_{name}"
         self.tunnels = tuple(SpaceTunnel(*t) if isinstance(t, tuple) else t for t in tunnels)
         self.ike_version = ike_version
         self.customer_id = customer_id
@@ -96,6 +101,8 @@ class SpaceSide:
         self._nft_ready = False
         if route_based and len(self.tunnels) > len(SPACE_XFRM_IFACES):
             raise ValueError("route-based space side supports %d tunnels" % len(SPACE_XFRM_IFACES))
+        if route_based and name != "space":
+            raise ValueError("a route-based space side owns the XFRM interfaces: only one per lab")
         if wide_selectors and not route_based:
             # Unbound 0.0.0.0/0 policies would take the namespace's IKE traffic too.
             raise ValueError("wide selectors need a route-based space side")
@@ -142,7 +149,7 @@ class SpaceSide:
         self.load()
 
     def _load_tunnel(self, session: vici.Session, number: int, tunnel: SpaceTunnel) -> None:
-        name = conn_name(number)
+        name = conn_name(number, self.name)
         session.load_shared({
             "id": name,
             "type": "IKE",
@@ -164,7 +171,7 @@ class SpaceSide:
             "send_certreq": "no",
             "local": {"auth": "psk", "id": tunnel.ip},
             "remote": {"auth": "psk", "id": self.customer_id},
-            "children": {conn_name(number): self._child(number)},
+            "children": {conn_name(number, self.name): self._child(number)},
         }
         if self.ike_version == 1:
             # IKEv1 has no real IKE rekey: the lifetime is a reauthentication.
@@ -205,7 +212,7 @@ class SpaceSide:
 
     def block(self, number: int) -> None:
         """Blackhole the endpoint (an endpoint under maintenance answers nothing)."""
-        self._nft("add", "element", "inet", NFT_TABLE, NFT_SET, "{ %s }" % self._ip(number))
+        self._nft("add", "element", "inet", self._nft_table, NFT_SET, "{ %s }" % self._ip(number))
 
     def silent_down(self, number: int) -> None:
         """Blackhole the endpoint, then forget its SA without the peer noticing:
@@ -218,7 +225,8 @@ class SpaceSide:
     def ignore_quick_mode(self, number: int, ignore: bool = True) -> None:
         """Main Mode is answered, Quick Mode is not (ignore=False: answered again)."""
         verb = "add" if ignore else "delete"
-        self._nft(verb, "element", "inet", NFT_TABLE, NFT_NO_QUICK_MODE, "{ %s }" % self._ip(number), check=ignore)
+        self._nft(verb, "element", "inet", self._nft_table, NFT_NO_QUICK_MODE, "{ %s }" % self._ip(number),
+                  check=ignore)
 
     def forget(self, number: int) -> None:
         """Drop tunnel `number`'s SAs without the peer hearing of it (the DELETE is
@@ -232,7 +240,7 @@ class SpaceSide:
 
     def restore(self, number: int) -> None:
         """Lift the blackhole. Still a responder: the customer must re-initiate."""
-        result = self._nft("delete", "element", "inet", NFT_TABLE, NFT_SET,
+        result = self._nft("delete", "element", "inet", self._nft_table, NFT_SET,
                            "{ %s }" % self._ip(number), check=False)
         if result.returncode != 0:
             log.info("space side: tunnel %s was not blackholed", number)
@@ -240,7 +248,7 @@ class SpaceSide:
 
     def blocked_ips(self) -> list[str]:
         """Endpoint addresses currently blackholed (nft's JSON output)."""
-        result = self._nft("-j", "list", "set", "inet", NFT_TABLE, NFT_SET)
+        result = self._nft("-j", "list", "set", "inet", self._nft_table, NFT_SET)
         for item in json.loads(result.stdout).get("nftables", []):
             if "set" in item:
                 return [str(e) for e in item["set"].get("elem", [])]
@@ -276,7 +284,7 @@ class SpaceSide:
         return result
 
     def _terminate(self, number: int, force: bool) -> None:
-        request = {"ike": conn_name(number), "timeout": TERMINATE_TIMEOUT_MS}
+        request = {"ike": conn_name(number, self.name), "timeout": TERMINATE_TIMEOUT_MS}
         if force:
             request["force"] = "yes"
         try:
@@ -305,7 +313,7 @@ class SpaceSide:
     def sas(self) -> dict[int, TunnelSas]:
         """list-sas reduced to what tests assert on, keyed by tunnel number."""
         found: dict[int, list[dict]] = {n: [] for n in range(1, len(self.tunnels) + 1)}
-        names = {conn_name(n): n for n in found}
+        names = {conn_name(n, self.name): n for n in found}
         with self.charon.connected() as session:
             entries = _drain(session.list_sas())
         for entry in entries:
@@ -321,7 +329,7 @@ class SpaceSide:
             return
         # Drop both directions, incl. IKE/NAT-T to and from the endpoint address.
         script = f"""
-table inet {NFT_TABLE} {{
+table inet {self._nft_table} {{
   set {NFT_SET} {{
     type ipv4_addr
   }}
@@ -344,13 +352,13 @@ table inet {NFT_TABLE} {{
   }}
 }}
 """
-        self._nft("delete", "table", "inet", NFT_TABLE, check=False)
+        self._nft("delete", "table", "inet", self._nft_table, check=False)
         self._nft("-f", "-", stdin=script)
         self._nft_ready = True
 
     def destroy(self) -> None:
         """Remove the nft table (the namespace may already be gone: that is fine)."""
-        self._nft("delete", "table", "inet", NFT_TABLE, check=False)
+        self._nft("delete", "table", "inet", self._nft_table, check=False)
         self._nft_ready = False
         # The xfrm links and the route go with the namespace.
         self.answering_tunnel = None

@@ -36,6 +36,11 @@ SPACE_CIDR = "10.0.0.0/16"
 #: inside it: traffic from there must cross the tunnel too.
 SECOND_ROUTABLE_CIDR = "192.168.50.0/24"
 SECOND_CUSTOMER_HOST_IP = "192.168.50.2"
+#: A second VPN connection from the same gateway into another space (Lab.add_vpn): its
+#: own endpoints in TUNNEL_CIDR, space CIDR and host there that answers ping.
+OTHER_VPN_TUNNEL_IPS = ("198.51.100.11", "198.51.100.12")
+OTHER_SPACE_CIDR = "10.2.0.0/16"
+OTHER_SPACE_HOST_IP = "10.2.0.10"
 
 #: Seconds a process gets between SIGTERM and SIGKILL when a namespace is torn down.
 KILL_GRACE_S = 3.0
