@@ -203,8 +203,10 @@ CIDR_UPDATE = "172.16.0.0/12"  # one selector pair (IKEv1), a superset of the la
 def _cidr_update(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
     """`heroku spaces:vpn:update --cidrs`: AWS takes the new selectors first, then the
     API says so. Each tunnel gets a CHILD_SA with the new selectors under its IKE SA
-    before the old one goes: no route moves, no IKE SA is re-created, not one ping of
-    a 20 ms stream is lost, whichever tunnel the space side answers over."""
+    before the old one goes: no route moves, no IKE SA is re-created, whichever tunnel
+    the space side answers over. At most the one ping in flight when the old CHILD_SA
+    is deleted can be lost (<= 20 ms): the far end sends over the old SA, whose
+    selectors are the more specific, until our DELETE reaches it."""
     ns = lab.topology.cust_ns
     ikes, before_routes = ike_ids(lab), routes(ns)
     status = agent.status() or {}
@@ -226,7 +228,7 @@ def _cidr_update(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: Fa
     ctx.check("cidr_update_keeps_ike_sas", ike_ids(lab) == ikes, f"{ikes} -> {ike_ids(lab)}")
     ctx.check("cidr_update_moves_no_route", routes(ns) == before_routes and len(now.get("failovers", [])) == failovers,
               f"{routes(ns)}; failovers {failovers} -> {len(now.get('failovers', []))}")
-    ctx.check("cidr_update_loses_nothing", result.transmitted > 100 and result.lost == 0,
+    ctx.check("cidr_update_loses_at_most_20_ms", result.transmitted > 100 and result.lost <= 1,
               f"lost {result.lost} of {result.transmitted} at 20 ms")
 
 
