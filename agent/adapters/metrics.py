@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from agent.adapters.bounded_server import BoundedServer, Client, Limits
 from agent.core.failover import FailoverKind, TunnelRole
 from agent.core.faults import FaultStage
+from agent.core.ha import HaState
 from agent.core.lifecycle import Stage
 from agent.core.model import TunnelApiStatus
 from agent.core.observation import ChildState, IkeState
@@ -46,6 +47,7 @@ CHILD_STATES = tuple(s.value for s in (ChildState.INSTALLED, ChildState.REKEYING
 # Failover kinds, exported at 0 before the first failover so rate() sees the first increase.
 FAILOVER_REASONS = tuple(kind.value for kind in FailoverKind)
 STAGES = tuple(stage.value for stage in Stage)
+HA_STATES = tuple(state.value for state in HaState)
 FAULT_STAGES = tuple(stage.value for stage in FaultStage)  # exported at 0 too, for rate() and alerts
 API_UP = {TunnelApiStatus.UP.value: 1, TunnelApiStatus.DOWN.value: 0}  # UNKNOWN: no sample
 
@@ -121,9 +123,16 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
     generation = GaugeMetricFamily(PREFIX + "settings_generation",
                                    "Generation of the far end's settings: 1 for the first seen, +1 for each change.",
                                    labels=CONNECTION_LABELS)
+    ha = GaugeMetricFamily(PREFIX + "ha_state",
+                           "HA pair (ha.enabled): 1 for this node's state for the connection (master runs the "
+                           "tunnels; backup and fault stand by), 0 for the others. Absent without ha.",
+                           labels=(*CONNECTION_LABELS, "state"))
     for conn in connections:
         labels = [conn.space, conn.vpn]
         health.add_metric(labels, int(conn.health))
+        if conn.ha != "off":
+            for name in HA_STATES:
+                ha.add_metric([*labels, name], int(conn.ha == name))
         for name in STAGES:
             stage.add_metric([*labels, name], int(conn.stage == name))
         generation.add_metric(labels, conn.generation)
@@ -137,6 +146,8 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
         for name in FAULT_STAGES:
             errors.add_metric([*labels, name], conn.connection_errors.get(name, 0))
     yield from (health, stage, generation, last_success, api_errors, failovers, errors)
+    if any(conn.ha != "off" for conn in connections):
+        yield ha
 
 
 def tunnel_families(connections: tuple[ConnectionView, ...]) -> Iterator[Metric]:

@@ -5,6 +5,7 @@
     agentctl [--socket PATH] show-config
     agentctl [--socket PATH] drain N [--connection SPACE/VPN]     move traffic off tunnel N
     agentctl [--socket PATH] undrain N [--connection SPACE/VPN]   let it carry traffic again
+    agentctl [--socket PATH] ha master|backup|fault   keepalived's notify: this node's VRRP state
     agentctl doctor [--config PATH] [--json]    checks this host: exit 0 OK, 1 WARN, 2 FAIL
 Commands other than status exit 0 when done, 1 when the agent refused, 3 when unreachable.
 Imports only the shared protocol and the pure renderer, so it starts in a few ms beyond
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         steer = command(name, text)
         steer.add_argument("tunnel", type=int, choices=(1, 2), help="tunnel number, as in `status`")
         steer.add_argument("--connection", metavar="SPACE/VPN", help="needed when several are configured")
+    ha = command("ha", "keepalived's notify: this node became master, backup or fault (ha.enabled)")
+    ha.add_argument("state", choices=protocol.HA_STATES, help="the VRRP state keepalived entered")
     doctor = command("doctor", "check charon, kernel, firewall, sysctls, token and CIDRs; exit 0 OK, 1 WARN, 2 FAIL")
     doctor.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             drained = ", ".join(str(n) for n in result["drained"]) or "none"
             print(printable(f"{result['connection']}: tunnel {result['tunnel']} {args.command}ed "
                             f"(drained now: {drained})"))
+            return 0
+        if args.command == "ha":
+            result = protocol.request(args.socket, "ha", {"state": args.state})
+            print(printable(f"ha: {result['state']} noted"))
             return 0
         if args.command == "show-config":
             print(render_config(protocol.request(args.socket, "show-config")), end="")

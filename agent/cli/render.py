@@ -32,6 +32,10 @@ def render_status(status: dict[str, object]) -> str:
     lines.append(charon)
     if status.get("api_budget"):
         lines.append(_api_budget(status["api_budget"]))
+    if status.get("ha"):
+        ha = status["ha"]
+        heard = f", keepalived said {ha['keepalived']}" if ha.get("keepalived") else ""
+        lines.append(f"HA: this node is {ha['state']}{heard}")
     for error in status.get("errors", []):
         lines.append(f"! {error}")
     for conn in status["connections"]:
@@ -41,6 +45,8 @@ def render_status(status: dict[str, object]) -> str:
         lines.append(f"Source: {conn['source']}   Connection status: {conn['connection_status']}")
         if conn.get("heroku_note"):
             lines.append(f"Heroku: {conn['heroku_note']}")
+        if conn.get("ha", "off") != "off":
+            lines.append(f"HA: {conn['ha']} ({conn['ha_reason']})")
         if conn.get("api_error"):
             lines.append(f"API error: {conn['api_error']}")
         lines += _rolling(conn)

@@ -152,6 +152,14 @@ class ConnectionConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    #: One of two gateways of a VRRP pair (keepalived): a connection's tunnels run only
+    #: while its local_address (the virtual address) is on this host, or keepalived's
+    #: notify (`agentctl ha master`) says so; a backup loads them and initiates nothing.
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     strongswan: StrongswanConfig = field(default_factory=StrongswanConfig)
@@ -162,6 +170,7 @@ class AgentConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: One of debug, info, warning, error.
     log_level: str = "info"
+    ha: HaConfig = field(default_factory=HaConfig)
     connections: tuple[ConnectionConfig, ...] = ()
 
 

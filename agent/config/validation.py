@@ -18,6 +18,7 @@ from agent.config.schema import (
     ApiConfig,
     ConfigError,
     ConnectionConfig,
+    HaConfig,
     MetricsConfig,
     ProbeConfig,
     StrongswanConfig,
@@ -30,8 +31,9 @@ from agent.core.model import object_name
 from agent.core.modes import Mode
 from agent.core.selectors import TrafficSelectors, selector_problem
 
-_TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level",
+_TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level", "ha",
              "connections")
+_HA_KEYS = ("enabled",)
 _API_KEYS = ("url", "token_file", "poll_interval", "timeout", "not_found_grace", "forget_deleted_after")
 _STRONGSWAN_KEYS = ("vici_socket", "connect_timeout")
 _METRICS_KEYS = ("listen",)
@@ -77,8 +79,14 @@ def parse_config(data: object, *, base_dir: Path) -> AgentConfig:
                                   AgentConfig.control_socket),
         metrics=_metrics(top.get("metrics"), problems),
         log_level=log_level,
+        ha=_ha(top.get("ha"), problems),
         connections=_connections(top.get("connections"), problems, base_dir, url_address(api.url)),
     )
+    if config.ha.enabled:
+        for index, conn in enumerate(config.connections):
+            if conn.local_address is None:
+                problems.append(f"connections[{index}].local_address: required with ha.enabled: the virtual "
+                                "address keepalived moves between the two gateways (the one Heroku knows)")
     if problems:
         raise ConfigError(problems)
     return config
@@ -126,6 +134,15 @@ def _strongswan(raw: object, problems: list[str], base_dir: Path) -> StrongswanC
         connect_timeout=_duration(section, "connect_timeout", "strongswan", problems,
                                    StrongswanConfig.connect_timeout, DURATION_BOUNDS["strongswan.connect_timeout"]),
     )
+
+
+def _ha(raw: object, problems: list[str]) -> HaConfig:
+    section = _mapping(raw, "ha", _HA_KEYS, problems)
+    enabled = section.get("enabled", HaConfig.enabled)
+    if not isinstance(enabled, bool):
+        problems.append(f"ha.enabled: expected true or false, got {_describe(enabled)}")
+        return HaConfig()
+    return HaConfig(enabled=enabled)
 
 
 def _metrics(raw: object, problems: list[str]) -> MetricsConfig:

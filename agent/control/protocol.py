@@ -1,8 +1,9 @@
 """The control-socket protocol, shared by the daemon's server and agentctl.
 
 One JSON object per line, each way, at most MAX_MESSAGE bytes:
-  request  {"id": <int>, "command": "status" | "reload" | "ping" | "drain" | "undrain" | "show-config",
+  request  {"id": <int>, "command": "status" | "reload" | "ping" | "drain" | "undrain" | "show-config" | "ha",
             "args": {...}}   drain/undrain args: {"tunnel": 1|2, "connection": "SPACE/VPN"?}
+                             ha args: {"state": "master" | "backup" | "fault"} (keepalived's notify)
   response {"id": <same>, "ok": true, "result": {...}}
          | {"id": <same>, "ok": false, "error": "<message for people>"}
 Reads are answered from the published Snapshot; writes go through the loop's inbox.
@@ -14,9 +15,11 @@ import json
 import socket
 
 MAX_MESSAGE = 1 << 20  # bytes; a status of many connections stays far below
-COMMANDS = ("status", "reload", "ping", "drain", "undrain", "show-config")
+COMMANDS = ("status", "reload", "ping", "drain", "undrain", "show-config", "ha")
+HA_STATES = ("master", "backup", "fault")
 #: The arguments each command takes; every other one is refused.
-ARGUMENTS: dict[str, tuple[str, ...]] = {"drain": ("tunnel", "connection"), "undrain": ("tunnel", "connection")}
+ARGUMENTS: dict[str, tuple[str, ...]] = {"drain": ("tunnel", "connection"), "undrain": ("tunnel", "connection"),
+                                         "ha": ("state",)}
 
 
 class ProtocolError(Exception):
@@ -48,7 +51,8 @@ def checked_request(message: dict[str, object]) -> tuple[str, dict[str, object]]
     """(command, args) of a request, its types checked; ProtocolError says what is wrong.
 
     drain/undrain need `tunnel` 1 or 2 (an integer, not true/false) and may name a
-    `connection` (a string; null for the only one). Other commands take no arguments."""
+    `connection` (a string; null for the only one); ha needs `state`. Other commands
+    take no arguments."""
     command = message.get("command")
     if not isinstance(command, str) or command not in COMMANDS:
         raise ProtocolError(f"unknown command {_shown(command)} (known: {', '.join(COMMANDS)})")
@@ -69,6 +73,8 @@ def checked_request(message: dict[str, object]) -> tuple[str, dict[str, object]]
         connection = args.get("connection")
         if connection is not None and not isinstance(connection, str):
             raise ProtocolError(f"{command}: connection must be a name such as SPACE/VPN, got {_shown(connection)}")
+    if command == "ha" and args.get("state") not in HA_STATES:
+        raise ProtocolError(f"ha: state must be one of {', '.join(HA_STATES)}, got {_shown(args.get('state'))}")
     return command, args
 
 

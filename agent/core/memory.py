@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from agent.core.desired import TCP_MSS, TUNNEL_MTU, DesiredConnection
 from agent.core.failover import FailoverKind, FailoverPolicy, FailoverReason, FailoverState, TunnelHealth
 from agent.core.faults import ConnectionFault, FaultStage, faulted_verdict
+from agent.core.ha import HaState, VipWatch
 from agent.core.health import InboundWatch, ProbeStats, TrafficTotals
 from agent.core.model import VpnConnection
 from agent.core.modes import Mode
@@ -55,6 +56,7 @@ class ConnectionSettings:
     not_found_grace: float = 300.0  # s a 404 counts as "still being created"
     forget_deleted_after: float = 900.0  # s a deleted connection keeps its tunnels
     api_address: str | None = None  # the Platform API's IP when api.url names one: never tunnelled
+    ha: bool = False  # one of a VRRP pair: runs its tunnels only while it holds local_address
 
     @property
     def label(self) -> str:
@@ -103,6 +105,8 @@ class ConnectionMemory:
     failover_counts: Mapping[FailoverKind, int] = field(default_factory=dict)  # since start
     running: Mapping[int, TunnelSettings] = field(default_factory=dict)  # far-end settings each tunnel runs
     faults: Mapping[FaultStage, int] = field(default_factory=dict)  # contained exceptions by stage, since start
+    vip: VipWatch | None = None  # ha: whether this node holds local_address, since when
+    ha: tuple[HaState, str] | None = None  # ha: this node's state for this connection, and why; None: no ha
 
     @property
     def active(self) -> int | None:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from agent.core.bounds import swallowed_addresses
-from agent.core.charon_objects import CharonAction, TerminateIke, plan_loads, plan_unloads
+from agent.core.charon_objects import CharonAction, TerminateIke, plan_loads, plan_unloads, terminate_all
 from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.faults import ConnectionFault, FaultStage
+from agent.core.ha import HaNotice, HaState, ha_state, observe_vip
 from agent.core.health import ProbeTarget
 from agent.core.lifecycle import Life, Stage, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord
@@ -27,7 +28,15 @@ from agent.core.modes import Mode
 from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
 from agent.core.rolling import RollPlan, plan_roll, published
-from agent.core.route_mode import Reroute, RouteAction, mss_rules, plan_interfaces, plan_reroute, plan_stale_interfaces
+from agent.core.route_mode import (
+    DeleteRoute,
+    Reroute,
+    RouteAction,
+    mss_rules,
+    plan_interfaces,
+    plan_reroute,
+    plan_stale_interfaces,
+)
 from agent.core.selectors import selector_problem
 from agent.core.snapshot import Health
 
@@ -49,6 +58,7 @@ class PassInputs:
     now: float  # monotonic s
     wall_now: float  # unix s
     jitter: Mapping[str, float]  # by charon conn name, in [0, 1): spreads each tunnel's retries
+    ha_notice: HaNotice | None = None  # keepalived's last notify (ha.enabled)
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,41 @@ def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
 
 
 def _step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
+    if not record.settings.ha:
+        return _connection_step(record, prepared, inputs)
+    # One of a VRRP pair: the holder of local_address runs the tunnels, the other stands by.
+    vip = record.settings.local_address or ""
+    watch = observe_vip(record.memory.vip, vip in inputs.net.addresses, inputs.now)
+    ha = ha_state(vip, watch, inputs.ha_notice)
+    if ha[0] is HaState.MASTER or prepared.desired is None or prepared.roll is None:
+        step = _connection_step(record, prepared, inputs)
+    else:
+        step = _standby(record, prepared.desired, prepared.roll, inputs, ha)
+    return replace(step, memory=replace(step.memory, vip=watch, ha=ha))
+
+
+def _standby(record: ConnectionRecord, conn: DesiredConnection, roll: RollPlan, inputs: PassInputs,
+             ha: tuple[HaState, str]) -> ConnectionStep:
+    """An HA backup (or a node keepalived put in fault): the tunnels stay loaded, nothing
+    is initiated, our SAs go and so do our routes. Its memory starts over, so becoming
+    master initiates both tunnels at once, like a cold start."""
+    state, why = ha
+    actions = [a for t in conn.tunnels for a in terminate_all(t.conn_name, inputs.charon.tunnel(t.conn_name))]
+    ours = {t.interface for t in conn.tunnels if t.interface is not None}
+    routes = [DeleteRoute(r.dst, r.ifname, r.metric) for r in inputs.net.routes if r.ifname in ours]
+    loaded = all(t.conn_name in inputs.charon.conns for t in conn.tunnels)
+    if state is HaState.FAULT:
+        verdict = (Health.DEGRADED, f"standby (HA fault): {why}; this node cannot take over")
+    elif not loaded:
+        verdict = (Health.DEGRADED, f"standby (HA backup): {why}; its tunnels are not loaded into charon yet")
+    else:
+        verdict = (Health.OK, f"standby (HA backup): {why}; tunnels loaded, nothing initiated")
+    memory = replace(record.memory, desired=conn, local_address=_local_address(record, inputs), running=roll.settings,
+                     failover=None, timing={}, inbound=None, health={}, probes={}, verdict=verdict)
+    return ConnectionStep(record.key, record.settings.label, memory, None, tuple(actions), tuple(routes))
+
+
+def _connection_step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
     conn, roll, life = prepared.desired, prepared.roll, prepared.life
     if prepared.refused is not None:
         return _waiting(record, inputs, None, prepared.refused)
@@ -288,7 +333,7 @@ def _probe_targets(record: ConnectionRecord, step: ConnectionStep | None) -> tup
     """Route mode: probe each tunnel through its own interface, so the standby path is
     verified continuously; policy mode: the active tunnel (the only one with a CHILD_SA,
     reached by the policy). Needs a probe target and a source inside the routable CIDRs."""
-    if step is None:
+    if step is None or (step.memory.ha is not None and step.memory.ha[0] is not HaState.MASTER):
         return ()
     conn, probe = step.memory.desired, record.settings.probe
     if conn is None or probe.target is None or conn.source_address is None:

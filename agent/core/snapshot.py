@@ -84,6 +84,8 @@ class ConnectionView:
     stage: str = "unknown"  # a lifecycle.Stage value
     heroku_note: str = ""  # what Heroku says and what the agent does about it
     generation: int = 0  # of the far end's settings
+    ha: str = "off"  # this node in an HA pair, for this connection: master | backup | fault; off without ha
+    ha_reason: str = ""  # why (the virtual address, keepalived's word)
     # Exceptions contained while planning or applying this connection, by stage, since
     # start (core/faults); the summary says the last one while it lasts.
     connection_errors: dict[str, int] = field(default_factory=dict)
@@ -102,6 +104,14 @@ class ApiBudgetView:
 
 
 @dataclass(frozen=True)
+class HaView:
+    """This node of an HA pair (ha.enabled)."""
+
+    state: str  # master | backup | fault, the same for every connection; "mixed" otherwise
+    keepalived: str | None  # keepalived's last notify since the agent started (agentctl ha); None: none yet
+
+
+@dataclass(frozen=True)
 class Snapshot:
     agent_version: str
     started_at: float  # unix time
@@ -112,6 +122,7 @@ class Snapshot:
     connections: tuple[ConnectionView, ...] = ()
     errors: tuple[str, ...] = field(default=())  # agent-wide problems, e.g. config reload
     api_budget: ApiBudgetView | None = None  # None: nothing polled (static connections only, or not yet)
+    ha: HaView | None = None  # None: ha not enabled
 
     @property
     def health(self) -> Health:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from agent.core.api_budget import PollPace
 from agent.core.decide import current_probes
 from agent.core.failover import TunnelRole
+from agent.core.ha import HaNotice
 from agent.core.health import ProbeStats, TrafficTotals, probe_healthy
 from agent.core.lifecycle import life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.observation import CharonState
-from agent.core.snapshot import ApiBudgetView, ConnectionView, FailoverView, TunnelView
+from agent.core.snapshot import ApiBudgetView, ConnectionView, FailoverView, HaView, TunnelView
 
 
 def api_budget_view(pace: PollPace | None) -> ApiBudgetView | None:
@@ -21,6 +22,14 @@ def api_budget_view(pace: PollPace | None) -> ApiBudgetView | None:
         return None
     return ApiBudgetView(remaining=pace.remaining, poll_interval=pace.interval, base_interval=pace.base_interval,
                          stretched=pace.stretched, calls_per_round=pace.calls_per_round)
+
+
+def ha_view(enabled: bool, connections: tuple[ConnectionView, ...], notice: HaNotice | None) -> HaView | None:
+    if not enabled:
+        return None
+    states = {c.ha for c in connections}
+    return HaView(state=states.pop() if len(states) == 1 else "mixed",
+                  keepalived=notice.state.value if notice is not None else None)
 
 
 def connection_view(record: ConnectionRecord, charon: CharonState, wall_now: float) -> ConnectionView:
@@ -50,6 +59,8 @@ def connection_view(record: ConnectionRecord, charon: CharonState, wall_now: flo
         stage=life.stage.value,
         heroku_note=life.note,
         generation=far_end.generation,
+        ha=memory.ha[0].value if memory.ha is not None else "off",
+        ha_reason=memory.ha[1] if memory.ha is not None else "",
         connection_errors={stage.value: count for stage, count in memory.faults.items()},
     )
 

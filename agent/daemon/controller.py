@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from agent import __version__
+from agent.adapters.address_watch import AddressesChanged
 from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEvent
 from agent.config import AgentConfig, redacted
+from agent.core.ha import NOTIFY_STATES, HaNotice, HaState
 from agent.core.health import ProbeResult, ProbeTarget
 from agent.core.durations import format_duration
 from agent.core.faults import ConnectionFault, FaultStage, action_owner
@@ -30,7 +32,7 @@ from agent.core.model import object_name
 from agent.core.pass_plan import PassInputs, PassPlan, connection_selector_problem, plan_pass
 from agent.core.snapshot import ConnectionView, Health, Snapshot
 from agent.core.text import one_line
-from agent.core.views import api_budget_view, connection_view
+from agent.core.views import api_budget_view, connection_view, ha_view
 from agent.daemon.edges import Edges, Outcomes
 from agent.daemon.loop_state import (
     LoopState,
@@ -140,6 +142,8 @@ class Controller:
                 # Nothing to store: the pass that follows looks at charon afresh (in route
                 # mode the event thread may already have moved a route: FastReroute).
                 log.debug("charon event %s %s %s", kind, ",".join(names), "up" if up else "down")
+            case AddressesChanged():
+                pass  # the pass that follows reads the addresses afresh (an HA virtual address)
             case CharonConnected():
                 log.info("VICI event session connected; (re)loading all tunnels")
                 state.loaded.clear()
@@ -202,6 +206,8 @@ class Controller:
             return True, redacted(self.state.config)
         if not isinstance(args, dict):  # the server checks; a bad message must not cost a pass
             return False, f"arguments must be an object, got {type(args).__name__}"
+        if command == "ha":
+            return self._on_ha(args.get("state"), peer)
         try:
             record = self._control_target(args.get("connection"))
             tunnel = args.get("tunnel")
@@ -213,6 +219,19 @@ class Controller:
         log.warning("%s: tunnel %d %s by the operator%s", label, tunnel,
                     "drained" if command == "drain" else "undrained", f" ({peer})" if peer else "")
         return True, {"connection": label, "tunnel": tunnel, "drained": sorted(record.memory.drained)}
+
+    def _on_ha(self, state: object, peer: str) -> tuple[bool, object]:
+        """keepalived's notify: the newer of it and the address's last change decides
+        (core/ha); the pass that follows acts on it at once."""
+        if not self.state.config.ha.enabled:
+            return False, "ha is not enabled in the config (ha: {enabled: true})"
+        try:
+            ha = HaState(state)
+        except ValueError:
+            return False, f"state must be one of {', '.join(s.value for s in NOTIFY_STATES)}"
+        self.state.ha_notice = HaNotice(ha, self._clock())
+        log.warning("ha: keepalived says this node is %s%s", ha.value, f" ({peer})" if peer else "")
+        return True, {"state": ha.value}
 
     def _control_target(self, label: object) -> ConnectionRecord:
         records = list(self.state.records.values())
@@ -326,6 +345,7 @@ class Controller:
             records=tuple(state.records.values()), charon=state.charon, net=state.net, loaded=dict(state.loaded),
             detected=self._detect_local_addresses(), now=self._clock(), wall_now=self._wall(),
             jitter={object_name(key, n): self._rand() for key in state.records for n in (1, 2)},
+            ha_notice=state.ha_notice,
         ))
 
     def _log_selector_problems(self) -> None:
@@ -374,6 +394,7 @@ class Controller:
     # -- publishing ------------------------------------------------------------------
     def _build_snapshot(self) -> Snapshot:
         state = self.state
+        connections = tuple(self._view(r) for r in state.records.values())
         return Snapshot(
             agent_version=__version__,
             started_at=self._started_at,
@@ -381,9 +402,10 @@ class Controller:
             charon_reachable=state.charon.reachable,
             charon_version=state.charon.version,
             ready=state.ready,
-            connections=tuple(self._view(r) for r in state.records.values()),
+            connections=connections,
             errors=state.errors + ((self._pass_error,) if self._pass_error else ()),
             api_budget=api_budget_view(state.api_pace),
+            ha=ha_view(state.config.ha.enabled, connections, state.ha_notice),
         )
 
     def _view(self, record: ConnectionRecord) -> ConnectionView:

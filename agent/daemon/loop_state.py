@@ -14,6 +14,7 @@ from agent.core.addresses import url_address
 from agent.core.api_budget import PollPace
 from agent.core.decide import current_probes
 from agent.core.failover import FailoverPolicy
+from agent.core.ha import HaNotice
 from agent.core.health import ProbeResult, ProbeStats
 from agent.core.lifecycle import Stage, far_end_after_answer, far_end_after_not_found, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord, ConnectionSettings, FarEnd, ProbeSettings
@@ -39,6 +40,7 @@ class LoopState:
     errors: tuple[str, ...] = ()  # agent-wide problems, e.g. a refused reload
     ready: bool = False  # the first pass completed
     api_pace: PollPace | None = None  # the API poller's last pace; None: no poller (yet)
+    ha_notice: HaNotice | None = None  # keepalived's last notify (agentctl ha)
 
 
 def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported: str | None) -> ConnectionSettings:
@@ -55,6 +57,7 @@ def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported:
         connect_timeout=config.strongswan.connect_timeout,
         not_found_grace=config.api.not_found_grace, forget_deleted_after=config.api.forget_deleted_after,
         api_address=url_address(config.api.url),
+        ha=config.ha.enabled,
     )
 
 

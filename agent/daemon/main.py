@@ -20,6 +20,7 @@ from agent.adapters.connection_cache import ConnectionCache
 from agent.adapters.core_dumps import forbid_core_dumps
 from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import PlatformApi
+from agent.adapters.address_watch import AddressWatch
 from agent.adapters.links import LinkManager, xfrm_interface_support
 from agent.adapters.metrics import MetricsServer
 from agent.adapters.mss_clamp import MssClamp
@@ -154,6 +155,7 @@ class Daemon:
             on_alive=self._alive,
         )
         self._prober = Prober(self._controller.post)
+        self._addresses = AddressWatch(self._controller.post)  # an HA pair's virtual address moved
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._on_charon_message)
         self._metrics = None
         if config.metrics.enabled:
@@ -179,6 +181,7 @@ class Daemon:
         self._listener.start()
         self._control.start()
         self._prober.start()
+        self._addresses.start()
         signal.signal(signal.SIGTERM, lambda *_: self._controller.post(Stop()))
         signal.signal(signal.SIGINT, lambda *_: self._controller.post(Stop()))
         signal.signal(signal.SIGHUP, lambda *_: self._controller.post(Reload()))
@@ -191,6 +194,7 @@ class Daemon:
             self._listener.stop()
             self._control.stop()
             self._prober.stop()
+            self._addresses.stop()
             if self._metrics is not None:
                 self._metrics.stop()
             self._charon.close()

@@ -203,10 +203,10 @@ def test_empty_sections_mean_defaults():
     (minimal(metrics={"port": 19813}), "metrics.port: unknown key (known: listen)"),
     (minimal(logging="debug"),
      "logging: unknown key (known: api, strongswan, state_dir, control_socket, metrics, "
-     "log_level, connections)"),
+     "log_level, ha, connections)"),
     (["not", "a", "mapping"],
      "config: expected a mapping with keys api, strongswan, state_dir, control_socket, "
-     "metrics, log_level, connections, got a list"),
+     "metrics, log_level, ha, connections, got a list"),
     ({}, "connections: at least one connection is required"),
     (None, "connections: at least one connection is required"),
     ({"connections": []}, "connections: at least one connection is required"),
@@ -657,3 +657,15 @@ def test_a_static_ikev1_connection_with_two_cidrs_is_refused_with_the_fixes(psk_
 def test_static_connections_that_carry_every_cidr(psk_dir, conn_extra, static_extra):
     config = parse_config(static_config(conn_extra, routable_cidrs=TWO_CIDRS, **static_extra), base_dir=psk_dir)
     assert config.connections[0].static.routable_cidrs == tuple(TWO_CIDRS)
+
+
+def test_ha_needs_the_virtual_address_of_every_connection():
+    assert problems_of(minimal(ha={"enabled": True})) == [
+        "connections[0].local_address: required with ha.enabled: the virtual address keepalived moves between "
+        "the two gateways (the one Heroku knows)"]
+    assert problems_of(minimal(ha={"enabled": "yes"})) == ["ha.enabled: expected true or false, got a string"]
+    assert problems_of(minimal(ha={"vip": "203.0.113.10"})) == ["ha.vip: unknown key (known: enabled)"]
+    config = parse_config({"ha": {"enabled": True}, "connections": [heroku(local_address="203.0.113.10")]},
+                          base_dir=NO_DIR)
+    assert config.ha.enabled and redacted(config)["ha"] == {"enabled": True}
+    assert parse_config(redacted(config), base_dir=NO_DIR) == config

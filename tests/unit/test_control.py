@@ -119,7 +119,7 @@ def test_ping_answers_pong_with_the_request_id(server):
 def test_unknown_command_is_an_error_answer(server):
     answer = exchange(server.path, b'{"id":5,"command":"restart"}\n')
     assert answer == {"id": 5, "ok": False,
-                      "error": "unknown command 'restart' (known: status, reload, ping, drain, undrain, show-config)"}
+                      "error": "unknown command 'restart' (known: status, reload, ping, drain, undrain, show-config, ha)"}
     with pytest.raises(protocol.ProtocolError, match="unknown command 'restart'"):
         protocol.request(server.path, "restart")
     assert server.inbox == []
@@ -186,11 +186,11 @@ def test_start_replaces_a_stale_socket_and_stop_removes_it(socket_dir):
     (b'{"id":1,"command":"status","args":{"verbose":1}}',
      "status takes no arguments; unknown argument(s): 'verbose'"),
     (b'{"id":1,"command":["status"]}',
-     'unknown command ["status"] (known: status, reload, ping, drain, undrain, show-config)'),
+     'unknown command ["status"] (known: status, reload, ping, drain, undrain, show-config, ha)'),
     (b'{"id":1,"command":"' + b"x" * 5000 + b'"}',
-     "unknown command '" + "x" * 36 + "..." + " (known: status, reload, ping, drain, undrain, show-config)"),
+     "unknown command '" + "x" * 36 + "..." + " (known: status, reload, ping, drain, undrain, show-config, ha)"),
     (b'{"id":1,"command":"drain\\u001b[2J"}',
-     "unknown command 'drain\\u001b[2J' (known: status, reload, ping, drain, undrain, show-config)"),
+     "unknown command 'drain\\u001b[2J' (known: status, reload, ping, drain, undrain, show-config, ha)"),
 ], ids=["args-list", "args-string", "tunnel-true", "tunnel-false", "tunnel-string", "tunnel-float", "tunnel-3",
         "tunnel-missing", "connection-int", "connection-list", "unknown-arg", "status-with-args", "command-list",
         "command-huge", "command-escape"])

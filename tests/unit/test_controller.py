@@ -576,3 +576,31 @@ def test_a_step_moves_routes_before_charon_tears_anything_down():
                           (SetRoute("10.0.0.0/16", "svoffice-2", 100, None),))
     edges.apply_step(step, 0, Outcomes())
     assert order == ["route 10.0.0.0/16 svoffice-2 100", "terminate 7 (-1 ms)"]
+
+
+def test_keepalived_s_notify_is_refused_without_ha_and_acted_on_with_it(config_file):
+    import queue
+
+    from agent.daemon.messages import ControlRequest
+
+    def ha(controller, state):
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        controller.handle(ControlRequest("ha", {"state": state}, reply))
+        return reply.get_nowait()
+
+    charon = FakeCharon()
+    controller, _ = make_controller(config_file, charon)
+    assert ha(controller, "backup") == (False, "ha is not enabled in the config (ha: {enabled: true})")
+
+    config_file.write_text("ha: {enabled: true}\n" + config_file.read_text())
+    controller, _ = make_controller(config_file, charon)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()  # no link adapter here: no address seen, a backup
+    assert controller.snapshot.ha.state == "backup" and controller.snapshot.ha.keepalived is None
+    assert not any(call[0].startswith("initiate") for call in charon.calls)
+    assert ha(controller, "master") == (True, {"state": "master"})
+    controller.reconcile_pass()  # keepalived says master, but the address is not here yet
+    (conn,) = controller.snapshot.connections
+    assert (conn.ha, controller.snapshot.ha.keepalived) == ("backup", "master")
+    assert "not on this node yet" in conn.ha_reason
+    assert ha(controller, "standby") == (False, "state must be one of master, backup, fault")

@@ -307,3 +307,12 @@ def test_an_oversized_request_head_is_not_kept():
     finally:
         server.stop()
     assert answer in (None, b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_ha_state_is_one_series_per_state_and_absent_without_ha():
+    backup = dataclasses.replace(OFFICE, ha="backup", ha_reason="203.0.113.10 is not on this node")
+    found = samples(exposition(snapshot(backup, LAB)))
+    states = {dict(labels)["state"]: value for (name, labels), value in found.items()
+              if name == "space_vpn_ha_state" and dict(labels)["vpn"] == OFFICE.vpn}
+    assert states == {"master": 0.0, "backup": 1.0, "fault": 0.0}
+    assert not any(name == "space_vpn_ha_state" and dict(labels)["vpn"] == LAB.vpn for name, labels in found)

@@ -19,7 +19,7 @@ from agent.cli.render import EXIT_CODES, EXIT_UNKNOWN, exit_code, render_config,
 from agent.config import AgentConfig, ConnectionConfig, StaticConfig, StaticTunnelConfig, load_config, redacted
 from agent.control.server import ControlServer
 from agent.core.model import Secret
-from agent.core.snapshot import ApiBudgetView, ConnectionView, FailoverView, Health, Snapshot, TunnelView
+from agent.core.snapshot import ApiBudgetView, ConnectionView, FailoverView, HaView, Health, Snapshot, TunnelView
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -280,3 +280,38 @@ def test_render_says_what_heroku_says_and_which_tunnel_runs_which_settings():
     text = render_status(json.loads(json.dumps(snapshot(failed).to_dict())))
     assert "Heroku: Heroku reports the VPN connection failed: supplied CIDR block already in use" in text
     assert "Settings:" not in text
+
+
+def test_an_ha_backup_says_so_and_exits_0(serve, capsys):
+    backup = snapshot(office(Health.OK, "standby (HA backup): 203.0.113.10 is not on this node; tunnels loaded, "
+                             "nothing initiated", (), ha="backup", ha_reason="203.0.113.10 is not on this node"),
+                      ha=HaView(state="backup", keepalived="backup"))
+    path = serve(backup)
+    assert agentctl.main(["--socket", path, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "HA: this node is backup, keepalived said backup" in out.splitlines()
+    assert "HA: backup (203.0.113.10 is not on this node)" in out.splitlines()
+
+
+def test_agentctl_ha_passes_keepalived_s_word_to_the_loop(serve, capsys):
+    import queue
+    import threading
+    import time
+
+    path = serve(OK)
+    requests = serve.inbox
+
+    def answer():  # the loop's part: take the request, say it is noted
+        deadline = time.monotonic() + 5
+        while not requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _command, args, reply, _peer = requests[0]
+        reply.put((True, {"state": args["state"]}))
+
+    threading.Thread(target=answer, daemon=True).start()
+    assert agentctl.main(["--socket", path, "ha", "master"]) == 0
+    assert capsys.readouterr().out == "ha: master noted\n"
+    assert requests[0][:2] == ("ha", {"state": "master"})
+    assert isinstance(requests[0][2], queue.SimpleQueue)
+    with pytest.raises(SystemExit):
+        agentctl.main(["--socket", path, "ha", "primary"])  # argparse refuses what keepalived never says

@@ -81,13 +81,14 @@ def test_to_dict_round_trips_through_json():
         "errors": ["config reload failed"],
         "api_budget": {"remaining": 212, "poll_interval": 37.7, "base_interval": 30.0, "stretched": True,
                        "calls_per_round": 1},
+        "ha": None,
         "connections": [{
             "space": "acme-space", "vpn": "office", "mode": "policy", "mode_reason": "configured",
             "source": "cache", "connection_status": "active", "health": "degraded",
             "summary": "redundancy lost: tunnel 2 not established",
             "api_error": "Platform API unreachable", "api_last_success": 1699999000.0,
             "api_errors": {}, "failovers": [], "failover_counts": {}, "status_message": "", "stage": "unknown", "heroku_note": "", "generation": 0,
-            "connection_errors": {},
+            "ha": "off", "ha_reason": "", "connection_errors": {},
             "tunnels": [
                 {"number": 1, "ip": "203.0.113.11", "api_status": "UP", "ike_state": "ESTABLISHED",
                  "child_state": "INSTALLED", "role": "active", "established_seconds": 3725,
