@@ -142,12 +142,21 @@ class CharonEvent:
     kind: str
     names: tuple[str, ...]  # IKE SA (connection) names the event is about
     up: bool = False  # ike-updown/child-updown: came up (else went down)
+    children: tuple[str, ...] = ()  # unique ids of the CHILD_SAs it is about (child-updown)
+
+
+MAX_EVENT_CHILDREN = 16  # an updown event is about one CHILD_SA; more is not charon
 
 
 def event_from(kind: str, payload: dict[str, Any]) -> CharonEvent:
-    """updown events carry `up = yes` next to the SA sections when something came up."""
+    """updown events carry `up = yes` next to the SA sections when something came up;
+    child-updown lists the CHILD_SA under its IKE SA's section."""
     up = messages.decode_text(payload.get("up")) == "yes"
-    return CharonEvent(kind, tuple(messages.decode_text(name) for name in payload if name != "up"), up)
+    names = tuple(messages.decode_text(name) for name in payload if name != "up")
+    children = [messages.decode_text(child.get("uniqueid"))
+                for section in payload.values() if isinstance(section, dict)
+                for child in (section.get("child-sas") or {}).values() if isinstance(child, dict)]
+    return CharonEvent(kind, names, up, tuple(children[:MAX_EVENT_CHILDREN]))
 
 
 @dataclass(frozen=True)

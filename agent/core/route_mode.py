@@ -14,7 +14,7 @@ from agent.core.charon_objects import InitiateChild
 from agent.core.desired import DesiredConnection
 from agent.core.modes import Mode
 from agent.core.netstate import ACTIVE_METRIC, INTERFACE_PREFIX, STANDBY_METRIC, NetState, Route, interface_name
-from agent.core.observation import CharonState
+from agent.core.observation import CharonState, ChildState
 from agent.core.tunnel_timing import TunnelTiming, needs_child_initiate
 
 
@@ -121,6 +121,9 @@ class Reroute:
     from_tunnel: int
     to_tunnel: int
     routes: tuple[SetRoute, ...]
+    # The active tunnel's installed CHILD_SAs when armed: while a selector roll or a
+    # rekey holds two, the first going down is no reason to move.
+    children: frozenset[str] = frozenset()
 
 
 def plan_reroute(conn: DesiredConnection, charon: CharonState, active: int | None) -> Reroute | None:
@@ -133,7 +136,9 @@ def plan_reroute(conn: DesiredConnection, charon: CharonState, active: int | Non
         return None
     assert other.interface is not None  # route mode names every tunnel's interface
     routes = tuple(SetRoute(dst, other.interface, ACTIVE_METRIC, conn.source_address) for dst in conn.remote_ts)
-    return Reroute(conn.tunnel(active).conn_name, conn.label, active, other.number, routes)
+    trigger = conn.tunnel(active).conn_name
+    children = frozenset(c.uniqueid for c in charon.tunnel(trigger).children if c.state == ChildState.INSTALLED)
+    return Reroute(trigger, conn.label, active, other.number, routes, children)
 
 
 def plan_stale_interfaces(configured: list[tuple[str, str]], net: NetState) -> list[RouteAction]:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from agent.adapters.charon import CharonEvent
@@ -89,9 +89,15 @@ class FastReroute:
             return
         started = self._clock()
         with self._lock:
-            armed = next((self._armed.pop(name) for name in message.names if name in self._armed), None)
-            if armed is None:
+            name = next((name for name in message.names if name in self._armed), None)
+            if name is None:
                 return
+            armed = self._armed[name]
+            left = armed.plan.children - set(message.children)
+            if message.children and left:  # another child of that tunnel still carries
+                self._armed[name] = _Armed(replace(armed.plan, children=frozenset(left)), armed.routes)
+                return
+            del self._armed[name]
             self._fired += 1
             failed = self._sender.send(armed.routes)
         elapsed_ms = (self._clock() - started) * 1000

@@ -357,6 +357,8 @@ def test_updown_events_say_up_or_down_and_name_the_sas():
 
     assert event_from("child-updown", {"up": b"yes", T1: {}}) == CharonEvent("child-updown", (T1,), True)
     assert event_from("child-updown", {T2: {}}) == CharonEvent("child-updown", (T2,), False)
+    down = {T2: {"uniqueid": b"2", "child-sas": {"t2-7": {"uniqueid": b"7", "state": b"DELETING"}}}}
+    assert event_from("child-updown", down) == CharonEvent("child-updown", (T2,), False, ("7",))
 
 
 class FakeLinks:

@@ -104,3 +104,23 @@ def test_a_refused_route_is_logged_and_never_raises(caplog):
         reroute.on_event(down(T1))
     assert reroute.fired == 1
     assert "fast reroute to tunnel 2 failed" in caplog.text and "metric 100: No such device" in caplog.text
+
+
+def test_one_of_two_children_going_down_moves_nothing():
+    """A selector roll (or a rekey) holds two children on the active tunnel: the old one
+    going away leaves the new one carrying; the last one going down moves the route."""
+    from dataclasses import replace
+
+    reroute, sender = armed(replace(TO_2, children=frozenset({"3", "4"})))
+    reroute.on_event(CharonEvent("child-updown", (T1,), False, ("3",)))
+    assert sender.sent == [] and reroute.fired == 0
+    reroute.on_event(CharonEvent("child-updown", (T1,), False, ("4",)))
+    assert len(sender.sent) == 2 and reroute.fired == 1
+
+
+def test_an_event_that_names_no_child_moves_at_once():
+    from dataclasses import replace
+
+    reroute, sender = armed(replace(TO_2, children=frozenset({"3", "4"})))
+    reroute.on_event(down(T1))
+    assert reroute.fired == 1

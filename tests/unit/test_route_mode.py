@@ -142,8 +142,8 @@ def test_both_tunnels_get_a_child_in_route_mode():
 
 
 @pytest.mark.parametrize("charon, active, expected", [
-    (BOTH_UP, 1, Reroute(T1, CONN.label, 1, 2, (SetRoute(DST, IF2, ACTIVE_METRIC, SRC),))),
-    (BOTH_UP, 2, Reroute(T2, CONN.label, 2, 1, (SetRoute(DST, IF1, ACTIVE_METRIC, SRC),))),
+    (BOTH_UP, 1, Reroute(T1, CONN.label, 1, 2, (SetRoute(DST, IF2, ACTIVE_METRIC, SRC),), frozenset({"c0"}))),
+    (BOTH_UP, 2, Reroute(T2, CONN.label, 2, 1, (SetRoute(DST, IF1, ACTIVE_METRIC, SRC),), frozenset({"c1"}))),
     (sas((T1, True), (T2, False)), 1, None),  # the standby has no CHILD_SA: nowhere to go
     (sas((T1, True)), 1, None),
     (BOTH_UP, None, None),  # no active tunnel yet
