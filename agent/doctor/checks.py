@@ -225,3 +225,49 @@ def cache_state(path: str, exists: bool | None) -> str:
     if exists:
         return f"the agent would use its cache {path}"
     return f"no cache {path}: tunnels cannot start until the API answers"
+
+
+# -- an HA pair (ha.enabled) ----------------------------------------------------------
+
+INSTALL_ARPING = "apt-get install iputils-arping"
+
+
+def check_keepalived(pgrep: tuple[int, str, str] | None) -> Check:
+    """`pgrep -x keepalived`: the VRRP daemon that moves the virtual address."""
+    if pgrep is None:
+        return Check("ha_keepalived", WARN, "not checked: pgrep is not installed", "apt-get install procps")
+    if pgrep[0] == 0:
+        pids = ", ".join(pgrep[1].split())
+        return Check("ha_keepalived", OK, f"keepalived running (pid {pids})")
+    return Check("ha_keepalived", FAIL, "keepalived is not running: nothing moves the virtual address to this node",
+                 "systemctl enable --now keepalived (example: /usr/share/doc/space-vpn-agent/keepalived.example.conf)")
+
+
+def check_vip(label: str, vip: str, interface: str | None, arping: tuple[int, str, str] | None) -> Check:
+    """Who holds the virtual address, seen from this node. `interface`: where this node
+    holds it (None: not here); `arping`: `arping -D` run from there (duplicate detection)."""
+    name = "ha_vip"
+    if interface is None:
+        return Check(name, OK, f"{label}: {vip} is not on this node: a backup (its tunnels stand by)",
+                     "the other node should hold it: run the doctor there too")
+    if arping is None:
+        return Check(name, WARN, f"{label}: {vip} on {interface}: master; not checked whether another node "
+                     "answers for it too", INSTALL_ARPING)
+    if arping[0] == 0:
+        return Check(name, OK, f"{label}: {vip} on {interface}: master, and no other node answers for it")
+    macs = sorted({word.strip("[]") for word in arping[1].split() if word.count(":") == 5})
+    return Check(name, FAIL, f"{label}: {vip} on {interface}, and {', '.join(macs) or 'another node'} answers for it "
+                 "too: split brain (both nodes master)",
+                 "check that VRRP passes between the nodes (same virtual_router_id, firewall allows protocol 112)")
+
+
+def check_nonlocal_bind(metrics_host: str | None, vips: Iterable[str], value: str | None) -> Check:
+    """charon listens on every address, so a backup needs no nonlocal bind; a metrics
+    endpoint bound to the virtual address does."""
+    name = "ha_nonlocal_bind"
+    if metrics_host not in set(vips):
+        return Check(name, OK, "not needed: charon listens on every address and metrics are not on the virtual one")
+    if value is not None and value.strip() == "1":
+        return Check(name, OK, f"net.ipv4.ip_nonlocal_bind=1: the backup can listen on {metrics_host}")
+    return Check(name, FAIL, f"metrics.listen uses the virtual address {metrics_host}: a backup cannot bind it",
+                 "sysctl -w net.ipv4.ip_nonlocal_bind=1 (persist it in /etc/sysctl.d/), or listen on 127.0.0.1")

@@ -68,7 +68,48 @@ def run_checks(
         result.append(checks.check_cidrs(conn, vpns.get(conn.key), sources.get(conn.key, ""), detect))
         if vpns.get(conn.key) is not None:  # else check_cidrs says it is not checked
             result.append(checks.check_selectors(conn, modes[conn.key], vpns[conn.key], sources[conn.key]))
+    if config.ha.enabled:
+        result += _check_ha(config, run, read_file)
     return result
+
+
+def _check_ha(config: AgentConfig, run, read_file) -> list[Check]:
+    result = [checks.check_keepalived(_try(run, ["pgrep", "-x", "keepalived"]))]
+    held = _addresses(run)
+    vips = [conn.local_address for conn in config.connections if conn.local_address]
+    for conn in config.connections:
+        vip = conn.local_address or ""
+        interface = held.get(vip)
+        arping = None
+        if interface is not None:  # duplicate address detection: does another node answer for it?
+            arping = _try(run, ["arping", "-D", "-c", "2", "-w", "3", "-I", interface, vip])
+        result.append(checks.check_vip(conn.label, vip, interface, arping))
+    try:
+        value = read_file("/proc/sys/net/ipv4/ip_nonlocal_bind")
+    except OSError:
+        value = None
+    result.append(checks.check_nonlocal_bind(config.metrics.host, vips, value))
+    return result
+
+
+def _try(run, argv: list[str]) -> tuple[int, str, str] | None:
+    try:
+        return run(argv)
+    except OSError:
+        return None  # the program is not installed
+
+
+def _addresses(run) -> dict[str, str]:
+    """This host's IPv4 addresses and their interfaces (`ip -j -4 addr`)."""
+    found = _try(run, ["ip", "-j", "-4", "addr", "show"])
+    if found is None or found[0] != 0:
+        return {}
+    try:
+        links = json.loads(found[1])
+    except ValueError:
+        return {}
+    return {str(a.get("local")): str(link.get("ifname")) for link in links if isinstance(link, dict)
+            for a in link.get("addr_info", []) if isinstance(a, dict)}
 
 
 def _mode_here(wanted: Mode, route_unsupported: str | None) -> Mode | None:

@@ -582,3 +582,69 @@ def test_agentctl_doctor_end_to_end_with_a_missing_config(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2
     assert done.stdout.startswith("FAIL  config  ") and "fix: space-vpn-agent check-config" in done.stdout
+
+
+# -- an HA pair ----------------------------------------------------------------------------
+
+VIP = "35.161.69.30"
+IP_ADDR = json.dumps([{"ifname": "lo", "addr_info": [{"local": "127.0.0.1"}]},
+                      {"ifname": "eth0", "addr_info": [{"local": "203.0.113.11"}, {"local": VIP}]}])
+
+
+def ha_run(arping_rc: int = 0, keepalived: bool = True, vip_here: bool = True):
+    seen: list[list[str]] = []
+
+    def run(argv):
+        seen.append(argv)
+        if argv[0] == "nft":
+            return 0, nft_doc(chain(policy="accept")), ""
+        if argv[0] == "pgrep":
+            return (0, "812\n", "") if keepalived else (1, "", "")
+        if argv[:2] == ["ip", "-j"]:
+            return 0, IP_ADDR if vip_here else IP_ADDR.replace(VIP, "203.0.113.99"), ""
+        if argv[0] == "arping":
+            reply = "Unicast reply from 35.161.69.30 [52:54:00:12:34:56]  0.6ms\n" if arping_rc else ""
+            return arping_rc, reply, ""
+        raise OSError(2, "No such file or directory")
+
+    run.seen = seen
+    return run
+
+
+def ha_checks(run, **config):
+    conn = ConnectionConfig(space="acme-space", vpn="office", local_address=VIP, mode=Mode.ROUTE)
+    from agent.config import HaConfig
+
+    cfg = AgentConfig(connections=(conn,), ha=HaConfig(enabled=True), **config)
+    return {c.name: c for c in report.run_checks(cfg, **fakes(run=run)) if c.name.startswith("ha_")}
+
+
+def test_ha_master_with_keepalived_and_no_other_holder_is_ok():
+    run = ha_run()
+    found = ha_checks(run)
+    assert [c.status for c in found.values()] == ["OK", "OK", "OK"]
+    assert found["ha_vip"].detail == f"acme-space/office: {VIP} on eth0: master, and no other node answers for it"
+    assert ["arping", "-D", "-c", "2", "-w", "3", "-I", "eth0", VIP] in run.seen
+
+
+def test_ha_split_brain_keepalived_down_and_a_backup():
+    found = ha_checks(ha_run(arping_rc=1))
+    assert found["ha_vip"].status == "FAIL" and "52:54:00:12:34:56 answers for it too: split brain" in \
+        found["ha_vip"].detail
+    assert ha_checks(ha_run(keepalived=False))["ha_keepalived"].status == "FAIL"
+    backup = ha_checks(ha_run(vip_here=False))["ha_vip"]
+    assert backup.status == "OK" and "not on this node: a backup" in backup.detail
+
+
+def test_ha_metrics_on_the_virtual_address_need_nonlocal_bind():
+    from agent.config import MetricsConfig
+
+    found = ha_checks(ha_run(), metrics=MetricsConfig(listen=f"{VIP}:19813"))
+    assert found["ha_nonlocal_bind"].status == "FAIL"  # the fake /proc answers 2
+    assert "ip_nonlocal_bind=1" in found["ha_nonlocal_bind"].fix
+
+
+def test_without_ha_there_is_no_ha_check():
+    conn = ConnectionConfig(space="acme-space", vpn="office", local_address=VIP)
+    found = report.run_checks(AgentConfig(connections=(conn,)), **fakes(run=ha_run()))
+    assert not [c for c in found if c.name.startswith("ha_")]
