@@ -54,6 +54,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "cidr_update_loses_at_most_20_ms",
     ),
     "agent_route_mode_wide_selectors": (
+        "not_found_right_after_create_waits", "pending_waits_and_loads_nothing",
         "wide_both_children_installed", "wide_selectors_negotiated", "wide_policies_bound_to_if_id",
         "wide_routes_only_the_space_cidr",
         "wide_ping_from_first_cidr_via_tunnel1", "wide_ping_from_second_cidr_via_tunnel1",

@@ -37,10 +37,13 @@ ICMP_PROBE = {"target": SPACE_HOST_IP, "interval": "300ms", "failures": 3}
 
 
 def start_agent(stack: ExitStack, ctx: ks.ScenarioContext, lab: Lab, *, mode: str, probe: dict = ICMP_PROBE,
-                connection: dict | None = None) -> tuple[AgentProcess, FakePlatformApi]:
-    """The agent against the lab's fake API; `connection` adds keys to its connection."""
+                connection: dict | None = None,
+                before_start=lambda api: None) -> tuple[AgentProcess, FakePlatformApi]:
+    """The agent against the lab's fake API; `connection` adds keys to its connection,
+    `before_start` sets the fake's stage before the agent's first request."""
     token = "HRKU-" + secrets.token_hex(16)
     api = stack.enter_context(start_fake_api(lab, token))
+    before_start(api)
     workdir = ctx.workdir / "agent"
     workdir.mkdir(parents=True, exist_ok=True)
     write_secret_file(workdir / "heroku-token", token)
@@ -398,6 +401,31 @@ def negotiated_selectors(charon, name: str) -> tuple[list[str], list[str]] | Non
     return None
 
 
+def _created_by_heroku(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess, api: FakePlatformApi) -> None:
+    """Right after `spaces:vpn:connect`: a 404, then `pending` without tunnels, then
+    `active`. Until then the agent waits, says so, and loads nothing (no interface,
+    no route, no SA)."""
+    ns = lab.topology.cust_ns
+
+    def nothing_loaded() -> bool:
+        return not child_ids(lab) and not routes(ns) and link_index(ns, IF1) is None
+
+    def stage(wanted: str):
+        return lambda s: s["connections"][0]["stage"] == wanted
+
+    ok, detail = wait(agent, stage("waiting"), 60)
+    note = ((agent.status() or {}).get("connections") or [{}])[0].get("heroku_note", "")
+    ctx.check("not_found_right_after_create_waits", ok and "not found yet" in note and nothing_loaded(),
+              f"{detail} note {note!r}")
+    api.set_connection_status(SPACE, VPN, "pending", "Provisioning the VPN connection")
+    api.hide(SPACE, VPN, False)
+    ok, detail = wait(agent, lambda s: "is pending" in s["connections"][0]["heroku_note"], 30)
+    note = ((agent.status() or {}).get("connections") or [{}])[0].get("heroku_note", "")
+    ctx.check("pending_waits_and_loads_nothing", ok and "Provisioning" in note and nothing_loaded(),
+              f"{detail} note {note!r}")
+    api.set_connection_status(SPACE, VPN, "active")
+
+
 def xfrm_policies(netns: str) -> list[str]:
     """`ip xfrm policy` entries that use an SA (a template), one string each (a policy's
     lines joined); bypass policies have none."""
@@ -428,8 +456,9 @@ def agent_route_mode_wide_selectors(ctx: ks.ScenarioContext) -> None:
         lab = stack.enter_context(ctx.lab(space_route_based=True, space_wide_selectors=True,
                                           routable_cidrs=(ROUTABLE_CIDR, SECOND_ROUTABLE_CIDR)))
         ns = lab.topology.cust_ns
-        agent, _api = start_agent(stack, ctx, lab, mode="route", probe={},
-                                  connection={"traffic_selectors": "wide"})
+        agent, api = start_agent(stack, ctx, lab, mode="route", probe={}, connection={"traffic_selectors": "wide"},
+                                 before_start=lambda api: api.hide(SPACE, VPN))
+        _created_by_heroku(ctx, lab, agent, api)
         ok, detail = wait(agent, lambda s: both_children(s) and len(routes(ns)) == 2)
         if not ctx.check("wide_both_children_installed", ok, detail):
             return
