@@ -20,9 +20,6 @@ class HaState(enum.StrEnum):
     FAULT = "fault"  # keepalived says this node cannot serve (a tracked link or script failed)
 
 
-NOTIFY_STATES = (HaState.MASTER, HaState.BACKUP, HaState.FAULT)
-
-
 @dataclass(frozen=True)
 class HaNotice:
     """keepalived's last word (its notify script): the state and when it came (monotonic s)."""

@@ -22,7 +22,7 @@ from agent import __version__
 from agent.adapters.address_watch import AddressesChanged
 from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEvent
 from agent.config import AgentConfig, redacted
-from agent.core.ha import NOTIFY_STATES, HaNotice, HaState
+from agent.core.ha import HaNotice, HaState
 from agent.core.health import ProbeResult, ProbeTarget
 from agent.core.durations import format_duration
 from agent.core.faults import ConnectionFault, FaultStage, action_owner
@@ -228,7 +228,7 @@ class Controller:
         try:
             ha = HaState(state)
         except ValueError:
-            return False, f"state must be one of {', '.join(s.value for s in NOTIFY_STATES)}"
+            return False, f"state must be one of {', '.join(HaState)}"
         self.state.ha_notice = HaNotice(ha, self._clock())
         log.warning("ha: keepalived says this node is %s%s", ha.value, f" ({peer})" if peer else "")
         return True, {"state": ha.value}
