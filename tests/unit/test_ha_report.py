@@ -9,8 +9,8 @@ import pytest
 
 from space_vpn_lab.bench_report import format_markdown, format_table
 from space_vpn_lab.bench_timeline import seconds_of_day
-from space_vpn_lab.ha_report import (CHILD_UP, HA_HEADERS, IKE_UP, build_row, established_ms, gap_figures,
-                                     takeover_ms, traffic_gap)
+from space_vpn_lab.ha_report import (CHILD_UP, HA_HEADERS, IKE_UP, build_row, established_ms, gap_figures, notes,
+                                     retrying_s, takeover_ms, traffic_gap)
 from space_vpn_lab.keepalived import VrrpEvent
 
 T0 = 1_800_000_000.0
@@ -41,6 +41,25 @@ def test_established_after_t0_from_a_charon_log():
     assert established_ms(log, IKE_UP, midday) == 2500
     assert established_ms(log, CHILD_UP, midday) == 2520
     assert established_ms(log, CHILD_UP, midday + 3) is None
+
+
+def test_how_long_the_backup_had_been_retrying():
+    midday = time.mktime(time.strptime("2026-12-03 12:00:00", "%Y-%m-%d %H:%M:%S"))
+    log = "\n".join([charon_line(midday - 12.3, "initiating 'vpn1'"),
+                     charon_line(midday - 12.3, "initiating Main Mode IKE_SA vpn1[1] to 198.51.100.1"),
+                     charon_line(midday + 0.6, "initiating Main Mode IKE_SA vpn1[2] to 198.51.100.1")])
+    assert retrying_s(log, midday) == 12.3
+    assert retrying_s(log, midday - 13) is None  # its first attempt came after t0
+    assert retrying_s("", midday) is None
+
+
+def test_notes_give_the_plain_pairs_retry_age_per_run():
+    runs = [{"system": "strongswan", "backup_retrying_s": 12.1, "outage_ms": 13096},
+            {"system": "strongswan", "backup_retrying_s": 2.0, "outage_ms": 2911},
+            {"system": "agent", "error": "RuntimeError: no"}]
+    text = notes(runs, 0.01, 0.2)
+    assert len(text) == 2 and "advert_int 0.2 s" in text[0]
+    assert text[1].endswith("12.1 s -> 13096 ms, 2.0 s -> 2911 ms.")
 
 
 @pytest.mark.parametrize("replies, expected", [

@@ -22,7 +22,7 @@ from space_vpn_lab.bench_report import format_markdown, format_table, ms_lost, p
 from space_vpn_lab.bench_timeline import TimedPinger
 from space_vpn_lab.ha_lab import HaLab, NodeSoftware
 from space_vpn_lab.ha_report import (CHILD_UP, HA_HEADERS, IKE_UP, build_row, established_ms, gap_figures, notes,
-                                     report_document, takeover_ms)
+                                     report_document, retrying_s, takeover_ms)
 from space_vpn_lab.ha_systems import AgentPair, PlainStrongswanPair
 from space_vpn_lab.ha_topology import LAN_HOST_IP
 from space_vpn_lab.keepalived import VrrpSettings
@@ -86,6 +86,7 @@ def measure_power_off(lab: HaLab, workdir: Path, interval_s: float, cap_s: float
             "ms_lost": ms_lost(result.lost, spacing), "ping_s": round(elapsed, 2),
             "vrrp_takeover_ms": takeover_ms(lab.gateways[new].keepalived.events(), t0),
             "ike_up_ms": established_ms(charon_log, IKE_UP, t0), "child_up_ms": established_ms(charon_log, CHILD_UP, t0),
+            "backup_retrying_s": retrying_s(charon_log, t0),
             **gap_figures(pinger.replies(), t0)}
 
 

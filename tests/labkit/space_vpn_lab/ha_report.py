@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from space_vpn_lab.bench_report import utc_iso
-from space_vpn_lab.bench_timeline import first_at_or_after, seconds_of_day
+from space_vpn_lab.bench_timeline import first_at_or_after, line_time, seconds_of_day
 from space_vpn_lab.keepalived import VrrpEvent
 
 IKE_UP = "IKE_SA "  # with " established between" on the same line
@@ -34,6 +34,19 @@ def established_ms(charon_log: str, kind: str, t0_unix: float) -> int | None:
                       if kind in line and " established " in line)
     at = first_at_or_after(lines, kind, t0)
     return round((at - t0) * 1000) if at is not None else None
+
+
+def retrying_s(charon_log: str, t0_unix: float) -> float | None:
+    """Seconds the node's charon had been trying to set up an IKE SA at t0 (its first
+    "initiating ... IKE_SA" line before t0); None when it initiated nothing before t0,
+    as a backup should."""
+    t0 = seconds_of_day(t0_unix)
+    for line in charon_log.splitlines():
+        if "initiating " in line and "IKE_SA" in line:
+            at = line_time(line)
+            if at is not None:
+                return round(t0 - at, 1) if at < t0 else None
+    return None
 
 
 def traffic_gap(replies: Sequence[float], t0_unix: float) -> tuple[float | None, float | None]:
@@ -77,12 +90,13 @@ def notes(runs: Sequence[dict[str, Any]], interval_s: float, advert_int_s: float
             f"nopreempt. Times from the power-off: VRRP takeover from the new master's notify, IKE_SA/CHILD_SA "
             f"up from its charon log, first reply from ping -D; ms lost = lost pings x measured spacing.")
     out = [head]
-    for run in runs:
-        if run["system"] == "strongswan" and not run.get("error"):
-            out.append(f"strongswan: the backup's charon had been retrying from the VIP for "
-                       f"{run.get('settle_s', 0):g} s; it gets through at its next retransmission after the VIP "
-                       f"arrives (4, 7.2, 13, 23.3, 42, 75.6 s apart), so the loss depends on where that cycle "
-                       f"stood at the power-off.")
+    plain = [r for r in runs if r["system"] == "strongswan" and not r.get("error")]
+    if plain:
+        figures = ", ".join(f"{r.get('backup_retrying_s')} s -> {_ms(r.get('outage_ms'))}" for r in plain)
+        out.append(f"strongswan: the new master's charon had been retrying from the VIP it did not hold, and got "
+                   f"through at its next IKE retransmission after the VIP arrived (charon's defaults: 4, 7.2, 13, "
+                   f"23.3, 42 s apart, then 75.6 s until it starts over), so its loss depends on where that cycle "
+                   f"stood at the power-off. Retrying at the power-off -> outage: {figures}.")
     return out
 
 
