@@ -109,6 +109,7 @@ class HaView:
 
     state: str  # master | backup | fault, the same for every connection; "mixed" otherwise
     keepalived: str | None  # keepalived's last notify since the agent started (agentctl ha); None: none yet
+    enabled: bool = True  # always true when shown: ha.enabled
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
+import pytest
+
 from agent.adapters.charon_messages import parse_list_sas
 from agent.core.model import object_name
 from space_vpn_lab.fake_api import SPACE, VPN
@@ -23,3 +28,13 @@ def customer_sas(lab):
 def assert_no_secret(text: str, secrets: tuple[str, ...]) -> None:
     leaked = [i for i, s in enumerate(secrets) if s in text]
     assert not leaked, f"secret #{leaked} found in output (value not shown)"
+
+
+def require_keepalived() -> None:
+    """The HA lab runs Debian's keepalived: missing, that is a failure in CI, a skip elsewhere."""
+    if shutil.which("keepalived") is not None:
+        return
+    reason = "keepalived is not installed (packaging/dev-setup.sh installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)

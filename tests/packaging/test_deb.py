@@ -40,12 +40,14 @@ def deb() -> Path:
 def test_contents(deb):
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], check=True, capture_output=True, text=True).stdout
     for path in ("./lib/systemd/system/space-vpn-agent.service", "./etc/space-vpn-agent/agent.example.yaml",
+                 "./etc/space-vpn-agent/keepalived.example.conf",
                  "./opt/venvs/space-vpn-agent/bin/space-vpn-agent", "./usr/bin/space-vpn-agent", "./usr/bin/agentctl"):
         assert path in listing, path
     info = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True, text=True).stdout
     assert "charon-systemd" in info and "strongswan-swanctl" in info
     conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], check=True, capture_output=True).stdout
     assert b"/etc/space-vpn-agent/agent.example.yaml" in conffiles
+    assert b"/etc/space-vpn-agent/keepalived.example.conf" in conffiles
 
 
 def test_leaves_the_lab_out(deb):

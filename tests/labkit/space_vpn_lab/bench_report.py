@@ -71,8 +71,8 @@ HEADERS = {"mode": "mode", "scenario": "scenario", "system": "system", "ms_lost"
 OPTIONAL_COLUMNS = ("traffic_back",)
 
 
-def columns(rows: list[dict[str, str]]) -> list[str]:
-    return [k for k in HEADERS if k not in OPTIONAL_COLUMNS or any(k in r for r in rows)]
+def columns(rows: list[dict[str, str]], headers: dict[str, str] = HEADERS) -> list[str]:
+    return [k for k in headers if k not in OPTIONAL_COLUMNS or any(k in r for r in rows)]
 
 
 def sas_recreated(before: dict[str, str], after: dict[str, str]) -> tuple[int, int, int]:
@@ -96,21 +96,21 @@ def api_change_note(run: dict[str, Any]) -> str | None:
     return text
 
 
-def format_table(rows: list[dict[str, str]]) -> str:
-    """Plain text, columns padded; ms lost right-aligned."""
-    keys = columns(rows)
-    widths = {k: max([len(HEADERS[k]), *(len(r.get(k, "-")) for r in rows)]) for k in keys}
+def format_table(rows: list[dict[str, str]], headers: dict[str, str] = HEADERS) -> str:
+    """Plain text, columns padded; ms lost right-aligned. `headers`: column key -> title."""
+    keys = columns(rows, headers)
+    widths = {k: max([len(headers[k]), *(len(r.get(k, "-")) for r in rows)]) for k in keys}
 
     def line(cells: dict[str, str]) -> str:
         parts = [cells.get(k, "-").rjust(widths[k]) if k == "ms_lost" else cells.get(k, "-").ljust(widths[k])
                  for k in keys]
         return "  ".join(parts).rstrip()
-    return "\n".join([line(HEADERS), *(line(r) for r in rows)]) + "\n"
+    return "\n".join([line(headers), *(line(r) for r in rows)]) + "\n"
 
 
-def format_markdown(rows: list[dict[str, str]], notes: list[str]) -> str:
-    keys = columns(rows)
-    out = ["| " + " | ".join(HEADERS[k] for k in keys) + " |",
+def format_markdown(rows: list[dict[str, str]], notes: list[str], headers: dict[str, str] = HEADERS) -> str:
+    keys = columns(rows, headers)
+    out = ["| " + " | ".join(headers[k] for k in keys) + " |",
            "|" + "|".join("---:" if k == "ms_lost" else "---" for k in keys) + "|"]
     out += ["| " + " | ".join(r.get(k, "-").replace("|", "/") for k in keys) + " |" for r in rows]
     # The first note is a paragraph (how it was counted), the others a list.

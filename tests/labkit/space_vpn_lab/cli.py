@@ -2,6 +2,7 @@
 
     space-vpn-lab demo [--ike-version 1|2] [--hold]
     space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d,e,f,g] [--json PATH] [--interval 0.01] [--repeat 1]
+    space-vpn-lab bench-ha [--systems strongswan,agent] [--advert-int 0.2] [--settle 10] [--json PATH]
 
 Builds two network namespaces with real charon daemons (the space side plays both
 Heroku tunnel endpoints), a local fake Platform API, runs the agent against them,
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from space_vpn_lab import bench, topology
+from space_vpn_lab import bench, bench_ha, topology
 from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, write_secret_file
 from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
 from space_vpn_lab.lab import Lab
@@ -52,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
                           help="the agent's data-path probe: icmp (a host that answers ping), tcp (a TCP connect "
                                "to the internal-routing app, as in a real space) or none (liveness from IKE only)")
     failover.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
+    ha = sub.add_parser("bench-ha", help="gateway pair under keepalived: the master powered off, the agent pair "
+                                         "against plain strongSwan on both nodes")
+    ha.add_argument("--systems", default=None, help="strongswan,agent (default: both)")
+    ha.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
+    ha.add_argument("--advert-int", type=float, default=0.2, help="VRRP advert interval in seconds (VRRPv3)")
+    ha.add_argument("--settle", type=float, default=bench_ha.DEFAULT_SETTLE_S,
+                    help="seconds the pair runs before the power-off (plain strongSwan's backup keeps "
+                         "retrying meanwhile: its loss depends on it)")
+    ha.add_argument("--cap", type=float, default=bench_ha.DEFAULT_CAP_S,
+                    help="seconds to wait for traffic after the power-off")
+    ha.add_argument("--repeat", type=int, default=1)
+    ha.add_argument("--json", type=Path, default=None, help="results file (default bench-results/bench-ha.json)")
     return parser
 
 
@@ -63,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return bench.run_bench(Path(tmp), modes=args.modes, scenarios=args.scenarios,
                                    json_path=args.json, interval=args.interval, repeat=args.repeat,
                                    probe=args.probe, ike_version=args.ike_version)
+        if args.command == "bench-ha":
+            return bench_ha.run_bench_ha(Path(tmp), systems=args.systems, interval=args.interval,
+                                         advert_int=args.advert_int, settle_s=args.settle, cap_s=args.cap,
+                                         repeat=args.repeat, json_path=args.json)
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout)

@@ -475,10 +475,11 @@ def _as_served(body: dict) -> dict:
     return body if body["status"] == "active" else {**body, "tunnels": []}
 
 
-def start_fake_api(lab: Lab, token: str) -> FakePlatformApi:
-    """The fake Platform API, listening on 127.0.0.1 inside the customer namespace and
-    serving SPACE/VPN with the lab's tunnel endpoints, PSKs and routable CIDRs."""
-    api = FakePlatformApi(token, netns=lab.topology.cust_ns).start()
+def start_fake_api(lab: Lab, token: str, netns: str | None = None) -> FakePlatformApi:
+    """The fake Platform API, listening on 127.0.0.1 inside the customer namespace (or
+    `netns`: an HA lab gateway's) and serving SPACE/VPN with the lab's tunnel endpoints,
+    PSKs and routable CIDRs."""
+    api = FakePlatformApi(token, netns=netns or lab.topology.cust_ns).start()
     api.add_connection(
         SPACE, VPN,
         public_ip=topology.CUSTOMER_PUBLIC_IP,

@@ -33,6 +33,7 @@ NFT_TABLE = "svpn_lab"
 NFT_SET = "blocked"
 NFT_NO_QUICK_MODE = "no_quick_mode"
 TERMINATE_TIMEOUT_MS = 5000
+UNIQUE_POLICIES = ("no", "never", "keep", "replace")
 #: Route-based space side: XFRM interface name and if_id per tunnel number.
 SPACE_XFRM_IFACES = {1: ("sx1", 101), 2: ("sx2", 102)}
 
@@ -79,8 +80,15 @@ class SpaceSide:
                  ike_version: int = 1, customer_id: str = CUSTOMER_PUBLIC_IP,
                  customer_ip: str = CUSTOMER_PUBLIC_IP, local_ts: str = SPACE_CIDR,
                  remote_ts: str | Sequence[str] = ROUTABLE_CIDR, route_based: bool = False,
-                 wide_selectors: bool = False, name: str = "space") -> None:
+                 wide_selectors: bool = False, name: str = "space", unique: str = "replace") -> None:
         self.charon = charon
+        #: swanctl.conf `unique` of the responder conns. "replace": a new IKE SA with the
+        #: same identities deletes the old one once established (a second gateway taking
+        #: over the customer address and identity, HA); "no" only on INITIAL_CONTACT;
+        #: "never" keeps both; "keep" refuses the newcomer.
+        if unique not in UNIQUE_POLICIES:
+            raise ValueError(f"unique must be one of {', '.join(UNIQUE_POLICIES)}, got {unique!r}")
+        self.unique = unique
         #: Names its conns (`NAME-t1`, `NAME-t2`), shared keys and nft table.
         self.name = name
         self._nft_table = NFT_TABLE if name == "space" else f"{NFT_TABLE}_{name}"
@@ -167,7 +175,7 @@ class SpaceSide:
             "remote_addrs": [self.customer_ip],
             "proposals": [PROPOSAL],
             "dpd_delay": "10s",
-            "unique": "replace",
+            "unique": self.unique,
             "send_certreq": "no",
             "local": {"auth": "psk", "id": tunnel.ip},
             "remote": {"auth": "psk", "id": self.customer_id},

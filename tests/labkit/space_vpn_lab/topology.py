@@ -98,6 +98,15 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass
 
 
+def address_space_side(space_ns: str, veth: str) -> None:
+    """The space namespace's addresses: its public address on `veth` (then up), both
+    tunnel endpoints, the space host and the app's addresses on lo."""
+    ip("-n", space_ns, "addr", "add", f"{SPACE_PUBLIC_IP}/{PUBLIC_PREFIXLEN}", "dev", veth)
+    for address in (*TUNNEL_IPS, SPACE_HOST_IP, *APP_HOST_IPS):
+        ip("-n", space_ns, "addr", "add", f"{address}/32", "dev", "lo")
+    ip("-n", space_ns, "link", "set", veth, "up")
+
+
 class Topology:
     """Creates and removes the two namespaces. `destroy()` is idempotent."""
 
@@ -156,15 +165,9 @@ class Topology:
         ip("-n", cust, "link", "add", self._CUST_VETH, "type", "veth",
            "peer", "name", self._SPACE_VETH, "netns", space)
         ip("-n", cust, "addr", "add", f"{CUSTOMER_PUBLIC_IP}/{PUBLIC_PREFIXLEN}", "dev", self._CUST_VETH)
-        ip("-n", space, "addr", "add", f"{SPACE_PUBLIC_IP}/{PUBLIC_PREFIXLEN}", "dev", self._SPACE_VETH)
-        for tunnel_ip in TUNNEL_IPS:
-            ip("-n", space, "addr", "add", f"{tunnel_ip}/32", "dev", "lo")
-        ip("-n", space, "addr", "add", f"{SPACE_HOST_IP}/32", "dev", "lo")
-        for app_ip in APP_HOST_IPS:
-            ip("-n", space, "addr", "add", f"{app_ip}/32", "dev", "lo")
+        address_space_side(space, self._SPACE_VETH)
         ip("-n", cust, "addr", "add", f"{CUSTOMER_HOST_IP}/32", "dev", "lo")
         ip("-n", cust, "link", "set", self._CUST_VETH, "up")
-        ip("-n", space, "link", "set", self._SPACE_VETH, "up")
         ip("-n", cust, "route", "add", TUNNEL_CIDR, "via", SPACE_PUBLIC_IP)
 
     def add_customer_host(self, address: str) -> None:

@@ -1,0 +1,181 @@
+"""The agent's side of the HA pair (issue 14), in the HA lab: one agent per gateway with
+`ha: {enabled: true}` and `local_address` = the WAN VIP, told by keepalived's notify
+(`agentctl --socket S ha master|backup|fault`) and watching the VIP itself.
+
+The contract these tests hold the agent to:
+- backup: connections loaded into charon, nothing initiated, no SA of its own, no
+  routes; `agentctl status` exits 0; status has `"ha": {"enabled": true, "state": ...}`;
+  /metrics has `space_vpn_ha_state{state="master"|"backup"|"fault"}` 1 for the current
+  state, 0 for the others;
+- master: both tunnels initiated at once; the space side replaces the old node's SAs
+  (`unique = replace`, same IKE identity).
+
+One lab for the whole module, tests in file order, each from `lab.restore()`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from space_vpn_lab.bench_timeline import TimedPinger
+from space_vpn_lab.ha_lab import HaLab
+from space_vpn_lab.ha_report import gap_figures
+from space_vpn_lab.ha_systems import AGENT_METRICS_PORT, AgentPair, gateway_conns, gateway_sas
+from space_vpn_lab.ha_topology import LAN_HOST_IP, LAN_VIP, WAN_VIP
+from space_vpn_lab.netns import in_netns
+from space_vpn_lab.topology import SPACE_HOST_IP
+from tests.lab.helpers import BRINGUP_TIMEOUT, T1, T2, assert_no_secret, require_keepalived
+
+pytestmark = pytest.mark.lab
+
+BOTH = {WAN_VIP, LAN_VIP}
+TAKEOVER_BOUND_S = 3.0
+#: The issue's goal is <= 2 s lost (VRRP + IKE); the test allows for a loaded CI machine.
+AGENT_OUTAGE_BOUND_S = 5.0
+#: How long a backup is watched for anything it should not do.
+WATCH_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def token() -> str:
+    return "HRKU-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def ha_lab(tmp_path_factory: pytest.TempPathFactory, token: str) -> Iterator[HaLab]:
+    require_keepalived()
+    workdir = tmp_path_factory.mktemp("ha-agents")
+    prefix = os.environ.get("SPACE_VPN_LAB_PREFIX", "svt")
+    with HaLab(workdir, lambda lab: AgentPair(lab, token), prefix=prefix) as lab:
+        yield lab
+    logs = {**lab.log_texts(), **lab.software.log_texts()}
+    for text in logs.values():
+        assert_no_secret(text, (*lab.every_psk, token))
+
+
+@pytest.fixture
+def lab(ha_lab: HaLab) -> HaLab:
+    ha_lab.restore()
+    ha_lab.wait_for(ha_lab.software.ready, BRINGUP_TIMEOUT, "agent pair ready (one master agent, one backup agent)")
+    return ha_lab
+
+
+def agentctl_status(lab: HaLab, name: str) -> subprocess.CompletedProcess:
+    socket = lab.software.control_socket(lab.gateways[name])
+    return subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "--socket", socket, "status"],
+                          capture_output=True, text=True, timeout=15)
+
+
+def ha_metrics(lab: HaLab, name: str) -> dict[str, float]:
+    with in_netns(lab.gateways[name].netns):
+        response = urllib.request.urlopen(f"http://127.0.0.1:{AGENT_METRICS_PORT}/metrics", timeout=5)  # noqa: S310
+    with response:
+        text = response.read().decode()
+    return {s.labels["state"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "space_vpn_ha_state"}
+
+
+def table_220(lab: HaLab, name: str) -> str:
+    return subprocess.run(["ip", "-n", lab.gateways[name].netns, "route", "show", "table", "220"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def assert_quiet_backup(lab: HaLab, name: str, watch_s: float = WATCH_S) -> None:
+    """Conns loaded, and for watch_s: no SA at all (not even one being set up), no route."""
+    gw = lab.gateways[name]
+    assert {T1, T2} <= set(gateway_conns(gw))
+    deadline = time.monotonic() + watch_s
+    while time.monotonic() < deadline:
+        assert gateway_sas(gw) == [], f"{name} (backup) holds or sets up an SA"
+        assert table_220(lab, name) == "", f"{name} (backup) has routes in table 220"
+        time.sleep(0.2)
+
+
+def test_backup_initiates_nothing(lab: HaLab):
+    """The master's agent carries the traffic; the backup's agent has its conns loaded
+    and nothing else, says so in status (exit 0) and in /metrics."""
+    master = lab.masters()[0]
+    backup = lab.other(master)
+    assert_quiet_backup(lab, backup)
+    status = lab.software.agent(lab.gateways[backup]).status()
+    assert status["ha"]["enabled"] is True and status["ha"]["state"] == "backup"
+    assert lab.software.agent(lab.gateways[master]).status()["ha"]["state"] == "master"
+    result = agentctl_status(lab, backup)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ha_metrics(lab, backup) == {"master": 0.0, "backup": 1.0, "fault": 0.0}
+    assert ha_metrics(lab, master) == {"master": 1.0, "backup": 0.0, "fault": 0.0}
+    assert lab.lan_ping(count=10, interval=0.02).received == 10
+
+
+def test_master_power_off_backup_takes_over(lab: HaLab, tmp_path: Path):
+    """Master powered off: the backup gets both VIPs, its agent becomes master and
+    initiates both tunnels at once; traffic is back within AGENT_OUTAGE_BOUND_S and the
+    space side holds exactly one IKE SA per tunnel (the dead node's were replaced)."""
+    old = lab.masters()[0]
+    new = lab.other(old)
+    with TimedPinger(lab.topology.lan_ns, LAN_HOST_IP, SPACE_HOST_IP, 3000, 0.01, tmp_path / "ping.out") as pinger:
+        time.sleep(0.5)
+        t0 = lab.power_off(old)
+        lab.wait_for(lambda: lab.vips(new) == BOTH, TAKEOVER_BOUND_S, f"{new} holding both VIPs")
+        lab.wait_for(lambda: sum(r > t0 for r in pinger.replies()) >= 5, AGENT_OUTAGE_BOUND_S + 5,
+                     "traffic through the new master")
+        time.sleep(1.0)
+        pinger.stop()
+    figures = gap_figures(pinger.replies(), t0)
+    print(f"\nagent pair, power-off of {old}: outage {figures['outage_ms']} ms")
+    assert figures["outage_ms"] is not None and figures["outage_ms"] <= AGENT_OUTAGE_BOUND_S * 1000
+    assert lab.software.ha_state(lab.gateways[new]) == "master"
+    sas = lab.space.sas()
+    assert all(t.ike_state == "ESTABLISHED" and t.ike_sa_count == 1 for t in sas.values()), sas
+    assert any(t.up for t in sas.values()), sas
+
+
+def test_old_master_returns_and_nothing_moves(lab: HaLab, tmp_path: Path):
+    """The old master boots again (nopreempt): the VIPs stay, its agent starts as backup,
+    holds no SA and takes nothing from the far end; not one ping is lost."""
+    master = lab.masters()[0]
+    returning = lab.other(master)
+    lab.power_off(returning)
+    space_before = lab.space.sas()
+    with TimedPinger(lab.topology.lan_ns, LAN_HOST_IP, SPACE_HOST_IP, 1500, 0.01, tmp_path / "ping.out") as pinger:
+        lab.power_on(returning)
+        lab.wait_for(lambda: lab.software.ha_state(lab.gateways[returning]) == "backup", BRINGUP_TIMEOUT,
+                     f"the agent on {returning} as backup")
+        assert_quiet_backup(lab, returning)
+        result = pinger.stop()
+    assert lab.masters() == [master]
+    assert result.lost == 0, result
+    assert lab.space.sas() == space_before
+
+
+def test_split_brain_ends_without_lasting_loss(lab: HaLab, tmp_path: Path):
+    """VRRP blocked both ways: both nodes hold the VIPs and both agents are master, each
+    initiating; the space side keeps the newest IKE SA per tunnel (unique = replace) and
+    the LAN follows the last gratuitous ARP, so traffic may drop while the two fight.
+    VRRP back: one master remains, the other's agent goes backup and terminates its SAs,
+    and traffic flows through the remaining master again (no lasting loss)."""
+    lab.split_brain(True)
+    lab.wait_for(lambda: len(lab.masters()) == 2, TAKEOVER_BOUND_S, "two masters")
+    lab.wait_for(lambda: all(lab.software.ha_state(gw) == "master" for gw in lab.gateways.values()), 5,
+                 "both agents master")
+    time.sleep(2.0)
+    lab.split_brain(False)
+    lab.wait_for(lambda: len(lab.masters()) == 1, TAKEOVER_BOUND_S, "one master after the heal")
+    master = lab.masters()[0]
+    backup = lab.other(master)
+    lab.wait_for(lambda: lab.software.ha_state(lab.gateways[backup]) == "backup", 5, f"the agent on {backup} backup")
+    lab.wait_for(lambda: gateway_sas(lab.gateways[backup]) == [], 10, f"{backup} without SAs")
+    lab.wait_for(lambda: lab.lan_ping(count=1, interval=0.2, deadline=1.0).received == 1, 30,
+                 "traffic through the remaining master")
+    assert lab.lan_ping(count=50, interval=0.02).received == 50
+    assert_quiet_backup(lab, backup)
