@@ -101,7 +101,7 @@ class HaTopology(Topology):
         ip("-n", ns, "addr", "add", f"{gw.lan_ip}/{LAN_PREFIXLEN}", "dev", LAN_IFACE)
         for iface in (WAN_IFACE, LAN_IFACE):
             ip("-n", ns, "link", "set", iface, "up")
-        ip("-n", ns, "route", "add", TUNNEL_CIDR, "via", SPACE_PUBLIC_IP)
+        self._add_wan_route(gw.name)
         _sysctl(ns, "net.ipv4.ip_forward=1")
 
     def _plug(self, ns: str, iface: str, port: str, bridge: str) -> None:
@@ -111,6 +111,12 @@ class HaTopology(Topology):
         ip("-n", self.switch_ns, "link", "set", port, "master", bridge)
         ip("-n", self.switch_ns, "link", "set", port, "up")
 
+    def _add_wan_route(self, gateway: str) -> None:
+        """The route to the far end's tunnel addresses. The kernel drops it when the WAN
+        link goes down, so it is put back each time the link comes up (as a booting
+        node's network configuration would)."""
+        ip("-n", self.gateway_ns(gateway), "route", "replace", TUNNEL_CIDR, "via", SPACE_PUBLIC_IP)
+
     # --- failures -----------------------------------------------------------------------
 
     def set_link(self, gateway: str, iface: str, up: bool) -> None:
@@ -119,6 +125,8 @@ class HaTopology(Topology):
         if iface not in (WAN_IFACE, LAN_IFACE):
             raise ValueError(f"a gateway has {WAN_IFACE} and {LAN_IFACE}, not {iface}")
         ip("-n", self.gateway_ns(gateway), "link", "set", iface, "up" if up else "down")
+        if up and iface == WAN_IFACE:
+            self._add_wan_route(gateway)
 
     def set_links(self, gateway: str, up: bool) -> None:
         """Both links of a gateway at once (one `ip -batch`: the node vanishes from both
@@ -127,6 +135,8 @@ class HaTopology(Topology):
         batch = "".join(f"link set {iface} {state}\n" for iface in (WAN_IFACE, LAN_IFACE))
         subprocess.run(["ip", "-n", self.gateway_ns(gateway), "-batch", "-"], input=batch, text=True,
                        check=True, capture_output=True)
+        if up:
+            self._add_wan_route(gateway)
 
     def remove_vips(self, gateway: str) -> None:
         """What a power-off loses: the VIPs keepalived had added (a killed keepalived
