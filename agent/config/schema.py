@@ -157,6 +157,11 @@ class HaConfig:
     #: while its local_address (the virtual address) is on this host, or keepalived's
     #: notify (`agentctl ha master`) says so; a backup loads them and initiates nothing.
     enabled: bool = False
+    #: The split-brain guard's answer to keepalived (its `track_file`): "1" while this
+    #: node yields the virtual address to another holder, "0" otherwise; "" = not written
+    #: (the node still stops its tunnels when it yields). In the state directory, which
+    #: exists before keepalived starts (the package creates it) and outlives the agent.
+    yield_file: str = "/var/lib/space-vpn-agent/ha-yield"
 
 
 @dataclass(frozen=True)

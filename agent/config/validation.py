@@ -33,7 +33,7 @@ from agent.core.selectors import TrafficSelectors, selector_problem
 
 _TOP_KEYS = ("api", "strongswan", "state_dir", "control_socket", "metrics", "log_level", "ha",
              "connections")
-_HA_KEYS = ("enabled",)
+_HA_KEYS = ("enabled", "yield_file")
 _API_KEYS = ("url", "token_file", "poll_interval", "timeout", "not_found_grace", "forget_deleted_after")
 _STRONGSWAN_KEYS = ("vici_socket", "connect_timeout")
 _METRICS_KEYS = ("listen",)
@@ -79,7 +79,7 @@ def parse_config(data: object, *, base_dir: Path) -> AgentConfig:
                                   AgentConfig.control_socket),
         metrics=_metrics(top.get("metrics"), problems),
         log_level=log_level,
-        ha=_ha(top.get("ha"), problems),
+        ha=_ha(top.get("ha"), problems, base_dir),
         connections=_connections(top.get("connections"), problems, base_dir, url_address(api.url)),
     )
     if config.ha.enabled:
@@ -136,13 +136,17 @@ def _strongswan(raw: object, problems: list[str], base_dir: Path) -> StrongswanC
     )
 
 
-def _ha(raw: object, problems: list[str]) -> HaConfig:
+def _ha(raw: object, problems: list[str], base_dir: Path) -> HaConfig:
     section = _mapping(raw, "ha", _HA_KEYS, problems)
     enabled = section.get("enabled", HaConfig.enabled)
     if not isinstance(enabled, bool):
         problems.append(f"ha.enabled: expected true or false, got {_describe(enabled)}")
-        return HaConfig()
-    return HaConfig(enabled=enabled)
+        enabled = HaConfig.enabled
+    yield_file = section.get("yield_file")
+    if yield_file == "":
+        return HaConfig(enabled=enabled, yield_file="")
+    return HaConfig(enabled=enabled,
+                    yield_file=_file_path(section, "yield_file", "ha", problems, base_dir, HaConfig.yield_file))
 
 
 def _metrics(raw: object, problems: list[str]) -> MetricsConfig:

@@ -48,7 +48,7 @@ def redacted(config: AgentConfig) -> dict:
         "control_socket": config.control_socket,
         "metrics": {"listen": config.metrics.listen},
         "log_level": config.log_level,
-        "ha": {"enabled": config.ha.enabled},
+        "ha": {"enabled": config.ha.enabled, "yield_file": config.ha.yield_file},
         "connections": [_redacted_connection(conn) for conn in config.connections],
     }
 

@@ -107,6 +107,7 @@ class ConnectionMemory:
     faults: Mapping[FaultStage, int] = field(default_factory=dict)  # contained exceptions by stage, since start
     vip: VipWatch | None = None  # ha: whether this node holds local_address, since when
     ha: tuple[HaState, str] | None = None  # ha: this node's state for this connection, and why; None: no ha
+    split_brain: SplitBrain | None = None  # ha: another node answers for local_address too
 
     @property
     def active(self) -> int | None:

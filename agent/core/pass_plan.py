@@ -12,7 +12,7 @@ tunnels are planned on what charon and the kernel hold after it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from agent.core.bounds import swallowed_addresses
@@ -20,7 +20,7 @@ from agent.core.charon_objects import CharonAction, TerminateIke, plan_loads, pl
 from agent.core.decide import ConnectionStep, decide
 from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.faults import ConnectionFault, FaultStage
-from agent.core.ha import HaNotice, HaState, ha_state, observe_vip
+from agent.core.ha import HaNotice, HaState, VipProbe, ha_state, observe_vip, split_brain
 from agent.core.health import ProbeTarget
 from agent.core.lifecycle import Life, Stage, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord
@@ -59,6 +59,7 @@ class PassInputs:
     wall_now: float  # unix s
     jitter: Mapping[str, float]  # by charon conn name, in [0, 1): spreads each tunnel's retries
     ha_notice: HaNotice | None = None  # keepalived's last notify (ha.enabled)
+    vip_probes: Mapping[str, VipProbe] = field(default_factory=dict)  # by address: who else answers for it
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class PassPlan:
     probe_targets: tuple[ProbeTarget, ...]
     next_pass_in: float | None = None  # s; None: the loop's own tick
     faults: tuple[ConnectionFault, ...] = ()  # connections whose planning raised (their steps say so)
+
+    @property
+    def yielding(self) -> bool:
+        """An HA node that yields its virtual address to another holder (split brain)."""
+        return any(s.memory.split_brain is not None and s.memory.split_brain.yielding for s in self.steps)
 
     @property
     def starting_over(self) -> frozenset[str]:
@@ -211,13 +217,18 @@ def _step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> 
         return _connection_step(record, prepared, inputs)
     # One of a VRRP pair: the holder of local_address runs the tunnels, the other stands by.
     vip = record.settings.local_address or ""
-    watch = observe_vip(record.memory.vip, vip in inputs.net.addresses, inputs.now)
-    ha = ha_state(vip, watch, inputs.ha_notice)
+    holds = vip in inputs.net.addresses
+    watch = observe_vip(record.memory.vip, holds, inputs.now)
+    conflict = split_brain(record.memory.split_brain, inputs.vip_probes.get(vip), holds, inputs.now)
+    if conflict is not None and conflict.yielding:
+        ha = (HaState.FAULT, conflict.describe(vip))
+    else:
+        ha = ha_state(vip, watch, inputs.ha_notice)
     if ha[0] is HaState.MASTER or prepared.desired is None or prepared.roll is None:
         step = _connection_step(record, prepared, inputs)
     else:
         step = _standby(record, prepared.desired, prepared.roll, inputs, ha)
-    return replace(step, memory=replace(step.memory, vip=watch, ha=ha))
+    return replace(step, memory=replace(step.memory, vip=watch, ha=ha, split_brain=conflict))
 
 
 def _standby(record: ConnectionRecord, conn: DesiredConnection, roll: RollPlan, inputs: PassInputs,

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from agent import __version__
 from agent.adapters.address_watch import AddressesChanged
+from agent.adapters.vip_guard import VipProbed
 from agent.adapters.charon import CharonConnected, CharonDisconnected, CharonEvent
 from agent.config import AgentConfig, redacted
 from agent.core.ha import HaNotice, HaState
@@ -144,6 +145,8 @@ class Controller:
                 log.debug("charon event %s %s %s", kind, ",".join(names), "up" if up else "down")
             case AddressesChanged():
                 pass  # the pass that follows reads the addresses afresh (an HA virtual address)
+            case VipProbed(address=address, probe=probe):
+                state.vip_probes[address] = probe  # the split-brain guard's latest look
             case CharonConnected():
                 log.info("VICI event session connected; (re)loading all tunnels")
                 state.loaded.clear()
@@ -269,6 +272,8 @@ class Controller:
         self._record(outcomes)
         self._log_selector_problems()
         edges.sync_mss(dict(plan.mss_rules) if plan.mss_rules is not None else None)
+        if state.config.ha.enabled:
+            edges.sync_yield(plan.yielding)
         outcomes.faults += edges.arm_reroutes(plan.reroutes, state.net, since)
         self._note_faults(plan.faults, setup_faults + outcomes.faults)
         if plan.probe_targets != self._probe_targets:
@@ -345,7 +350,7 @@ class Controller:
             records=tuple(state.records.values()), charon=state.charon, net=state.net, loaded=dict(state.loaded),
             detected=self._detect_local_addresses(), now=self._clock(), wall_now=self._wall(),
             jitter={object_name(key, n): self._rand() for key in state.records for n in (1, 2)},
-            ha_notice=state.ha_notice,
+            ha_notice=state.ha_notice, vip_probes=dict(state.vip_probes),
         ))
 
     def _log_selector_problems(self) -> None:

@@ -34,7 +34,7 @@ from agent.core.netstate import NetState
 from agent.core.observation import CharonState
 from agent.core.route_mode import DeleteRoute, EnsureInterface, RemoveInterface, Reroute, RouteAction, SetRoute
 from agent.daemon.fast_reroute import FastReroute
-from agent.daemon.ports import CharonPort, LinksPort, MssPort
+from agent.daemon.ports import CharonPort, LinksPort, MssPort, YieldPort
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,13 @@ class Outcomes:
 
 class Edges:
     def __init__(self, charon: CharonPort, links: LinksPort | None, mss: MssPort | None, *,
-                 detect_local_address: Callable[[str], str | None], reroute: FastReroute | None = None) -> None:
+                 detect_local_address: Callable[[str], str | None], reroute: FastReroute | None = None,
+                 ha_yield: YieldPort | None = None) -> None:
         self._charon = charon
         self._links = links
         self._mss = mss
         self._reroute = reroute
+        self._ha_yield = ha_yield
         self.detect_local_address = detect_local_address
 
     # -- observing -------------------------------------------------------------------
@@ -89,6 +91,11 @@ class Edges:
             return previous
 
     # -- applying --------------------------------------------------------------------
+    def sync_yield(self, yielding: bool) -> None:
+        """Tell keepalived (its track file) whether this node yields its address."""
+        if self._ha_yield is not None:
+            self._ha_yield.sync(yielding)
+
     def apply_setup(self, actions: tuple[RouteAction | CharonAction, ...]) -> Outcomes:
         """Interfaces first (children bind to their if_ids), then charon's objects."""
         outcomes = Outcomes()

@@ -14,7 +14,7 @@ from agent.core.addresses import url_address
 from agent.core.api_budget import PollPace
 from agent.core.decide import current_probes
 from agent.core.failover import FailoverPolicy
-from agent.core.ha import HaNotice
+from agent.core.ha import HaNotice, VipProbe
 from agent.core.health import ProbeResult, ProbeStats
 from agent.core.lifecycle import Stage, far_end_after_answer, far_end_after_not_found, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord, ConnectionSettings, FarEnd, ProbeSettings
@@ -41,6 +41,7 @@ class LoopState:
     ready: bool = False  # the first pass completed
     api_pace: PollPace | None = None  # the API poller's last pace; None: no poller (yet)
     ha_notice: HaNotice | None = None  # keepalived's last notify (agentctl ha)
+    vip_probes: dict[str, VipProbe] = field(default_factory=dict)  # split-brain guard, by virtual address
 
 
 def settings_for(conn: ConnectionConfig, config: AgentConfig, route_unsupported: str | None) -> ConnectionSettings:

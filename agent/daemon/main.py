@@ -21,6 +21,8 @@ from agent.adapters.core_dumps import forbid_core_dumps
 from agent.adapters.credentials import CredentialError, load_token
 from agent.adapters.heroku import PlatformApi
 from agent.adapters.address_watch import AddressWatch
+from agent.adapters.vip_guard import VipGuard
+from agent.adapters.yield_file import YieldFile
 from agent.adapters.links import LinkManager, xfrm_interface_support
 from agent.adapters.metrics import MetricsServer
 from agent.adapters.mss_clamp import MssClamp
@@ -141,21 +143,24 @@ class Daemon:
         # Its own netlink socket: it writes from the VICI event thread.
         self._route_socket = RouteSocket() if route_unsupported is None else None
         self._reroute = FastReroute(self._route_socket) if self._route_socket is not None else None
+        # The split-brain guard's track file: set at start (ha.yield_file is not reloaded).
+        ha_yield = YieldFile(config.ha.yield_file) if config.ha.enabled and config.ha.yield_file else None
         edges = Edges(self._charon, self._links, MssClamp() if route_unsupported is None else None,
-                      detect_local_address=source_address_towards, reroute=self._reroute)
+                      detect_local_address=source_address_towards, reroute=self._reroute, ha_yield=ha_yield)
         self._controller = Controller(
             config,
             edges,
             ConnectionCache(Path(config.state_dir)),
             route_unsupported=route_unsupported,
             reload_config=lambda: load_config(self._config_path),
-            on_config=self._start_poller,
+            on_config=self._on_config,
             on_pass=self._after_pass,
             on_probe_targets=self._set_probe_targets,
             on_alive=self._alive,
         )
         self._prober = Prober(self._controller.post)
         self._addresses = AddressWatch(self._controller.post)  # an HA pair's virtual address moved
+        self._vip_guard = VipGuard(self._controller.post)  # who else answers for it (split brain)
         self._listener = CharonEventListener(config.strongswan.vici_socket, self._on_charon_message)
         self._metrics = None
         if config.metrics.enabled:
@@ -177,11 +182,13 @@ class Daemon:
         if self._metrics is not None:
             self._metrics.start()  # first: a taken port ends the start-up before anything else runs
             log.info("metrics on http://%s:%d/metrics", config.metrics.host, self._metrics.port)
-        self._start_poller(config)
+        self._on_config(config)
         self._listener.start()
         self._control.start()
         self._prober.start()
         self._addresses.start()
+        if config.ha.enabled:
+            self._vip_guard.start()
         signal.signal(signal.SIGTERM, lambda *_: self._controller.post(Stop()))
         signal.signal(signal.SIGINT, lambda *_: self._controller.post(Stop()))
         signal.signal(signal.SIGHUP, lambda *_: self._controller.post(Reload()))
@@ -195,6 +202,7 @@ class Daemon:
             self._control.stop()
             self._prober.stop()
             self._addresses.stop()
+            self._vip_guard.stop()
             if self._metrics is not None:
                 self._metrics.stop()
             self._charon.close()
@@ -207,6 +215,11 @@ class Daemon:
         if self._reroute is not None:
             self._reroute.on_event(message)
         self._controller.post(message)
+
+    def _on_config(self, config: AgentConfig) -> None:
+        self._start_poller(config)
+        if config.ha.enabled:
+            self._vip_guard.watch(c.local_address for c in config.connections if c.local_address)
 
     def _start_poller(self, config: AgentConfig) -> None:
         """(Re)start API polling for the Heroku connections of `config`. At start a

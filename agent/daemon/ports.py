@@ -65,3 +65,9 @@ class ProberPort(Protocol):
     """Data-path probes (agent.adapters.probe.Prober). Raises ValueError for a bad target."""
 
     def set_targets(self, targets: list[ProbeTarget]) -> None: ...
+
+
+class YieldPort(Protocol):
+    """The split-brain guard's track file for keepalived (adapters/yield_file)."""
+
+    def sync(self, yielding: bool) -> None: ...

@@ -69,5 +69,8 @@ def test_installs_and_runs(deb):
         assert "drain" in usage and "status" in usage
         assert stat.S_IMODE(os.stat("/etc/space-vpn-agent").st_mode) == 0o750
         assert not Path("/etc/space-vpn-agent/agent.yaml").exists()  # not started before it is configured
+        # Before the agent ever ran: keepalived's track_file (ha.yield_file) needs its folder.
+        assert stat.S_IMODE(os.stat("/var/lib/space-vpn-agent").st_mode) == 0o700
     finally:
         subprocess.run(["dpkg", "--purge", "space-vpn-agent"], capture_output=True, timeout=300)
+    assert not Path("/var/lib/space-vpn-agent").exists()

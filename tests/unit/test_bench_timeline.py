@@ -7,6 +7,7 @@ from space_vpn_lab.bench_timeline import (
     after_delete,
     describe,
     line_time,
+    reply_gaps,
     reply_times,
     traffic_back_s,
 )
@@ -63,6 +64,12 @@ From 172.16.0.1 icmp_seq=3 Destination Net Unreachable
 def test_reply_times_from_ping_d_output():
     assert reply_times(PING_D) == [1764741600.101, 1764741600.1135, 1764741607.25025]
     assert reply_times("") == []
+
+
+def test_reply_gaps_count_by_sequence_number():
+    (gap,) = reply_gaps(PING_D)
+    assert (gap.lost, gap.ms) == (537, 7137)
+    assert reply_gaps("") == []
 
 
 def test_traffic_back_is_the_first_reply_after_the_event():

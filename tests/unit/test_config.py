@@ -14,6 +14,7 @@ from agent.config import (
     ApiConfig,
     ConfigError,
     ConnectionConfig,
+    HaConfig,
     MetricsConfig,
     ProbeConfig,
     StaticTunnelConfig,
@@ -664,8 +665,18 @@ def test_ha_needs_the_virtual_address_of_every_connection():
         "connections[0].local_address: required with ha.enabled: the virtual address keepalived moves between "
         "the two gateways (the one Heroku knows)"]
     assert problems_of(minimal(ha={"enabled": "yes"})) == ["ha.enabled: expected true or false, got a string"]
-    assert problems_of(minimal(ha={"vip": "203.0.113.10"})) == ["ha.vip: unknown key (known: enabled)"]
+    assert problems_of(minimal(ha={"vip": "203.0.113.10"})) == ["ha.vip: unknown key (known: enabled, yield_file)"]
     config = parse_config({"ha": {"enabled": True}, "connections": [heroku(local_address="203.0.113.10")]},
                           base_dir=NO_DIR)
-    assert config.ha.enabled and redacted(config)["ha"] == {"enabled": True}
+    assert config.ha.enabled and redacted(config)["ha"] == {"enabled": True, "yield_file": HaConfig.yield_file}
     assert parse_config(redacted(config), base_dir=NO_DIR) == config
+
+
+def test_ha_yield_file_is_a_path_or_off(tmp_path):
+    on = parse_config({"ha": {"enabled": True, "yield_file": "run/yield"},
+                       "connections": [heroku(local_address="203.0.113.10")]}, base_dir=tmp_path)
+    assert on.ha.yield_file == str(tmp_path / "run/yield")
+    off = parse_config({"ha": {"enabled": True, "yield_file": ""},
+                        "connections": [heroku(local_address="203.0.113.10")]}, base_dir=tmp_path)
+    assert off.ha.yield_file == "" and parse_config(redacted(off), base_dir=tmp_path) == off
+    assert problems_of(minimal(ha={"yield_file": 7})) == ["ha.yield_file: expected a non-empty string, got a number"]

@@ -16,6 +16,7 @@ import pytest
 
 from space_vpn_lab.ha_lab import Gateway
 from space_vpn_lab.ha_topology import GATEWAYS, HaTopology
+from agent.config import HaConfig
 from space_vpn_lab.keepalived import (Keepalived, VrrpEvent, VrrpNode, VrrpSettings, parse_events, render_config,
                                       render_notify_script)
 
@@ -54,6 +55,15 @@ def test_lab_config_options():
     assert "unicast_src_ip 203.0.113.11" in wan and "203.0.113.12" in wan
     assert "unicast_src_ip 172.16.0.252" in lan and "172.16.0.253" in lan
     assert 'script "/t.sh"' in text and wan.count("chk_vpn") == 1 and lan.count("chk_vpn") == 1
+    assert "track_file" not in text and "vrrp_garp_master_refresh 2" in text
+
+
+def test_lab_config_tracks_the_agents_yield_file():
+    """On both instances, as the track script (weight 0: a non-zero value is FAULT, as
+    keepalived requires for a sync group's member)."""
+    text = render_config(node(), VrrpSettings(), "/n.sh", track_file="/run/agent/ha-yield")
+    assert 'file "/run/agent/ha-yield"' in text and "weight 0" in text
+    assert "agent_yield" in instance(text, "WAN") and "agent_yield" in instance(text, "LAN")
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -137,7 +147,7 @@ def config_test():
 def test_lab_config_passes_keepalived_config_test(tmp_path: Path, config_test):
     gw = Gateway(GATEWAYS[0], GATEWAYS[1], HaTopology("unit"), tmp_path, VrrpSettings(), "/bin/false")
     daemon = Keepalived("gw1", "unused", tmp_path, VrrpSettings(unicast=True))
-    daemon.write(gw.vrrp_node, agentctl=["/bin/true"], track=["/bin/true"])
+    daemon.write(gw.vrrp_node, agentctl=["/bin/true"], track=["/bin/true"], track_file=str(tmp_path / "ha-yield"))
     result = config_test(daemon.conf_path)
     assert result.returncode == 0, result.stderr
 
@@ -161,3 +171,8 @@ def test_example_is_the_pair_the_docs_describe():
         assert f'notify_{hook} "/usr/bin/agentctl ha {hook}"' in text
     assert "vrrp_sync_group" in text and "agentctl status" in text
     assert "203.0.113.10/24" in text and "172.16.0.1/24" in text
+    # The split-brain guard: the agent's yield file (its default ha.yield_file) puts the
+    # group in FAULT, and the master re-announces its addresses.
+    assert f'file "{HaConfig.yield_file}"' in text and "weight 0" in settings
+    assert "init_file 0 overwrite" in settings
+    assert any(s.startswith("vrrp_garp_master_refresh") for s in settings)

@@ -7,6 +7,8 @@ the customer side; the second is the agent's own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import re
 import subprocess
 import time
@@ -87,6 +89,27 @@ def reply_times(output: str) -> list[float]:
     """Unix times of the replies in `ping -D` output ("[1733200000.123456] 64 bytes from
     ..."), in the order received; other lines (errors, the summary) are skipped."""
     return [float(m.group(1)) for line in output.splitlines() if (m := _REPLY.match(line))]
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Pings lost in a row: between the replies at `after` and `before` (unix s)."""
+
+    after: float
+    before: float
+    lost: int
+
+    @property
+    def ms(self) -> int:
+        return round((self.before - self.after) * 1000)
+
+
+def reply_gaps(output: str) -> list[Gap]:
+    """Every run of lost pings in `ping -D` output, by sequence number: ping's real
+    interval on a busy machine is longer than asked, so counting by time would invent
+    losses."""
+    replies = [(float(m.group(1)), int(m.group(2))) for line in output.splitlines() if (m := _REPLY.match(line))]
+    return [Gap(t1, t2, s2 - s1 - 1) for (t1, s1), (t2, s2) in zip(replies, replies[1:]) if s2 - s1 > 1]
 
 
 def traffic_back_s(replies: list[float], after_unix: float) -> float | None:

@@ -75,6 +75,9 @@ class PlainStrongswanPair:
     def track_argv(self, gateway: Gateway) -> list[str] | None:
         return None
 
+    def yield_file(self, gateway: Gateway) -> str | None:
+        return None
+
     def close(self) -> None:
         pass
 
@@ -129,7 +132,7 @@ class AgentPair:
             config = heroku_agent_config(
                 workdir, api_url=self.apis[gateway.name].url, vici_socket=gateway.charon.vici_socket,
                 space=SPACE, vpn=VPN, local_address=WAN_VIP, mode=self.mode,
-                extra={"ha": {"enabled": True}, "metrics": {"listen": f"127.0.0.1:{AGENT_METRICS_PORT}"},
+                extra={"ha": {"enabled": True, "yield_file": self.yield_file(gateway)}, "metrics": {"listen": f"127.0.0.1:{AGENT_METRICS_PORT}"},
                        **self.extra})
             if self.probe is not None:
                 config["connections"][0]["probe"] = dict(self.probe)
@@ -148,6 +151,12 @@ class AgentPair:
 
     def track_argv(self, gateway: Gateway) -> list[str] | None:
         return None
+
+    def yield_file(self, gateway: Gateway) -> str | None:
+        """The agent's split-brain yield (ha.yield_file), keepalived's track_file; its
+        folder exists before keepalived starts (keepalived drops a track file without one)."""
+        self.workdir(gateway).mkdir(parents=True, exist_ok=True)
+        return str(self.workdir(gateway) / "ha-yield")
 
     def close(self) -> None:
         for agent in self.agents.values():

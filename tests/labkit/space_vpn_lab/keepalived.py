@@ -28,6 +28,8 @@ START_TIMEOUT_S = 5.0
 STOP_GRACE_S = 5.0
 SYNC_GROUP = "HA"
 WAN_INSTANCE, LAN_INSTANCE = "WAN", "LAN"
+#: Seconds between a master's gratuitous ARPs (config/keepalived.example.conf: the same).
+GARP_REFRESH_S = 2
 #: keepalived's state words -> what `agentctl ha` takes. STOP (keepalived shutting down,
 #: its VIPs removed) counts as backup: a node without the addresses must not be active.
 AGENTCTL_STATES = {"MASTER": "master", "BACKUP": "backup", "FAULT": "fault", "STOP": "backup"}
@@ -77,12 +79,22 @@ class VrrpNode:
 
 
 def render_config(node: VrrpNode, settings: VrrpSettings, notify_script: str,
-                  track_script: str | None = None) -> str:
+                  track_script: str | None = None, track_file: str | None = None) -> str:
     """keepalived.conf text for `node`; `track_script` (an executable, exit 0 = healthy)
-    puts the group in FAULT when it fails. No side effects."""
+    puts the group in FAULT when it fails, and so does a non-zero `track_file` (the
+    agent's split-brain yield, ha.yield_file). No side effects."""
     track_def, track_ref = "", ""
+    if track_file:
+        track_def += f"""
+track_file agent_yield {{
+  file {_quote(track_file)}
+  weight 0
+  init_file 0 overwrite
+}}
+"""
+        track_ref += "  track_file {\n    agent_yield\n  }\n"
     if track_script:
-        track_def = f"""
+        track_def += f"""
 vrrp_script chk_vpn {{
   script {_quote(track_script)}
   interval {settings.track_interval_s}
@@ -90,7 +102,7 @@ vrrp_script chk_vpn {{
   rise {settings.track_rise}
 }}
 """
-        track_ref = "  track_script {\n    chk_vpn\n  }\n"
+        track_ref += "  track_script {\n    chk_vpn\n  }\n"
     instances = "".join(
         _instance(name, router_id, iface, vip, prefixlen, own_ip, peer_ip, node, settings, track_ref)
         for name, router_id, iface, vip, prefixlen, own_ip, peer_ip in (
@@ -104,6 +116,9 @@ global_defs {{
   vrrp_version 3
   script_user root
   enable_script_security
+  # The master re-announces its addresses: after a split brain the LAN and the far end
+  # learn within this long which node kept them.
+  vrrp_garp_master_refresh {GARP_REFRESH_S}
 }}
 {track_def}
 vrrp_sync_group {SYNC_GROUP} {{
@@ -198,14 +213,15 @@ class Keepalived:
         self.vrrp_pid_path = workdir / f"{base}.vrrp.pid"
 
     def write(self, node: VrrpNode, agentctl: Sequence[str] | None = None,
-              track: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> None:
+              track: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+              track_file: str | None = None) -> None:
         """Config, notify script and (given `track`, an argv) the track script."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         _write_executable(self.notify_path, render_notify_script(str(self.events_path), agentctl, env))
         if track:
             _write_executable(self.track_path, render_track_script(track))
         self.conf_path.write_text(render_config(node, self.settings, str(self.notify_path),
-                                                str(self.track_path) if track else None))
+                                                str(self.track_path) if track else None, track_file))
 
     @property
     def running(self) -> bool:
