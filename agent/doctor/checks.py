@@ -7,6 +7,7 @@ Nothing here prints or talks to charon or the API itself: report.py gathers the 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -230,6 +231,8 @@ def cache_state(path: str, exists: bool | None) -> str:
 # -- an HA pair (ha.enabled) ----------------------------------------------------------
 
 INSTALL_ARPING = "apt-get install iputils-arping"
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+KEEPALIVED_EXAMPLE = "/etc/space-vpn-agent/keepalived.example.conf"
 
 
 def check_keepalived(pgrep: tuple[int, str, str] | None) -> Check:
@@ -240,7 +243,26 @@ def check_keepalived(pgrep: tuple[int, str, str] | None) -> Check:
         pids = ", ".join(pgrep[1].split())
         return Check("ha_keepalived", OK, f"keepalived running (pid {pids})")
     return Check("ha_keepalived", FAIL, "keepalived is not running: nothing moves the virtual address to this node",
-                 "systemctl enable --now keepalived (example: /usr/share/doc/space-vpn-agent/keepalived.example.conf)")
+                 f"systemctl enable --now keepalived (example: {KEEPALIVED_EXAMPLE})")
+
+
+def check_yield_file(path: str, folder_exists: bool, keepalived_conf: str | None) -> Check:
+    """The split-brain guard's track file: its folder must exist before keepalived starts
+    (keepalived drops a track file without one), and keepalived must track it."""
+    name = "ha_yield_file"
+    if not path:
+        return Check(name, WARN, "ha.yield_file is empty: a node that yields in a split brain stops its tunnels, "
+                     "but keepalived keeps the address there", f"set ha.yield_file and track it ({KEEPALIVED_EXAMPLE})")
+    folder = os.path.dirname(path) or "."
+    if not folder_exists:
+        return Check(name, FAIL, f"the folder of ha.yield_file {path} is missing: keepalived drops the track file",
+                     f"install -d -m 0700 {folder}, then systemctl restart keepalived")
+    if keepalived_conf is None:
+        return Check(name, WARN, f"not checked whether keepalived tracks {path}: cannot read {KEEPALIVED_CONF}")
+    if path not in keepalived_conf:
+        return Check(name, WARN, f"{KEEPALIVED_CONF} does not mention {path}: in a split brain keepalived keeps "
+                     "the address on the node that yields", f"add its track_file block ({KEEPALIVED_EXAMPLE})")
+    return Check(name, OK, f"keepalived tracks {path} (the split-brain guard)")
 
 
 def check_vip(label: str, vip: str, interface: str | None, arping: tuple[int, str, str] | None) -> Check:

@@ -89,6 +89,13 @@ def _check_ha(config: AgentConfig, run, read_file) -> list[Check]:
     except OSError:
         value = None
     result.append(checks.check_nonlocal_bind(config.metrics.host, vips, value))
+    try:
+        keepalived_conf = read_file(checks.KEEPALIVED_CONF)
+    except OSError:
+        keepalived_conf = None
+    path = config.ha.yield_file
+    result.append(checks.check_yield_file(path, bool(path) and os.path.isdir(os.path.dirname(path) or "."),
+                                          keepalived_conf))
     return result
 
 

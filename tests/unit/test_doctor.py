@@ -611,18 +611,31 @@ def ha_run(arping_rc: int = 0, keepalived: bool = True, vip_here: bool = True):
     return run
 
 
-def ha_checks(run, **config):
+YIELD_FILE = "/proc/self/ha-yield"  # a folder that exists everywhere; nothing is written by the doctor
+KEEPALIVED_CONF = f'track_file agent_yield {{\n  file "{YIELD_FILE}"\n  weight 0\n}}\n'
+
+
+def ha_checks(run, yield_file: str = YIELD_FILE, keepalived_conf: str | None = KEEPALIVED_CONF, **config):
     conn = ConnectionConfig(space="acme-space", vpn="office", local_address=VIP, mode=Mode.ROUTE)
     from agent.config import HaConfig
 
-    cfg = AgentConfig(connections=(conn,), ha=HaConfig(enabled=True), **config)
-    return {c.name: c for c in report.run_checks(cfg, **fakes(run=run)) if c.name.startswith("ha_")}
+    def read_file(path: str) -> str:
+        if path == "/etc/keepalived/keepalived.conf":
+            if keepalived_conf is None:
+                raise PermissionError(13, "Permission denied")
+            return keepalived_conf
+        return "2\n"
+
+    cfg = AgentConfig(connections=(conn,), ha=HaConfig(enabled=True, yield_file=yield_file), **config)
+    return {c.name: c for c in report.run_checks(cfg, **fakes(run=run, read_file=read_file))
+            if c.name.startswith("ha_")}
 
 
 def test_ha_master_with_keepalived_and_no_other_holder_is_ok():
     run = ha_run()
     found = ha_checks(run)
-    assert [c.status for c in found.values()] == ["OK", "OK", "OK"]
+    assert [c.status for c in found.values()] == ["OK", "OK", "OK", "OK"]
+    assert found["ha_yield_file"].detail == f"keepalived tracks {YIELD_FILE} (the split-brain guard)"
     assert found["ha_vip"].detail == f"acme-space/office: {VIP} on eth0: master, and no other node answers for it"
     assert ["arping", "-D", "-c", "2", "-w", "3", "-I", "eth0", VIP] in run.seen
 
@@ -642,6 +655,17 @@ def test_ha_metrics_on_the_virtual_address_need_nonlocal_bind():
     found = ha_checks(ha_run(), metrics=MetricsConfig(listen=f"{VIP}:19813"))
     assert found["ha_nonlocal_bind"].status == "FAIL"  # the fake /proc answers 2
     assert "ip_nonlocal_bind=1" in found["ha_nonlocal_bind"].fix
+
+
+@pytest.mark.parametrize("yield_file, keepalived_conf, status, words", [
+    ("/nonexistent-dir/ha-yield", KEEPALIVED_CONF, "FAIL", "install -d -m 0700 /nonexistent-dir"),
+    (YIELD_FILE, "vrrp_instance WAN {}\n", "WARN", "track_file"),
+    (YIELD_FILE, None, "WARN", "not checked"),
+    ("", KEEPALIVED_CONF, "WARN", "ha.yield_file is empty"),
+])
+def test_ha_yield_file_must_be_tracked_by_keepalived(yield_file, keepalived_conf, status, words):
+    check = ha_checks(ha_run(), yield_file=yield_file, keepalived_conf=keepalived_conf)["ha_yield_file"]
+    assert check.status == status and words in f"{check.detail} {check.fix}"
 
 
 def test_without_ha_there_is_no_ha_check():

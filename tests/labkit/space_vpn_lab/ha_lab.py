@@ -106,8 +106,9 @@ class HaLab:
     # --- life cycle ---------------------------------------------------------------------
 
     def open(self) -> "HaLab":
-        """Namespaces, space side, both charons; keepalived on gw1 first (so it is the
-        first master), then gw2; then the node software on both."""
+        """Namespaces, space side, both charons; then gw1 (so it is the first master),
+        then gw2, each booting as power_on does: the node software, then keepalived (whose
+        track script may ask the software)."""
         atexit.register(self.close)
         self._open = True
         began = time.monotonic()
@@ -119,14 +120,13 @@ class HaLab:
             for gw in self.gateways.values():
                 gw.charon.start()
             for gw in self.gateways.values():
+                self.software.start(gw)
                 self._start_keepalived(gw)
                 self.wait_for(lambda: self.vrrp_state(gw.name) is not None, ELECTION_TIMEOUT_S,
                               f"{gw.name}'s keepalived reporting a state")
                 if gw.name == "gw1":
                     self.wait_for(lambda: self.masters() == ["gw1"], ELECTION_TIMEOUT_S, "gw1 elected")
                 gw.powered = True
-            for gw in self.gateways.values():
-                self.software.start(gw)
         except BaseException:
             log.error("HA lab %s failed to start; cleaning up", self.topology.prefix)
             self.close()

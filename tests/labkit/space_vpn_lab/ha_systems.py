@@ -7,6 +7,8 @@ master holds), or the agent with `ha: {enabled: true}`, told by keepalived's not
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,7 +152,11 @@ class AgentPair:
         return [sys.executable, "-m", "agent.cli.agentctl", "--socket", self.control_socket(gateway)]
 
     def track_argv(self, gateway: Gateway) -> list[str] | None:
-        return None
+        """As config/keepalived.example.conf's chk_agent: fails only when the agent does not
+        answer on its control socket (agentctl exit 3)."""
+        agentctl = shlex.join([*self.notify_argv(gateway), "status"])
+        env = f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])} " if os.environ.get("PYTHONPATH") else ""
+        return ["/bin/sh", "-c", f"{env}{agentctl} >/dev/null 2>&1; test $? -ne 3"]
 
     def yield_file(self, gateway: Gateway) -> str | None:
         """The agent's split-brain yield (ha.yield_file), keepalived's track_file; its
