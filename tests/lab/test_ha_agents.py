@@ -190,6 +190,32 @@ def test_master_agent_crash_moves_the_pair(lab: HaLab, tmp_path: Path):
     assert lab.lan_ping(count=50, interval=0.02).received == 50
 
 
+def test_master_lan_link_down_moves_the_pair(lab: HaLab, tmp_path: Path):
+    """The master's LAN cable pulled: keepalived's LAN instance faults and the sync group
+    takes the WAN VIP along; the agent there, told `fault`, terminates its SAs; the other
+    agent takes over. Plugged back: the node is a quiet backup (nopreempt)."""
+    old = lab.masters()[0]
+    new = lab.other(old)
+    with TimedPinger(lab.topology.lan_ns, LAN_HOST_IP, SPACE_HOST_IP, 3000, 0.01, tmp_path / "ping.out") as pinger:
+        time.sleep(0.5)
+        t0 = time.time()
+        lab.set_lan_link(old, up=False)
+        lab.wait_for(lambda: lab.vips(new) == BOTH, TAKEOVER_BOUND_S, f"{new} holding both VIPs")
+        lab.wait_for(lambda: sum(r > t0 for r in pinger.replies()) >= 5, AGENT_OUTAGE_BOUND_S + 5,
+                     "traffic through the new master")
+        lab.wait_for(lambda: gateway_sas(lab.gateways[old]) == [], 5, f"{old} without SAs")
+        assert lab.software.ha_state(lab.gateways[old]) in ("fault", "backup")
+        time.sleep(0.5)
+        pinger.stop()
+    figures = gap_figures(pinger.replies(), t0)
+    print(f"\nagent pair, LAN link down on {old}: outage {figures['outage_ms']} ms")
+    assert figures["outage_ms"] is not None and figures["outage_ms"] <= AGENT_OUTAGE_BOUND_S * 1000
+    lab.set_lan_link(old, up=True)
+    lab.wait_for(lambda: lab.software.ha_state(lab.gateways[old]) == "backup", 10, f"the agent on {old} backup")
+    assert_quiet_backup(lab, old)
+    assert lab.masters() == [new]
+
+
 def wan_mac(lab: HaLab, name: str) -> str:
     out = subprocess.run(["ip", "-n", lab.gateways[name].netns, "-j", "link", "show", WAN_IFACE],
                          capture_output=True, text=True, check=True).stdout
