@@ -35,3 +35,10 @@ def test_an_api_budget_must_be_complete():
     del document["api_budget"]["stretched"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, SCHEMA)
+
+
+def test_every_kind_of_failover_is_a_valid_status():
+    """The schema lists failover kinds by name: each one the agent records must validate."""
+    from agent.core.failover import FailoverKind
+
+    assert set(SCHEMA["$defs"]["failover"]["properties"]["kind"]["enum"]) == {kind.value for kind in FailoverKind}
