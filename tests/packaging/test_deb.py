@@ -41,6 +41,8 @@ def test_contents(deb):
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], check=True, capture_output=True, text=True).stdout
     for path in ("./lib/systemd/system/space-vpn-agent.service", "./etc/space-vpn-agent/agent.example.yaml",
                  "./etc/space-vpn-agent/keepalived.example.conf",
+                 "./usr/share/space-vpn-agent/monitoring/alerts.yml",
+                 "./usr/share/space-vpn-agent/monitoring/dashboard.json",
                  "./opt/venvs/space-vpn-agent/bin/space-vpn-agent", "./usr/bin/space-vpn-agent", "./usr/bin/agentctl"):
         assert path in listing, path
     info = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True, text=True).stdout
