@@ -1,6 +1,7 @@
 """`agentctl`: talk to the running agent over its control socket.
 
     agentctl [--socket PATH] status [--json]    exit 0 OK, 1 degraded, 2 down, 3 unknown
+    agentctl [--socket PATH] status --watch [SECONDS]   redrawn in place until Ctrl-C
     agentctl [--socket PATH] reload
     agentctl [--socket PATH] show-config
     agentctl [--socket PATH] drain N [--connection SPACE/VPN]     move traffic off tunnel N
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     status = command("status", "tunnels and health; exit 0 OK, 1 degraded, 2 down, 3 unknown")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    status.add_argument("--watch", nargs="?", type=_interval, const=1.0, metavar="SECONDS",
+                        help="redraw the status in place every SECONDS (default 1) until Ctrl-C")
     command("reload", "re-read the config file (like SIGHUP)")
     command("show-config", "print the running config (secrets shown as file paths only)")
     for name, text in (("drain", "move traffic off tunnel N before you take it down"),
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return _doctor(args.config, as_json=args.json)
     try:
+        if args.command == "status" and args.watch is not None:
+            return _watch(args.socket, args.watch)
         if args.command == "status":
             return _status(args.socket, as_json=args.json)
         if args.command in ("drain", "undrain"):
@@ -106,6 +111,27 @@ def _status(socket_path: str, *, as_json: bool) -> int:
     else:
         print(render_status(status), end="")
     return exit_code(status)
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds from 0.1 to 3600")
+    return seconds
+
+
+def _watch(socket_path: str, interval: float) -> int:
+    from agent.cli.watch import watch
+
+    def fetch() -> str:
+        try:
+            return render_status(protocol.request(socket_path, "status"))
+        except (protocol.AgentUnreachable, protocol.ProtocolError) as e:
+            return printable(f"agentctl: {e} (trying again)")
+    return watch(fetch, interval, sys.stdout, terminal=sys.stdout.isatty())
 
 
 def _doctor(config_path: str, *, as_json: bool) -> int:
