@@ -1,19 +1,21 @@
 """`space-vpn-lab`: the simulated Private Space, for a demo on one machine (root).
 
-    space-vpn-lab demo [--ike-version 1|2] [--hold]
+    space-vpn-lab demo [--ike-version 1|2] [--hold] [--compare]
     space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d,e,f,g] [--json PATH] [--interval 0.01] [--repeat 1]
     space-vpn-lab bench-ha [--systems strongswan,agent] [--advert-int 0.2] [--settle 10] [--json PATH]
 
 Builds two network namespaces with real charon daemons (the space side plays both
 Heroku tunnel endpoints), a local fake Platform API, runs the agent against them,
-prints `agentctl status`, proves traffic crosses the tunnel, and cleans up.
+prints `agentctl status`, proves traffic crosses the tunnel, plays a silent maintenance
+of the active tunnel (the failover as it happens, the traffic lost, the tunnel's return),
+and cleans up.
 """
 
 from __future__ import annotations
 
 import argparse
-import secrets
 import contextlib
+import secrets
 import logging
 import statistics
 import subprocess
@@ -25,7 +27,9 @@ from pathlib import Path
 
 from space_vpn_lab import bench, bench_ha, topology
 from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, write_secret_file
+from space_vpn_lab.bench_systems import PROBE
 from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
+from space_vpn_lab.demo_maintenance import compare_with_strongswan, play_silent_maintenance
 from space_vpn_lab.lab import Lab
 
 
@@ -36,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
     demo.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for both tunnels")
+    demo.add_argument("--compare", action="store_true",
+                      help="then play the same maintenance against plain strongSwan configured like the article")
     bench = sub.add_parser("bench-cold-start", help="measure agent launch -> both tunnels in their desired state")
     bench.add_argument("--runs", type=int, default=5)
     bench.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                                          repeat=args.repeat, json_path=args.json)
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
-        return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout)
+        return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout,
+                    compare=args.compare)
 
 
 @contextlib.contextmanager
@@ -95,6 +102,7 @@ def simulated_space(workdir: Path, *, ike_version: int) -> Iterator[tuple[Lab, F
             workdir, api_url=api.url, vici_socket=lab.customer_charon.vici_socket,
             space=SPACE, vpn=VPN, local_address=topology.CUSTOMER_PUBLIC_IP,
         )
+        config["connections"][0]["probe"] = dict(PROBE)  # as in the failover benchmark
         agent = AgentProcess(workdir, lab.topology.cust_ns, config)
         try:
             yield lab, api, agent
@@ -119,8 +127,9 @@ def bench_cold_start(workdir: Path, *, runs: int, ike_version: int) -> int:
     return 0
 
 
-def demo(workdir: Path, *, ike_version: int, hold: bool, timeout: float) -> int:
+def demo(workdir: Path, *, ike_version: int, hold: bool, timeout: float, compare: bool = False) -> int:
     print(f"Building the simulated Private Space in {workdir} ...", flush=True)
+    ok = False
     with simulated_space(workdir, ike_version=ike_version) as (lab, _api, agent):
         started = time.monotonic()
         agent.start()
@@ -128,16 +137,19 @@ def demo(workdir: Path, *, ike_version: int, hold: bool, timeout: float) -> int:
             agent.wait_for(is_redundant, timeout)
             print(f"Both tunnels up in {time.monotonic() - started:.1f} s "
                   f"(tunnel 1 carries traffic, tunnel 2 is the hot standby).\n")
-            subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "--socket", agent.control_socket, "status"],
-                           check=False)
+            show_status(agent)
             result = lab.customer_ping(count=5, interval=0.2)
             print(f"\nping {topology.CUSTOMER_HOST_IP} -> {topology.SPACE_HOST_IP} through the tunnel: "
-                  f"{result.received}/{result.transmitted} replies")
+                  f"{result.received}/{result.transmitted} replies", flush=True)
+            print("\nA silent maintenance of the active tunnel, while a ping runs:", flush=True)
+            played = play_silent_maintenance(lab, agent, workdir, say=lambda line: print(line, flush=True))
+            print()
+            show_status(agent)
+            ok = bool(result.received) and played["failover_s"] is not None
             if hold:
-                print(f"\nHolding. Try: agentctl --socket {agent.control_socket} status   (Ctrl-C ends)")
+                print(f"\nHolding. Try: agentctl --socket {agent.control_socket} status --watch   (Ctrl-C ends)")
                 while agent.running():
                     time.sleep(1)
-            return 0 if result.received else 1
         except (TimeoutError, RuntimeError) as e:
             print(f"demo failed: {e}\n--- agent log ---\n{agent.log_text()[-4000:]}", file=sys.stderr)
             return 1
@@ -146,6 +158,15 @@ def demo(workdir: Path, *, ike_version: int, hold: bool, timeout: float) -> int:
         finally:
             agent.stop()
             print("Lab cleaned up.")
+    if compare and ok:
+        compare_with_strongswan(workdir / "compare", ike_version, say=lambda line: print(line, flush=True))
+        print("Lab cleaned up.")
+    return 0 if ok else 1
+
+
+def show_status(agent: AgentProcess) -> None:
+    subprocess.run([sys.executable, "-m", "agent.cli.agentctl", "--socket", agent.control_socket, "status"],
+                   check=False)
 
 
 if __name__ == "__main__":
