@@ -85,6 +85,10 @@ class ApiHttpError(PlatformApiError):
     default_kind = "http"
 
 
+#: Every `kind` a failure can carry (metrics export each at 0 before it first happens).
+API_ERROR_KINDS = ("auth", "not_found", "unavailable", "rate_limited", "payload", "http", "error")
+
+
 @dataclass(frozen=True)
 class FetchResult:
     """One GET: `answer` and `raw` are None on 304 Not Modified."""

@@ -24,6 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.adapters.bounded_server import BoundedServer, Client, Limits
+from agent.adapters.heroku import API_ERROR_KINDS
 from agent.core.failover import FailoverKind, TunnelRole
 from agent.core.faults import FaultStage
 from agent.core.ha import HaState
@@ -138,7 +139,8 @@ def connection_families(connections: tuple[ConnectionView, ...]) -> Iterator[Met
         generation.add_metric(labels, conn.generation)
         if conn.api_last_success is not None:
             last_success.add_metric(labels, conn.api_last_success)
-        for kind, count in sorted(conn.api_errors.items()):
+        errors_by_kind = {kind: 0 for kind in API_ERROR_KINDS} | conn.api_errors
+        for kind, count in sorted(errors_by_kind.items()):
             api_errors.add_metric([*labels, kind], count)
         counts = {reason: 0 for reason in FAILOVER_REASONS} | conn.failover_counts
         for reason, count in sorted(counts.items()):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.lab
 
 MONITORING = Path(__file__).resolve().parents[2] / "packaging" / "monitoring"
 #: What Grafana would put in for its own variables, at the lab's 1 s scrape.
-GRAFANA = {"$__rate_interval": "20s", "$__interval": "5m", "$space": SPACE, "$vpn": VPN}
+GRAFANA = {"$__rate_interval": "10s", "$__interval": "5m", "$space": SPACE, "$vpn": VPN}
 #: Families that exist only with ha.enabled; this lab runs one gateway.
 HA_ONLY = {"space_vpn_ha_state"}
 
@@ -35,6 +35,12 @@ def query(netns: str, expr: str) -> dict:
     except OSError as e:  # a 400 (bad query) comes as an HTTPError: its body says why
         body = getattr(e, "read", lambda: b"")()
         return json.loads(body) if body else {"status": "error", "error": str(e)}
+
+
+def scrapes(netns: str) -> int:
+    """How many scrapes of the agent Prometheus holds from the last minute."""
+    result = query(netns, "space_vpn_ready[1m]").get("data", {}).get("result", [])
+    return len(result[0]["values"]) if result else 0
 
 
 def grafana_expr(expr: str) -> str:
@@ -60,14 +66,19 @@ def test_every_panel_and_rule_query_works_through_a_failover(lab, make_agent, pr
     agent = start_agent_with_metrics(make_agent, probe={"target": APP_NAME, "port": APP_PORT, "interval": "200ms"})
     ns = lab.topology.cust_ns
     assert lab.customer_ping(count=20, interval=0.05).received == 20
-    time.sleep(5)  # scrapes of the healthy pair
+    # Prometheus starts slower than the agent: it must see the healthy pair (and every
+    # counter at 0) before the failover, or changes() has nothing to compare with.
+    deadline = time.monotonic() + 30
+    while scrapes(ns) < 3:
+        assert time.monotonic() < deadline, "Prometheus did not scrape the agent"
+        time.sleep(0.5)
     lab.space.silent_down(1)
     agent.wait_for(lambda s: tunnels_of(s)[2]["role"] == "active", 30)
     assert lab.customer_ping(count=20, interval=0.05).received >= 15
     lab.space.restore(1)
     agent.wait_for(lambda s: is_redundant(s, active=2), BRINGUP_TIMEOUT)
     assert lab.customer_ping(count=20, interval=0.05).received == 20
-    time.sleep(25)  # every rate() window holds samples from after the failover
+    time.sleep(12)  # every rate() window (10 s) holds samples from after the failover
 
     empty = []
     for where, expr in dashboard_queries():
@@ -75,7 +86,9 @@ def test_every_panel_and_rule_query_works_through_a_failover(lab, make_agent, pr
         assert answer.get("status") == "success", f"{where}: {answer.get('error')}: {expr}"
         if not answer["data"]["result"]:
             empty.append(f"{where}: {expr}")
-    assert not empty, "queries without data:\n" + "\n".join(empty)
+    failovers = {r["metric"]["reason"]: [v for _, v in r["values"]][-3:] for r in query(
+        ns, f'space_vpn_failovers_total{{space="{SPACE}",vpn="{VPN}"}}[2m]')["data"]["result"]}
+    assert not empty, "queries without data:\n" + "\n".join(empty) + f"\nfailovers_total over 2m: {failovers}"
 
     exported = {r["metric"]["__name__"] for r in query(ns, 'group by (__name__) ({__name__=~"space_vpn_.+"})')
                 ["data"]["result"]}

@@ -316,3 +316,18 @@ def test_ha_state_is_one_series_per_state_and_absent_without_ha():
               if name == "space_vpn_ha_state" and dict(labels)["vpn"] == OFFICE.vpn}
     assert states == {"master": 0.0, "backup": 1.0, "fault": 0.0}
     assert not any(name == "space_vpn_ha_state" and dict(labels)["vpn"] == LAB.vpn for name, labels in found)
+
+
+def test_every_api_error_kind_is_exported_from_the_start():
+    """rate() and the alert rules see the first error of each kind: all start at 0."""
+    import inspect
+
+    from agent.adapters import heroku
+
+    raised = {cls.default_kind for _, cls in inspect.getmembers(heroku, inspect.isclass)
+              if issubclass(cls, heroku.PlatformApiError)}
+    raised |= set(__import__("re").findall(r'kind="(\w+)"', inspect.getsource(heroku)))
+    assert raised <= set(heroku.API_ERROR_KINDS)
+    quiet = samples(exposition(snapshot(connection("office", Health.OK, (tunnel_view(1), tunnel_view(2))))))
+    kinds = {dict(labels)["kind"] for (name, labels) in quiet if name == "space_vpn_api_errors_total"}
+    assert kinds == set(heroku.API_ERROR_KINDS)
