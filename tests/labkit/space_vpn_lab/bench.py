@@ -108,15 +108,16 @@ def new_record(mode: str, spec: ScenarioSpec, system: str, interval_s: float) ->
 def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float,
             workdir: Path | None = None) -> dict[str, Any]:
     """Ping for the scenario's window while it runs, and wait (traffic still flowing
-    inside the window) until redundancy is back or the cap passes. API changes (e-g)
-    also keep the customer charon's SA ids before and after, and each reply's time."""
+    inside the window) until redundancy is back or the cap passes. With a workdir the
+    record keeps the per-ping timeline (ping_window, ping_gaps) for the pictures; API
+    changes (e-g) also keep the customer charon's SA ids before and after."""
     active = system.active_tunnel()
     if lab.space.route_based:
         lab.space.answer_via(active)  # the favourable case: AWS answers over the carrying tunnel
     # Count is only a bound: the window is timed, since ping often sends slower than -i.
     args = (lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, ping_count(spec.traffic_s * 3, interval_s),
             interval_s)
-    timed = spec.api_change and workdir is not None
+    timed = workdir is not None
     pinger = TimedPinger(*args, output=workdir / "ping.out") if timed else Pinger(*args)
     extra: dict[str, Any] = {}
     if spec.api_change:
@@ -140,6 +141,8 @@ def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float,
         extra["sas_after"] = sa_ids(lab)
         extra.update(system.after_window(spec.key))
         extra["follows_api"] = system.follows_api
+    if timed:
+        extra.update(pinger.timeline(run.t0_unix))
     if timed and run.answer_unix is not None:
         extra["traffic_back_s"] = traffic_back_s(pinger.replies(), run.answer_unix)
         extra["traffic_back_window_s"] = round(run.t0_unix + spec.traffic_s - run.answer_unix, 1)

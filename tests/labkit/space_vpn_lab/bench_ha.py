@@ -59,7 +59,8 @@ def new_record(system: str, interval_s: float, advert_int_s: float, settle_s: fl
 
 def measure_power_off(lab: HaLab, workdir: Path, interval_s: float, cap_s: float) -> dict[str, Any]:
     """Ping through the LAN VIP, power the master off, wait for replies to come back
-    (or the cap), keep pinging TAIL_S more; the figures of the run."""
+    (or the cap), keep pinging TAIL_S more; the figures of the run and its per-ping
+    timeline (ping_window, ping_gaps: seconds from the power-off)."""
     masters = lab.masters()
     if len(masters) != 1:
         raise RuntimeError(f"expected one master before the power-off, found {masters}")
@@ -87,7 +88,7 @@ def measure_power_off(lab: HaLab, workdir: Path, interval_s: float, cap_s: float
             "vrrp_takeover_ms": takeover_ms(lab.gateways[new].keepalived.events(), t0),
             "ike_up_ms": established_ms(charon_log, IKE_UP, t0), "child_up_ms": established_ms(charon_log, CHILD_UP, t0),
             "backup_retrying_s": retrying_s(charon_log, t0),
-            **gap_figures(pinger.replies(), t0)}
+            **gap_figures(pinger.replies(), t0), **pinger.timeline(t0)}
 
 
 def _steady(replies: list[float], t0: float, need: int = 5) -> bool:
