@@ -74,7 +74,7 @@ __all__ = [
     "SCENARIOS", "SYSTEMS", "SYSTEM_CLASSES", "VM_BOOT_S", "VM_PER_RUN_S", "api_change_note",
     "AgentSystem", "BenchError", "ScenarioSpec", "SeedSystem", "Timeline",
     "telemetry", "build_row", "drain", "format_markdown", "format_table", "graceful", "iter_runs",
-    "keep_logs", "lab_details", "markdown_notes", "measure", "ms_lost", "new_record", "packet_spacing",
+    "keep_logs", "lab_details", "lab_prefix", "markdown_notes", "measure", "ms_lost", "new_record", "packet_spacing",
     "parse_choice", "ping_count", "report_document", "restored_cell", "route_runs", "run_bench",
     "run_one", "seed_conn", "seed_name", "silent", "space_redundant",
 ]
@@ -83,6 +83,12 @@ log = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 0.005
 PREFIX = "svb"
+
+
+def lab_prefix(default: str) -> str:
+    """SPACE_VPN_LAB_PREFIX, as for the lab tests: two checkouts can bench side by side
+    (a lab first removes the namespaces of its prefix)."""
+    return os.environ.get("SPACE_VPN_LAB_PREFIX") or default
 MODES = ("policy", "route")
 DEFAULT_JSON = Path("bench-results/bench.json")
 
@@ -165,7 +171,7 @@ def run_one(mode: str, spec: ScenarioSpec, system_name: str, interval_s: float, 
     began = time.monotonic()
     try:
         with ExitStack() as stack:
-            lab = stack.enter_context(Lab(workdir / "lab", prefix=PREFIX, ike_version=ike_version, **lab_options))
+            lab = stack.enter_context(Lab(workdir / "lab", prefix=lab_prefix(PREFIX), ike_version=ike_version, **lab_options))
             record["lab"] = lab_details(lab, mode)
             system = SYSTEM_CLASSES[system_name](lab, workdir, stack, mode, probe=probe)
             try:

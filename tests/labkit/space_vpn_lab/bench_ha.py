@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from space_vpn_lab.bench import keep_logs, parse_choice
+from space_vpn_lab.bench import keep_logs, lab_prefix, parse_choice
 from space_vpn_lab.bench_report import format_markdown, format_table, ms_lost, packet_spacing, ping_count, utc_iso
 from space_vpn_lab.bench_timeline import TimedPinger
 from space_vpn_lab.ha_lab import HaLab, NodeSoftware
@@ -106,7 +106,7 @@ def run_one(system: str, workroot: Path, *, interval_s: float, advert_int_s: flo
     workdir.mkdir(parents=True)
     began = time.monotonic()
     try:
-        with HaLab(workdir / "lab", software_factory(system), prefix=PREFIX,
+        with HaLab(workdir / "lab", software_factory(system), prefix=lab_prefix(PREFIX),
                    vrrp=VrrpSettings(advert_int_s=advert_int_s)) as lab:
             try:
                 lab.wait_for(lab.software.ready, UP_TIMEOUT_S, f"{system} pair ready")
