@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from space_vpn_lab import kernel_vm
+from space_vpn_lab.bench_pictures import write_bench_pictures
 from space_vpn_lab.bench_report import (
     BASELINE_DATA_PATH,
     HEADERS,
@@ -252,7 +253,8 @@ def route_runs(scenarios: list[str], interval_s: float, results_dir: Path,
 
 def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_path: Path | None,
               interval: float, repeat: int = 1, probe: str = "icmp", ike_version: int = IKE_VERSION) -> int:
-    """The `space-vpn-lab bench` command: runs, prints the table, writes JSON and markdown."""
+    """The `space-vpn-lab bench` command: runs, prints the table, writes JSON, markdown and
+    a picture per (mode, scenario)."""
     if interval < MIN_INTERVAL_S:
         print(f"bench: --interval must be at least {MIN_INTERVAL_S} s", file=sys.stderr)
         return 2
@@ -297,5 +299,8 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
     print(format_table(rows), end="")
     for note in notes:
         print(f"note: {note}")
+    pictures = write_bench_pictures(runs, out_dir)  # after the figures are safe in JSON and markdown
     print(f"\nJSON: {json_path}  markdown: {out_dir / 'bench.md'}")
+    for path in pictures:
+        print(f"picture: {path}")
     return 1 if any(r.get("error") for r in runs) else 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from space_vpn_lab.bench import keep_logs, lab_prefix, parse_choice
+from space_vpn_lab.bench_pictures import write_ha_picture
 from space_vpn_lab.bench_report import format_markdown, format_table, ms_lost, packet_spacing, ping_count, utc_iso
 from space_vpn_lab.bench_timeline import TimedPinger
 from space_vpn_lab.ha_lab import HaLab, NodeSoftware
@@ -125,7 +126,8 @@ def run_one(system: str, workroot: Path, *, interval_s: float, advert_int_s: flo
 
 def run_bench_ha(workroot: Path, *, systems: str | None, interval: float, advert_int: float, settle_s: float,
                  cap_s: float, repeat: int, json_path: Path | None) -> int:
-    """The `space-vpn-lab bench-ha` command: runs, prints the table, writes JSON and markdown."""
+    """The `space-vpn-lab bench-ha` command: runs, prints the table, writes JSON, markdown
+    and a picture of every run."""
     try:
         chosen = parse_choice(systems or ",".join(HA_SYSTEMS), HA_SYSTEMS, "--systems")
         VrrpSettings(advert_int_s=advert_int)
@@ -156,5 +158,6 @@ def run_bench_ha(workroot: Path, *, systems: str | None, interval: float, advert
     print(format_table(rows, HA_HEADERS), end="")
     for note in text_notes:
         print(f"note: {note}")
-    print(f"\nJSON: {json_path}  markdown: {markdown_path}")
+    picture = write_ha_picture(runs, json_path.with_suffix(".png"))  # after the figures are safe
+    print(f"\nJSON: {json_path}  markdown: {markdown_path}  picture: {picture}")
     return 1 if any(r.get("error") for r in runs) else 0
