@@ -215,3 +215,10 @@ def test_api_change_note_counts_the_sas_and_says_what_old_selectors_met():
     assert bench.api_change_note(gone) == "policy e cidr update strongswan: SAs re-created: 0/1, gone: 1/1"
     assert bench.api_change_note(_run()) is None
     assert bench.api_change_note({**run, "error": "x"}) is None
+
+
+def test_lab_prefix_comes_from_the_environment_like_the_lab_tests(monkeypatch):
+    monkeypatch.delenv("SPACE_VPN_LAB_PREFIX", raising=False)
+    assert bench.lab_prefix(bench.PREFIX) == "svb"
+    monkeypatch.setenv("SPACE_VPN_LAB_PREFIX", "svp")
+    assert bench.lab_prefix(bench.PREFIX) == "svp"

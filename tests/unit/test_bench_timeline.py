@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from space_vpn_lab.bench_timeline import (
     TimedPinger,
     after_delete,
     describe,
     line_time,
+    ping_timeline,
     reply_gaps,
     reply_times,
     traffic_back_s,
@@ -77,6 +80,27 @@ def test_traffic_back_is_the_first_reply_after_the_event():
     assert traffic_back_s(replies, 1764741606.0) == 1.25
     assert traffic_back_s(replies, 1764741600.0) == 0.101
     assert traffic_back_s(replies, 1764741608.0) is None
+
+
+T0 = 1764741600.0  # the run's first ping
+
+
+def test_ping_timeline_keeps_the_window_and_the_gaps_from_t0():
+    timeline = ping_timeline(PING_D, T0, T0 - 0.002, T0 + 7.3, sent=540)
+    assert timeline == {"ping_window": [0.101, 7.25], "ping_gaps": [[0.114, 7.25, 537]]}
+    assert json.loads(json.dumps(timeline)) == timeline  # the record is JSON
+
+
+def test_ping_timeline_bounds_losses_before_the_first_and_after_the_last_reply():
+    text = PING_D.replace("icmp_seq=1 ", "icmp_seq=4 ").replace("icmp_seq=2 ", "icmp_seq=5 ")
+    timeline = ping_timeline(text, T0, T0 - 0.002, T0 + 7.3, sent=545)
+    assert timeline["ping_gaps"] == [[-0.002, 0.101, 3], [0.114, 7.25, 534], [7.25, 7.3, 5]]
+    assert sum(lost for _after, _before, lost in timeline["ping_gaps"]) == 545 - 3
+
+
+def test_ping_timeline_without_replies_is_one_gap_or_nothing():
+    assert ping_timeline("", T0, T0, T0 + 5.0, sent=500) == {"ping_window": None, "ping_gaps": [[0.0, 5.0, 500]]}
+    assert ping_timeline("", T0, T0, T0 + 5.0, sent=0) == {"ping_window": None, "ping_gaps": []}
 
 
 def test_timed_pinger_asks_ping_for_one_timestamped_line_per_reply(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from space_vpn_lab import kernel_vm
+from space_vpn_lab.bench_pictures import write_bench_pictures
 from space_vpn_lab.bench_report import (
     BASELINE_DATA_PATH,
     HEADERS,
@@ -74,7 +75,7 @@ __all__ = [
     "SCENARIOS", "SYSTEMS", "SYSTEM_CLASSES", "VM_BOOT_S", "VM_PER_RUN_S", "api_change_note",
     "AgentSystem", "BenchError", "ScenarioSpec", "SeedSystem", "Timeline",
     "telemetry", "build_row", "drain", "format_markdown", "format_table", "graceful", "iter_runs",
-    "keep_logs", "lab_details", "markdown_notes", "measure", "ms_lost", "new_record", "packet_spacing",
+    "keep_logs", "lab_details", "lab_prefix", "markdown_notes", "measure", "ms_lost", "new_record", "packet_spacing",
     "parse_choice", "ping_count", "report_document", "restored_cell", "route_runs", "run_bench",
     "run_one", "seed_conn", "seed_name", "silent", "space_redundant",
 ]
@@ -83,6 +84,12 @@ log = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 0.005
 PREFIX = "svb"
+
+
+def lab_prefix(default: str) -> str:
+    """SPACE_VPN_LAB_PREFIX, as for the lab tests: two checkouts can bench side by side
+    (a lab first removes the namespaces of its prefix)."""
+    return os.environ.get("SPACE_VPN_LAB_PREFIX") or default
 MODES = ("policy", "route")
 DEFAULT_JSON = Path("bench-results/bench.json")
 
@@ -108,15 +115,16 @@ def new_record(mode: str, spec: ScenarioSpec, system: str, interval_s: float) ->
 def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float,
             workdir: Path | None = None) -> dict[str, Any]:
     """Ping for the scenario's window while it runs, and wait (traffic still flowing
-    inside the window) until redundancy is back or the cap passes. API changes (e-g)
-    also keep the customer charon's SA ids before and after, and each reply's time."""
+    inside the window) until redundancy is back or the cap passes. With a workdir the
+    record keeps the per-ping timeline (ping_window, ping_gaps) for the pictures; API
+    changes (e-g) also keep the customer charon's SA ids before and after."""
     active = system.active_tunnel()
     if lab.space.route_based:
         lab.space.answer_via(active)  # the favourable case: AWS answers over the carrying tunnel
     # Count is only a bound: the window is timed, since ping often sends slower than -i.
     args = (lab.topology.cust_ns, CUSTOMER_HOST_IP, SPACE_HOST_IP, ping_count(spec.traffic_s * 3, interval_s),
             interval_s)
-    timed = spec.api_change and workdir is not None
+    timed = workdir is not None
     pinger = TimedPinger(*args, output=workdir / "ping.out") if timed else Pinger(*args)
     extra: dict[str, Any] = {}
     if spec.api_change:
@@ -140,6 +148,8 @@ def measure(lab: Lab, system: Any, spec: ScenarioSpec, interval_s: float,
         extra["sas_after"] = sa_ids(lab)
         extra.update(system.after_window(spec.key))
         extra["follows_api"] = system.follows_api
+    if timed:
+        extra.update(pinger.timeline(run.t0_unix))
     if timed and run.answer_unix is not None:
         extra["traffic_back_s"] = traffic_back_s(pinger.replies(), run.answer_unix)
         extra["traffic_back_window_s"] = round(run.t0_unix + spec.traffic_s - run.answer_unix, 1)
@@ -162,7 +172,7 @@ def run_one(mode: str, spec: ScenarioSpec, system_name: str, interval_s: float, 
     began = time.monotonic()
     try:
         with ExitStack() as stack:
-            lab = stack.enter_context(Lab(workdir / "lab", prefix=PREFIX, ike_version=ike_version, **lab_options))
+            lab = stack.enter_context(Lab(workdir / "lab", prefix=lab_prefix(PREFIX), ike_version=ike_version, **lab_options))
             record["lab"] = lab_details(lab, mode)
             system = SYSTEM_CLASSES[system_name](lab, workdir, stack, mode, probe=probe)
             try:
@@ -243,7 +253,8 @@ def route_runs(scenarios: list[str], interval_s: float, results_dir: Path,
 
 def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_path: Path | None,
               interval: float, repeat: int = 1, probe: str = "icmp", ike_version: int = IKE_VERSION) -> int:
-    """The `space-vpn-lab bench` command: runs, prints the table, writes JSON and markdown."""
+    """The `space-vpn-lab bench` command: runs, prints the table, writes JSON, markdown and
+    a picture per (mode, scenario)."""
     if interval < MIN_INTERVAL_S:
         print(f"bench: --interval must be at least {MIN_INTERVAL_S} s", file=sys.stderr)
         return 2
@@ -288,5 +299,8 @@ def run_bench(workroot: Path, *, modes: str | None, scenarios: str | None, json_
     print(format_table(rows), end="")
     for note in notes:
         print(f"note: {note}")
+    pictures = write_bench_pictures(runs, out_dir)  # after the figures are safe in JSON and markdown
     print(f"\nJSON: {json_path}  markdown: {out_dir / 'bench.md'}")
+    for path in pictures:
+        print(f"picture: {path}")
     return 1 if any(r.get("error") for r in runs) else 0

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from space_vpn_lab.bench import keep_logs, parse_choice
+from space_vpn_lab.bench import keep_logs, lab_prefix, parse_choice
+from space_vpn_lab.bench_pictures import write_ha_picture
 from space_vpn_lab.bench_report import format_markdown, format_table, ms_lost, packet_spacing, ping_count, utc_iso
 from space_vpn_lab.bench_timeline import TimedPinger
 from space_vpn_lab.ha_lab import HaLab, NodeSoftware
@@ -59,7 +60,8 @@ def new_record(system: str, interval_s: float, advert_int_s: float, settle_s: fl
 
 def measure_power_off(lab: HaLab, workdir: Path, interval_s: float, cap_s: float) -> dict[str, Any]:
     """Ping through the LAN VIP, power the master off, wait for replies to come back
-    (or the cap), keep pinging TAIL_S more; the figures of the run."""
+    (or the cap), keep pinging TAIL_S more; the figures of the run and its per-ping
+    timeline (ping_window, ping_gaps: seconds from the power-off)."""
     masters = lab.masters()
     if len(masters) != 1:
         raise RuntimeError(f"expected one master before the power-off, found {masters}")
@@ -87,7 +89,7 @@ def measure_power_off(lab: HaLab, workdir: Path, interval_s: float, cap_s: float
             "vrrp_takeover_ms": takeover_ms(lab.gateways[new].keepalived.events(), t0),
             "ike_up_ms": established_ms(charon_log, IKE_UP, t0), "child_up_ms": established_ms(charon_log, CHILD_UP, t0),
             "backup_retrying_s": retrying_s(charon_log, t0),
-            **gap_figures(pinger.replies(), t0)}
+            **gap_figures(pinger.replies(), t0), **pinger.timeline(t0)}
 
 
 def _steady(replies: list[float], t0: float, need: int = 5) -> bool:
@@ -105,7 +107,7 @@ def run_one(system: str, workroot: Path, *, interval_s: float, advert_int_s: flo
     workdir.mkdir(parents=True)
     began = time.monotonic()
     try:
-        with HaLab(workdir / "lab", software_factory(system), prefix=PREFIX,
+        with HaLab(workdir / "lab", software_factory(system), prefix=lab_prefix(PREFIX),
                    vrrp=VrrpSettings(advert_int_s=advert_int_s)) as lab:
             try:
                 lab.wait_for(lab.software.ready, UP_TIMEOUT_S, f"{system} pair ready")
@@ -124,7 +126,8 @@ def run_one(system: str, workroot: Path, *, interval_s: float, advert_int_s: flo
 
 def run_bench_ha(workroot: Path, *, systems: str | None, interval: float, advert_int: float, settle_s: float,
                  cap_s: float, repeat: int, json_path: Path | None) -> int:
-    """The `space-vpn-lab bench-ha` command: runs, prints the table, writes JSON and markdown."""
+    """The `space-vpn-lab bench-ha` command: runs, prints the table, writes JSON, markdown
+    and a picture of every run."""
     try:
         chosen = parse_choice(systems or ",".join(HA_SYSTEMS), HA_SYSTEMS, "--systems")
         VrrpSettings(advert_int_s=advert_int)
@@ -155,5 +158,6 @@ def run_bench_ha(workroot: Path, *, systems: str | None, interval: float, advert
     print(format_table(rows, HA_HEADERS), end="")
     for note in text_notes:
         print(f"note: {note}")
-    print(f"\nJSON: {json_path}  markdown: {markdown_path}")
+    picture = write_ha_picture(runs, json_path.with_suffix(".png"))  # after the figures are safe
+    print(f"\nJSON: {json_path}  markdown: {markdown_path}  picture: {picture}")
     return 1 if any(r.get("error") for r in runs) else 0

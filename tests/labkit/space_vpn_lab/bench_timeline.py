@@ -2,17 +2,18 @@
 timestamps (charon's filelog with time_add_ms, the agent's logging): the far end closes
 its CHILD_SA (from then on what we send over that tunnel is lost), our charon receives the
 DELETE, the agent has moved the route. The first stretch is the same for any software on
-the customer side; the second is the agent's own.
+the customer side; the second is the agent's own. Also each run's per-ping timeline
+from `ping -D`: reply times, and the runs of lost pings the record keeps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import re
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from space_vpn_lab.traffic import Pinger, parse_summary
 
@@ -104,12 +105,38 @@ class Gap:
         return round((self.before - self.after) * 1000)
 
 
+def _replies(output: str) -> list[tuple[float, int]]:
+    """(unix time, icmp_seq) of every reply in `ping -D` output."""
+    return [(float(m.group(1)), int(m.group(2))) for line in output.splitlines() if (m := _REPLY.match(line))]
+
+
 def reply_gaps(output: str) -> list[Gap]:
     """Every run of lost pings in `ping -D` output, by sequence number: ping's real
     interval on a busy machine is longer than asked, so counting by time would invent
     losses."""
-    replies = [(float(m.group(1)), int(m.group(2))) for line in output.splitlines() if (m := _REPLY.match(line))]
+    replies = _replies(output)
     return [Gap(t1, t2, s2 - s1 - 1) for (t1, s1), (t2, s2) in zip(replies, replies[1:]) if s2 - s1 > 1]
+
+
+def ping_timeline(output: str, t0_unix: float, started_unix: float, stopped_unix: float,
+                  sent: int) -> dict[str, Any]:
+    """The run's replies in a few numbers, seconds from t0_unix: "ping_window" (first and
+    last reply, None without any) and "ping_gaps", every run of lost pings as [after_s,
+    before_s, lost]. Pings lost before the first reply or after the last one (ping's
+    sequence starts at 1; `sent` is its tally) are bounded by ping's start and stop."""
+    def rel(unix: float) -> float:
+        return round(unix - t0_unix, 3)
+
+    replies = _replies(output)
+    if not replies:
+        return {"ping_window": None, "ping_gaps": [[rel(started_unix), rel(stopped_unix), sent]] if sent else []}
+    (first_at, first_seq), (last_at, last_seq) = replies[0], replies[-1]
+    gaps = [[rel(g.after), rel(g.before), g.lost] for g in reply_gaps(output)]
+    if first_seq > 1:
+        gaps.insert(0, [rel(started_unix), rel(first_at), first_seq - 1])
+    if sent > last_seq:
+        gaps.append([rel(last_at), rel(stopped_unix), sent - last_seq])
+    return {"ping_window": [rel(first_at), rel(last_at)], "ping_gaps": gaps}
 
 
 def traffic_back_s(replies: list[float], after_unix: float) -> float | None:
@@ -127,10 +154,12 @@ class TimedPinger(Pinger):
         super().__init__(netns, src, dst, count, interval)
         self._argv = ["-D" if arg == "-q" else arg for arg in self._argv]
         self.output = output
+        self.started_unix = self.stopped_unix = 0.0  # set by start() and when ping ends
 
     def start(self) -> TimedPinger:
         if self._proc is not None:
             raise RuntimeError("pinger already started")
+        self.started_unix = time.time()
         with self.output.open("w") as out:
             self._proc = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.DEVNULL,
                                           stdin=subprocess.DEVNULL, text=True)
@@ -142,8 +171,14 @@ class TimedPinger(Pinger):
                 self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._interrupt()
+            self.stopped_unix = time.time()
             self.result = parse_summary(self.output.read_text(errors="replace"))
         return self.result
 
     def replies(self) -> list[float]:
         return reply_times(self.output.read_text(errors="replace"))
+
+    def timeline(self, t0_unix: float) -> dict[str, Any]:
+        """ping_timeline of the finished ping, seconds from t0_unix."""
+        return ping_timeline(self.output.read_text(errors="replace"), t0_unix, self.started_unix,
+                             self.stopped_unix, self.sent)
