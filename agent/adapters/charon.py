@@ -7,6 +7,7 @@ and every initiate carries a timeout.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -45,6 +46,16 @@ class CharonCommandFailed(CharonError):
     """charon answered a command with success=no."""
 
 
+#: What to do about the usual reasons a VICI socket cannot be reached, by errno.
+_CONNECT_FIXES = {
+    errno.ENOENT: "is charon running? (systemctl status strongswan; strongswan.vici_socket)",
+    errno.ECONNREFUSED: "charon is not listening on it (starting or stopping?)",
+    errno.EACCES: "the agent may not open the socket: run it as root (the unit does), or give it the "
+                  "socket's group (charon.plugins.vici.socket in strongswan.conf)",
+    errno.EPERM: "the agent may not open the socket: run it as root (the unit does)",
+}
+
+
 def _connect(socket_path: str, timeout: float) -> vici.Session:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -52,7 +63,9 @@ def _connect(socket_path: str, timeout: float) -> vici.Session:
         sock.connect(socket_path)
     except OSError as e:
         sock.close()
-        raise CharonUnavailable(f"cannot reach charon at {socket_path}: {e.strerror or e}") from e
+        fix = _CONNECT_FIXES.get(e.errno)
+        raise CharonUnavailable(f"cannot reach charon at {socket_path}: {e.strerror or e}"
+                                + (f": {fix}" if fix else "")) from e
     return vici.Session(sock)
 
 

@@ -168,6 +168,7 @@ class CharonState:
     conns: frozenset[str] = frozenset()  # loaded connection names
     shared_ids: frozenset[str] = frozenset()  # loaded shared-key ids
     sas: dict[str, TunnelSas] = field(default_factory=dict)  # by connection name
+    error: str | None = None  # why it is unreachable (one line, with the fix where known)
 
     def tunnel(self, conn_name: str) -> TunnelSas:
         return self.sas.get(conn_name, TunnelSas())

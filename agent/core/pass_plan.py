@@ -170,7 +170,8 @@ def _faulted(record: ConnectionRecord, fault: ConnectionFault) -> ConnectionStep
 
 def _unreachable(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:
     conn = prepared.desired
-    why = _why_unknown(record, prepared.life, "charon unreachable") if conn is None else "charon unreachable"
+    unreachable = f"charon unreachable ({inputs.charon.error})" if inputs.charon.error else "charon unreachable"
+    why = _why_unknown(record, prepared.life, unreachable) if conn is None else unreachable
     return _waiting(record, inputs, conn, why)
 
 

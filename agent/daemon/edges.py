@@ -78,7 +78,7 @@ class Edges:
         try:
             return self._charon.observe(), None
         except CharonError as e:
-            return CharonState(reachable=False), str(e)
+            return CharonState(reachable=False, error=str(e)), str(e)
 
     def observe_net(self, previous: NetState) -> NetState:
         """Interfaces, routes and our addresses; the previous observation if they cannot be read."""

@@ -84,6 +84,23 @@ def test_charon_unreachable_plans_nothing_and_says_so():
     (step,) = plan.steps
     assert (step.charon_actions, step.net_actions) == ((), ())
     assert step.memory.verdict == (Health.DOWN, "charon unreachable")
+    told = plan_pass(inputs(record(), charon=CharonState(reachable=False, error="cannot reach charon at /s: gone")))
+    assert told.steps[0].memory.verdict == (Health.DOWN, "charon unreachable (cannot reach charon at /s: gone)")
+
+
+def test_why_charon_cannot_be_reached_comes_with_the_fix(tmp_path):
+    import socket
+
+    import pytest
+
+    from agent.adapters.charon import CharonUnavailable, _connect
+
+    with pytest.raises(CharonUnavailable, match="No such file or directory: is charon running"):
+        _connect(str(tmp_path / "charon.vici"), 1.0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+        bound.bind(str(tmp_path / "closed.vici"))  # bound, never listening: refused
+        with pytest.raises(CharonUnavailable, match="charon is not listening"):
+            _connect(str(tmp_path / "closed.vici"), 1.0)
 
 
 def test_a_connection_without_its_far_end_waits_and_the_others_go_on():
