@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0  # s between passes when nothing happens
 MAX_PASS_ERROR = 300  # characters of a failed pass's error in status
+MAX_CACHE_ERROR = 500  # characters of a failed cache write in status (it names state_dir)
 
 
 class Controller:
@@ -64,7 +65,7 @@ class Controller:
         *,
         route_unsupported: str | None,
         reload_config: Callable[[], AgentConfig],
-        on_config: Callable[[AgentConfig], None] = lambda c: None,
+        on_config: Callable[[AgentConfig], bool] = lambda c: True,  # True: polling starts over
         on_pass: Callable[[Snapshot], None] = lambda s: None,
         on_probe_targets: Callable[[list[ProbeTarget]], None] = lambda t: None,
         on_alive: Callable[[], None] = lambda: None,
@@ -83,6 +84,7 @@ class Controller:
         self._on_alive = on_alive
         self._faults_logged: dict[tuple[str, FaultStage], str] = {}  # the fault last logged in full
         self._pass_error: str | None = None  # the last pass failed as a whole
+        self._cache_errors: dict[str, str] = {}  # by connection key: its answer could not be cached
         self._probe_targets: tuple[ProbeTarget, ...] = ()
         self._forgotten: set[str] = set()  # keys whose deleted connection was forgotten (cache removed)
         self._next_pass_in = TICK  # the last plan may ask for an earlier look
@@ -179,7 +181,22 @@ class Controller:
         try:
             self._cache.save(settings.space, settings.vpn, raw)
         except (OSError, ValueError) as e:  # the answer is used all the same; only a restart misses it
-            log.error("%s: cannot cache the Platform API's answer: %s; a restart waits for the API", settings.label, e)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            text = one_line(f"{settings.label}: cannot cache the Platform API's answer in {self.state.config.state_dir} "
+                            f"({why}): the tunnels run on it, but a restart while the API is unreachable would "
+                            f"start without it; free space or fix the permissions of state_dir", MAX_CACHE_ERROR)
+            if self._cache_errors.get(record.key) != text:
+                log.error("%s", text)
+            self._cache_errors[record.key] = text
+            return
+        if self._cache_errors.pop(record.key, None) is not None:
+            log.info("%s: the Platform API's answer is cached again", settings.label)
+
+    def _agent_errors(self) -> tuple[str, ...]:
+        """Agent-wide problems for status: a refused reload, a failing pass, answers not cached."""
+        state = self.state
+        cache = tuple(text for key, text in self._cache_errors.items() if key in state.records)
+        return (*state.errors, *((self._pass_error,) if self._pass_error else ()), *cache)
 
     def _update(self, key: str, change: Callable[[ConnectionRecord], ConnectionRecord]) -> None:
         record = self.state.records.get(key)
@@ -198,8 +215,8 @@ class Controller:
             return
         state.errors = ()
         state.config, state.records = config, records
-        state.api_pace = None  # the poller starts over; its first round says its pace
-        self._on_config(config)
+        if self._on_config(config):
+            state.api_pace = None  # the poller starts over; its first round says its pace
         log.info("config reloaded: %d connection(s)", len(config.connections))
 
     def _on_control(self, command: str, args: object, peer: str) -> tuple[bool, object]:
@@ -408,7 +425,7 @@ class Controller:
             charon_version=state.charon.version,
             ready=state.ready,
             connections=connections,
-            errors=state.errors + ((self._pass_error,) if self._pass_error else ()),
+            errors=self._agent_errors(),
             api_budget=api_budget_view(state.api_pace),
             ha=ha_view(state.config.ha.enabled, connections, state.ha_notice),
         )

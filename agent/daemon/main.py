@@ -130,6 +130,13 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines every poll are noise
 
 
+def polling_key(config: AgentConfig, token: str | None) -> tuple:
+    """Everything an API poller is built from: equal keys, the same poller."""
+    targets = tuple((c.key, c.space, c.vpn) for c in config.connections if c.static is None)
+    api = config.api
+    return targets, api.url, api.timeout, api.poll_interval, token
+
+
 class Daemon:
     """Owns the threads around the loop; the loop owns the state."""
 
@@ -138,6 +145,7 @@ class Daemon:
         self._route_unsupported = route_unsupported
         self._notifier = SystemdNotifier()
         self._poller: ApiPoller | None = None
+        self._poll_key: tuple | None = None  # what the running poller was started with
         self._charon = CharonClient(config.strongswan.vici_socket)
         self._links = LinkManager()  # also finds our address inside the routable CIDRs
         # Its own netlink socket: it writes from the VICI event thread.
@@ -216,14 +224,17 @@ class Daemon:
             self._reroute.on_event(message)
         self._controller.post(message)
 
-    def _on_config(self, config: AgentConfig) -> None:
-        self._start_poller(config)
+    def _on_config(self, config: AgentConfig) -> bool:
+        """A (re)loaded config; True when API polling started over."""
+        restarted = self._start_poller(config)
         if config.ha.enabled:
             self._vip_guard.watch(c.local_address for c in config.connections if c.local_address)
+        return restarted
 
-    def _start_poller(self, config: AgentConfig) -> None:
-        """(Re)start API polling for the Heroku connections of `config`. At start a
-        missing token is fatal; on reload the running poller is kept instead."""
+    def _start_poller(self, config: AgentConfig) -> bool:
+        """(Re)start API polling for the Heroku connections of `config`; True when the
+        polling starts over. At start a missing token is fatal; on reload the running
+        poller is kept instead, and so it is when nothing it uses changed."""
         targets = [PollTarget(c.key, c.space, c.vpn) for c in config.connections if c.static is None]
         token = None
         if targets:
@@ -233,17 +244,24 @@ class Daemon:
                 if self._poller is None:
                     raise
                 log.error("%s; keeping the running Platform API poller", e)
-                return
+                return False
+        key = polling_key(config, token)
+        if self._poller is not None and key == self._poll_key:
+            # Nothing the poller uses changed: a new one would poll at once, and a burst
+            # of SIGHUPs would become a burst of API calls from the account's budget.
+            return False
         if self._poller is not None:
             # Told to stop, not waited for: a request in flight (up to api.timeout and its
             # retries) must not hold the loop; what it still learns is never posted.
             self._poller.stop()
             self._poller = None
+        self._poll_key = key
         if token is None:
-            return
+            return True
         api = PlatformApi(config.api.url, token, timeout=config.api.timeout, user_agent=f"space-vpn-agent/{__version__}")
         self._poller = ApiPoller(api, targets, self._controller.post, interval=config.api.poll_interval)
         self._poller.start()
+        return True
 
     def _set_probe_targets(self, targets) -> None:
         try:

@@ -175,7 +175,7 @@ def test_a_reload_does_not_wait_for_the_old_poller(monkeypatch):
     assert old_api.entered.wait(5)
     posted: list[object] = []
     daemon = object.__new__(Daemon)  # only what _start_poller uses: the rest needs a gateway
-    daemon._poller, daemon._controller = old, SimpleNamespace(post=posted.append)
+    daemon._poller, daemon._poll_key, daemon._controller = old, None, SimpleNamespace(post=posted.append)
     monkeypatch.setenv("HEROKU_API_KEY", "hrku-test-token-0123456789")
     monkeypatch.setattr("agent.daemon.main.PlatformApi", lambda *args, **kwargs: ScriptedApi(4000))
     config = AgentConfig(api=ApiConfig(url="http://127.0.0.1:9", poll_interval=30.0),
@@ -189,3 +189,34 @@ def test_a_reload_does_not_wait_for_the_old_poller(monkeypatch):
         daemon._poller.stop()
         old_api.release.set()
     assert old.join(5.0) and daemon._poller.join(5.0)
+
+
+def test_a_reload_that_changes_nothing_keeps_the_poller(monkeypatch):
+    """A SIGHUP storm must not become a storm of API calls: each new poller polls at once."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from agent.config import AgentConfig, ApiConfig, ConnectionConfig
+    from agent.daemon.main import Daemon
+
+    built: list[ScriptedApi] = []
+
+    def new_api(*args, **kwargs):
+        built.append(ScriptedApi(4000))
+        return built[-1]
+    daemon = object.__new__(Daemon)
+    daemon._poller, daemon._poll_key, daemon._controller = None, None, SimpleNamespace(post=lambda m: None)
+    monkeypatch.setenv("HEROKU_API_KEY", "hrku-test-token-0123456789")
+    monkeypatch.setattr("agent.daemon.main.PlatformApi", new_api)
+    config = AgentConfig(api=ApiConfig(url="http://127.0.0.1:9", poll_interval=30.0),
+                         connections=(ConnectionConfig(space="acme-space", vpn="lab"),))
+    try:
+        assert daemon._start_poller(config) is True
+        first = daemon._poller
+        for _ in range(50):
+            assert daemon._start_poller(config) is False
+        assert daemon._poller is first and len(built) == 1
+        assert daemon._start_poller(replace(config, api=replace(config.api, poll_interval=10.0))) is True
+        assert daemon._poller is not first and len(built) == 2
+    finally:
+        daemon._poller.stop()

@@ -147,6 +147,27 @@ def test_nothing_is_loaded_before_the_api_answers(config_file):
     assert controller.snapshot.ready
 
 
+def test_an_answer_that_cannot_be_cached_is_used_and_status_says_so(config_file, monkeypatch, caplog):
+    charon = FakeCharon()
+    controller, cache = make_controller(config_file, charon)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(cache, "save", full)
+    with caplog.at_level("ERROR"):
+        controller.handle(answer(vpn_json()))
+        controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    assert ("load", T1) in charon.calls  # the tunnels run on the answer all the same
+    (error,) = controller.snapshot.errors
+    assert "No space left on device" in error and "state_dir" in error and "acme-space/office" in error
+    assert caplog.text.count("cannot cache") == 1  # logged once while it lasts
+    monkeypatch.undo()
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    assert controller.snapshot.errors == () and cache.load("acme-space", "office") is not None
+
+
 def test_cold_start_loads_both_and_initiates_active_child_and_standby_ike(config_file):
     charon = FakeCharon()
     controller, cache = make_controller(config_file, charon)
