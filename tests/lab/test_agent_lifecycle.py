@@ -28,11 +28,14 @@ def test_charon_restart_reloads_and_brings_both_tunnels_back(lab, make_agent):
     agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
 
     lab.customer_charon.kill()
-    agent.wait_for(lambda s: not s["charon_reachable"], 10)
+    status = agent.wait_for(lambda s: not s["charon_reachable"], 10)
+    conn = agent.wait_for(lambda s: s["connections"][0]["health"] == "down", 10)["connections"][0]
+    assert conn["summary"].startswith("charon unreachable"), conn["summary"]
     lab.customer_charon.start()
     agent.wait_for(lambda s: s["charon_reachable"] and is_redundant(s), BRINGUP_TIMEOUT)
-    assert lab.customer_ping(count=3, interval=0.2).received == 3
+    assert lab.customer_ping(count=20, interval=0.05).received == 20
     assert "charon went away" in agent.log_text() or "charon unreachable" in agent.log_text()
+    assert agent.running() and status["ready"]
 
 
 def test_sigterm_exits_cleanly_and_leaves_tunnels_up(lab, make_agent):
@@ -49,18 +52,26 @@ def test_sigterm_exits_cleanly_and_leaves_tunnels_up(lab, make_agent):
     assert lab.customer_ping(count=3, interval=0.2).received == 3
 
 
-def test_sighup_with_an_invalid_config_keeps_the_running_one(lab, make_agent):
+@pytest.mark.parametrize("break_it, words", [
+    (lambda path, good: path.write_text(good.replace("mode: auto", "mode: sideways")), "mode"),
+    (lambda path, good: path.write_text(good + "\nbroken: [unclosed\n"), "YAML syntax error"),
+    (lambda path, good: path.unlink(), "No such file"),
+], ids=["bad-value", "broken-yaml", "missing-file"])
+def test_sighup_with_an_invalid_config_keeps_the_running_one(lab, make_agent, break_it, words):
     agent = make_agent()
     agent.start()
     agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
     good = agent.config_path.read_text()
+    child = customer_sas(lab)[T1].installed_child
 
-    agent.config_path.write_text(good.replace("mode: auto", "mode: sideways"))
+    break_it(agent.config_path, good)
     agent.signal(signal.SIGHUP)
     status = agent.wait_for(lambda s: s["errors"], 10)
-    assert "mode" in status["errors"][0]
+    assert words in status["errors"][0], status["errors"]
     assert is_redundant(status)
     assert "keeping the running config" in agent.log_text()
+    assert lab.customer_ping(count=10, interval=0.05).received == 10
+    assert customer_sas(lab)[T1].installed_child.spi_in == child.spi_in  # nothing re-created
 
     agent.config_path.write_text(good)  # a valid reload clears the error
     agent.signal(signal.SIGHUP)

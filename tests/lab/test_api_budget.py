@@ -57,7 +57,7 @@ def test_a_low_budget_stretches_polling_and_status_and_metrics_say_so(lab, make_
     fake_api.set_rate_limit(LOW, refill_per_minute=0)
     status = agent.wait_for(lambda s: (s["api_budget"] or {}).get("stretched"), 10)
     assert status["api_budget"]["remaining"] < LOW
-    stretched = gaps_after(fake_api, time.monotonic(), 2, 40)
+    stretched = gaps_after(fake_api, time.monotonic(), 1, 30)
     expected = SECONDS_PER_CALL_AT_ONE_LEFT / LOW  # 8.9 s; the pool shrinks by 1 a call
     assert all(expected - 0.5 <= gap <= expected + 1.5 for gap in stretched), (stretched, expected)
 

@@ -34,7 +34,7 @@ def test_silent_loss_without_a_probe_is_found_by_ike(lab, make_agent):
         began = time.monotonic()
         status = agent.wait_for(active_is(2), 20)  # the seed's DPD would take 30 s (IKEv2: ~165 s)
         found_after = time.monotonic() - began
-        pinger.wait()
+        pinger.stop()  # the traffic's part is done: it ran, sparse, until the loss was found
     failover = status["connections"][0]["failovers"][-1]
     expected = {1: "down", 2: "liveness"}[lab.ike_version]  # IKEv1: charon's DPD timeout drops the SA
     assert (failover["from_tunnel"], failover["to_tunnel"], failover["kind"]) == (1, 2, expected), failover

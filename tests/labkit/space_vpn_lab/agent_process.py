@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +77,11 @@ class AgentProcess:
     def write_config(self, config: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def start(self, env: dict[str, str] | None = None) -> None:
-        """Launch the daemon; `env` adds variables (e.g. NOTIFY_SOCKET) to a clean environment."""
-        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "agent.daemon.main",
+    def start(self, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()) -> None:
+        """Launch the daemon; `env` adds variables (e.g. NOTIFY_SOCKET) to a clean
+        environment; `wrapper` runs it inside the namespace, e.g. `setpriv` with the
+        systemd unit's capabilities only."""
+        argv = ["ip", "netns", "exec", self.netns, *wrapper, sys.executable, "-m", "agent.daemon.main",
                 "--config", str(self.config_path)]
         env = {k: v for k, v in os.environ.items() if k not in ("HEROKU_API_KEY", "NOTIFY_SOCKET")} | (env or {})
         with open(self.log_path, "ab") as out:

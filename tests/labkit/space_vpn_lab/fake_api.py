@@ -59,6 +59,7 @@ class _Failure:
     retry_after: float | None
     message: str | None = None
     only: tuple[str, str] | None = None  # (space, vpn): the other connections are answered
+    body: bytes | None = None  # served as it is instead of Heroku's JSON error (e.g. a proxy's HTML)
 
 
 @dataclass
@@ -153,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
-        if reply.status != 304:
+        if reply.status != 304 and not any(name == "Content-Type" for name, _ in reply.headers):
             self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
@@ -340,12 +341,16 @@ class FakePlatformApi:
         retry_after: float | None = None,
         message: str | None = None,
         only: tuple[str, str] | None = None,
+        body: bytes | None = None,
     ) -> None:
         """Answer the next `count` requests with `status` before any other check; the
         error body's message is `message` (any text, newlines included) if given. With
-        `only` (space, vpn), just that connection's requests fail and count down."""
+        `only` (space, vpn), just that connection's requests fail and count down. With
+        `body`, that is served instead, as it is (garbage: a proxy's HTML page, a cut-off
+        JSON document), whatever the status."""
         with self._state.lock:
-            self._state.failure = _Failure(count, status, error_id, retry_after, message, only) if count else None
+            self._state.failure = (_Failure(count, status, error_id, retry_after, message, only, body)
+                                   if count else None)
 
     def set_token(self, token: str) -> None:
         with self._state.lock:
@@ -423,6 +428,8 @@ class FakePlatformApi:
         if failure.only is not None and _connection_of(handler.path) != failure.only:
             return None
         failure.count -= 1
+        if failure.body is not None:
+            return _Reply(failure.status, failure.body, (("Content-Type", "text/html"),))
         reply = _error(failure.status, failure.error_id, failure.message or "Simulated failure.")
         if failure.retry_after is not None:
             reply.headers += (("Retry-After", f"{failure.retry_after:g}"),)
