@@ -1,22 +1,15 @@
 """Kernel lab: one virtme-ng VM with Debian's kernel runs every scenario (the manual
 ones of space_vpn_lab.kernel_scenarios and the agent-driven ones of
 space_vpn_lab.kernel_agent_scenarios: kernel ESP, XFRM interfaces); each expected check is a test.
+The VM boots when collection ends and runs alongside the host's lab tests (conftest.py).
 Without vng or a kernel these tests skip locally and fail when CI is set.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from space_vpn_lab.kernel_vm import KernelVmError, run_in_vm, vng_available
-
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1200)]
-
-MODULE = "space_vpn_lab.kernel_agent_scenarios"  # registers its scenarios next to the manual ones
-VM_TIMEOUT_S = 900.0
 
 #: Every check each scenario must record; a missing one is a failure.
 EXPECTED: dict[str, tuple[str, ...]] = {
@@ -67,27 +60,6 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     ),
 }
 CASES = [(s, c) for s, checks in EXPECTED.items() for c in checks]
-
-
-@pytest.fixture(scope="module")
-def vm_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Boot ONE VM for all scenarios; partial results survive a timeout or crash."""
-    reason = vng_available()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"kernel lab cannot run in CI: {reason}")
-        pytest.skip(reason)
-    results_dir: Path = tmp_path_factory.mktemp("kernel-lab")
-    try:
-        results = run_in_vm(MODULE, [], results_dir, timeout=VM_TIMEOUT_S)
-        error = None
-    except KernelVmError as e:
-        results, error = e.results or {}, str(e)
-    print(f"\nkernel lab: kernel {results.get('kernel')}, results in {results_dir}")
-    for name, entry in results.get("scenarios", {}).items():
-        print(f"  {name}: {entry.get('seconds')} s")
-    results["error"] = error
-    return results
 
 
 def _check(results: dict, scenario: str, check: str) -> dict:
