@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from space_vpn_lab.kernel_vm import KernelVmError, run_in_vm, vng_available
+from space_vpn_lab.kernel_vm import KernelVmError, kill_group, run_in_vm, vng_available
 
 MODULE = "space_vpn_lab.kernel_agent_scenarios"  # registers its scenarios next to the manual ones
 VM_TIMEOUT_S = 900.0
@@ -28,13 +28,23 @@ class BackgroundVm:
         self._results: dict = {}
         self._error: str | None = None
         self._thread = threading.Thread(target=self._run, name="kernel-vm", daemon=True)
+        self._proc = None
 
     def start(self) -> None:
         self._thread.start()
 
+    def stop(self) -> None:
+        """The session ends (done, interrupted, -x): no VM outlives it."""
+        if self._proc is not None and self._proc.poll() is None:
+            kill_group(self._proc)
+        self._thread.join(10)
+
+    def _started(self, proc) -> None:
+        self._proc = proc
+
     def _run(self) -> None:
         try:
-            self._results = run_in_vm(MODULE, [], self.results_dir, timeout=VM_TIMEOUT_S)
+            self._results = run_in_vm(MODULE, [], self.results_dir, timeout=VM_TIMEOUT_S, started=self._started)
         except KernelVmError as e:
             self._results, self._error = e.results or {}, str(e)
         except Exception as e:  # noqa: BLE001 - reported by the checks, never lost in a thread
@@ -69,9 +79,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """After deselection (-k, -m): boot the VM only if a kernel check is to run."""
     global _VM
+    if session.config.option.collectonly:
+        return
     if any(_is_kernel(item) for item in session.items) and vng_available() is None:
         _VM = BackgroundVm()
         _VM.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _VM is not None:
+        _VM.stop()
 
 
 @pytest.fixture(scope="session")

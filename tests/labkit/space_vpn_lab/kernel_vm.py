@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,11 @@ def vm_argv(module: str, args: list[str], results_dir: Path, kernel: str) -> lis
             "--rwdir", str(results_dir), "--exec", shlex.join(inner)]
 
 
-def run_in_vm(module: str, args: list[str], results_dir: Path, timeout: float) -> dict:
+def run_in_vm(module: str, args: list[str], results_dir: Path, timeout: float,
+              started: Callable[[subprocess.Popen], None] | None = None) -> dict:
     """Boot the VM, run the module, return its parsed results.json. Raises KernelVmError
-    (with the console tail and any partial results) on timeout, crash or no results."""
+    (with the console tail and any partial results) on timeout, crash or no results.
+    `started` gets the VM's process (a caller in another thread may have to stop it)."""
     results_dir = Path(results_dir).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     results_path = results_dir / RESULTS_FILE
@@ -105,14 +108,16 @@ def run_in_vm(module: str, args: list[str], results_dir: Path, timeout: float) -
         # Own session: on timeout the whole group (vng, virtme-run, qemu) goes.
         proc = subprocess.Popen(argv, cwd=results_dir, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if started is not None:
+            started(proc)
         try:
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             raise KernelVmError(f"kernel VM timed out after {timeout:.0f} s\n{_tail(console)}",
                                 _read_results(results_path)) from None
         finally:
-            _kill_group(proc)
+            kill_group(proc)
     log.info("kernel VM: done in %.1f s (exit %s)", time.monotonic() - began, returncode)
     results = _read_results(results_path)
     if results is None or returncode != 0:
@@ -121,7 +126,7 @@ def run_in_vm(module: str, args: list[str], results_dir: Path, timeout: float) -
     return results
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     """SIGTERM the process group, SIGKILL after a grace period; also reaps stragglers
     (qemu) when vng itself has already exited."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
