@@ -94,8 +94,11 @@ def test_ping_timeline_keeps_the_window_and_the_gaps_from_t0():
 def test_ping_timeline_bounds_losses_before_the_first_and_after_the_last_reply():
     text = PING_D.replace("icmp_seq=1 ", "icmp_seq=4 ").replace("icmp_seq=2 ", "icmp_seq=5 ")
     timeline = ping_timeline(text, T0, T0 - 0.002, T0 + 7.3, sent=545)
-    assert timeline["ping_gaps"] == [[-0.002, 0.101, 3], [0.114, 7.25, 534], [7.25, 7.3, 5]]
-    assert sum(lost for _after, _before, lost in timeline["ping_gaps"]) == 545 - 3
+    # 545 sent, the last reply was seq 540: 541-544 lost, 545 was in flight at the stop.
+    assert timeline["ping_gaps"] == [[-0.002, 0.101, 3], [0.114, 7.25, 534], [7.25, 7.3, 4]]
+    assert sum(lost for _after, _before, lost in timeline["ping_gaps"]) == 545 - 3 - 1
+    just_stopped = ping_timeline(PING_D, T0, T0 - 0.002, T0 + 7.26, sent=541)
+    assert just_stopped["ping_gaps"] == [[0.114, 7.25, 537]]  # 541 in flight: nothing after the last reply
 
 
 def test_ping_timeline_without_replies_is_one_gap_or_nothing():

@@ -123,7 +123,8 @@ def ping_timeline(output: str, t0_unix: float, started_unix: float, stopped_unix
     """The run's replies in a few numbers, seconds from t0_unix: "ping_window" (first and
     last reply, None without any) and "ping_gaps", every run of lost pings as [after_s,
     before_s, lost]. Pings lost before the first reply or after the last one (ping's
-    sequence starts at 1; `sent` is its tally) are bounded by ping's start and stop."""
+    sequence starts at 1; `sent` is its tally) are bounded by ping's start and stop; the
+    last echo sent, in flight when ping stopped, is not counted."""
     def rel(unix: float) -> float:
         return round(unix - t0_unix, 3)
 
@@ -134,8 +135,9 @@ def ping_timeline(output: str, t0_unix: float, started_unix: float, stopped_unix
     gaps = [[rel(g.after), rel(g.before), g.lost] for g in reply_gaps(output)]
     if first_seq > 1:
         gaps.insert(0, [rel(started_unix), rel(first_at), first_seq - 1])
-    if sent > last_seq:
-        gaps.append([rel(last_at), rel(stopped_unix), sent - last_seq])
+    # The last echo sent was still in flight when ping was stopped: no loss.
+    if sent - 1 > last_seq:
+        gaps.append([rel(last_at), rel(stopped_unix), sent - 1 - last_seq])
     return {"ping_window": [rel(first_at), rel(last_at)], "ping_gaps": gaps}
 
 
