@@ -9,14 +9,14 @@ case expects, so a rule's text is checked once without being copied into the tes
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.unit.tools import required_tool
 
 RULES = Path(__file__).resolve().parents[2] / "packaging" / "monitoring" / "alerts.yml"
 AGENT = {"instance": "gw1:19813", "job": "space-vpn-agent"}
@@ -133,12 +133,7 @@ def promtool_tests(cases: list[Case]) -> dict:
 
 
 def require_promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (packaging/dev-setup.sh installs prometheus)")
-        pytest.skip("promtool is not installed")
-    return found
+    return required_tool("promtool", "prometheus")
 
 
 def test_every_alert_has_a_case_and_a_runbook():

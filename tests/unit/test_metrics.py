@@ -5,8 +5,6 @@ scrape of MetricsServer on a loopback port."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -19,6 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from agent.adapters.metrics import MetricsServer, SnapshotCollector
 from agent.core.snapshot import ApiBudgetView, ConnectionView, Health, Snapshot, TunnelView
+from tests.unit.tools import required_tool
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 ALLOWED_LABELS = {"space", "vpn", "tunnel", "tunnel_ip", "state", "kind", "reason", "result", "version",
@@ -163,12 +162,7 @@ def test_no_secret_reaches_the_snapshot_or_the_exposition():
 
 @pytest.fixture
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (Debian package prometheus)")
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return path
+    return required_tool("promtool", "prometheus")
 
 
 def test_promtool_accepts_the_exposition(promtool):

@@ -3,26 +3,21 @@ rates its exposure at 1.9 or better (offline, no running systemd needed); no cor
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.unit.tools import required_tool
+
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "space-vpn-agent.service"
 
 
 @pytest.fixture
 def analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze is missing (Debian package systemd)")
-        pytest.skip("systemd-analyze is not installed")
-    return path
+    return required_tool("systemd-analyze", "systemd")
 
 
 @pytest.fixture
