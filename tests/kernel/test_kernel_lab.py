@@ -45,6 +45,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "failed_then_active_recreates_nothing",
         "cidr_update_both_tunnels_on_new_selectors", "cidr_update_keeps_ike_sas", "cidr_update_moves_no_route",
         "cidr_update_loses_at_most_20_ms",
+        "charon_killed_status_down", "charon_killed_routes_kept", "charon_restart_both_tunnels_back",
+        "charon_restart_traffic",
     ),
     "agent_route_mode_wide_selectors": (
         "not_found_right_after_create_waits", "pending_waits_and_loads_nothing",

@@ -146,6 +146,7 @@ def agent_route_mode(ctx: ks.ScenarioContext) -> None:
         _reordered(ctx, lab, agent, api)
         _failed_keeps_running(ctx, lab, agent, api)
         _cidr_update(ctx, lab, agent, api)
+        _charon_restart(ctx, lab, agent)
 
 
 def ike_ids(lab: Lab) -> dict[str, str]:
@@ -280,6 +281,27 @@ def _tcp_probes_answered_over_the_other_tunnel(ctx: ks.ScenarioContext, lab: Lab
                   f"{sent} sent, {lost} lost, rtt {after['probe_rtt_ms']} ms")
         ctx.check(f"tcp_probe_syns_reach_the_app_via_tunnel{answering}", lab.app.syns(APP_HOST_IPS[0]) - syns >= sent,
                   f"{lab.app.syns(APP_HOST_IPS[0]) - syns} SYNs for {sent} probes of one tunnel")
+
+
+def _charon_restart(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
+    """charon SIGKILLed: status says DOWN, charon unreachable, and the agent leaves the
+    routes and interfaces alone (the kernel keeps its SAs); charon back, the agent loads
+    and initiates both tunnels again and traffic flows."""
+    ns = lab.topology.cust_ns
+    before_routes = routes(ns)
+    lab.customer_charon.kill()
+    ok, detail = wait(agent, lambda s: not s["charon_reachable"] and s["connections"][0]["health"] == "down"
+                      and s["connections"][0]["summary"].startswith("charon unreachable"), 30)
+    ctx.check("charon_killed_status_down", ok, detail)
+    time.sleep(2)  # passes with charon gone
+    ctx.check("charon_killed_routes_kept", routes(ns) == before_routes and link_up(ns, IF1) and link_up(ns, IF2),
+              repr(routes(ns)))
+    lab.customer_charon.start()
+    ok, detail = wait(agent, lambda s: s["charon_reachable"] and both_children(s))
+    ctx.check("charon_restart_both_tunnels_back", ok, detail)
+    result = ks.customer_ping(lab, count=10)
+    ctx.check("charon_restart_traffic", result.received == result.transmitted == 10,
+              f"{result.received}/{result.transmitted}")
 
 
 def _restart_adopts(ctx: ks.ScenarioContext, lab: Lab, agent: AgentProcess) -> None:
