@@ -87,6 +87,7 @@ class Controller:
         self._forgotten: set[str] = set()  # keys whose deleted connection was forgotten (cache removed)
         self._next_pass_in = TICK  # the last plan may ask for an earlier look
         self._refused: dict[str, str] = {}  # by key: the selector problem logged last
+        self._pass_seconds: float | None = None  # how long the last complete pass took
         self._clock = clock
         self._wall = wall
         self._rand = rand
@@ -252,7 +253,9 @@ class Controller:
 
     # -- one pass --------------------------------------------------------------------
     def reconcile_pass(self) -> None:
-        """Observe, plan over the whole state, apply once, publish."""
+        """Observe, plan over the whole state, apply once, publish (with how long the
+        pass took until then, on the loop's clock)."""
+        began = self._clock()
         state, edges = self.state, self._edges
         since = edges.reroutes_fired()
         plan = self._plan()
@@ -283,6 +286,7 @@ class Controller:
         self._next_pass_in = min(TICK, plan.next_pass_in or TICK)
         state.ready = True
         self._pass_error = None
+        self._pass_seconds = max(0.0, self._clock() - began)
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
 
@@ -411,6 +415,7 @@ class Controller:
             errors=state.errors + ((self._pass_error,) if self._pass_error else ()),
             api_budget=api_budget_view(state.api_pace),
             ha=ha_view(state.config.ha.enabled, connections, state.ha_notice),
+            pass_seconds=self._pass_seconds,
         )
 
     def _view(self, record: ConnectionRecord) -> ConnectionView:

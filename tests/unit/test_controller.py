@@ -606,3 +606,30 @@ def test_keepalived_s_notify_is_refused_without_ha_and_acted_on_with_it(config_f
     assert (conn.ha, controller.snapshot.ha.keepalived) == ("backup", "master")
     assert "not on this node yet" in conn.ha_reason
     assert ha(controller, "standby") == (False, "state must be one of master, backup, fault")
+
+
+class SteppingClock(Clock):
+    """Every look at the clock finds it `step` seconds later: a pass that looks at it
+    twice (start and end) takes `step`."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_snapshot_says_how_long_the_last_pass_took_on_the_loops_clock(config_file):
+    clock = SteppingClock(0.25)
+    controller, _ = make_controller(config_file, FakeCharon(), clock)
+    assert controller.snapshot.pass_seconds is None  # no pass yet
+    controller.handle(answer(vpn_json()))
+    looks = clock.now
+    controller.reconcile_pass()
+    looked = round((clock.now - looks) / clock.step)
+    # Everything the pass read of the clock between its first look and the one that ends it.
+    assert controller.snapshot.pass_seconds == pytest.approx(clock.step * (looked - 1))
+    assert controller.snapshot.pass_seconds > 0
+    assert controller.snapshot.to_dict()["pass_seconds"] == controller.snapshot.pass_seconds
