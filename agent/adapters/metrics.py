@@ -77,6 +77,10 @@ def agent_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(PREFIX + "snapshot_timestamp_seconds",
                             "Unix time the agent's loop published the state these metrics show.",
                             value=snapshot.generated_at)
+    if snapshot.pass_seconds is not None:
+        yield GaugeMetricFamily(PREFIX + "pass_duration_seconds",
+                                "Seconds the agent's last reconcile pass took (observe charon and the kernel, plan, "
+                                "apply); absent before the first.", value=snapshot.pass_seconds)
     yield from api_budget_families(snapshot)
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import re
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 #: Every XFRM interface the agent creates starts with this.
 INTERFACE_PREFIX = "sv"
@@ -61,7 +62,16 @@ class NetState:
     addresses: tuple[str, ...] = ()  # local IPv4 addresses
 
     def routes_to(self, dst: str) -> tuple[Route, ...]:
-        return tuple(r for r in self.routes if r.dst == dst)
+        return self._routes_by_dst.get(dst, ())
+
+    @cached_property
+    def _routes_by_dst(self) -> dict[str, tuple[Route, ...]]:
+        """Every connection asks for its own destinations: one look at all routes per
+        observation, not one per connection (that made a pass over N connections N x N)."""
+        found: dict[str, list[Route]] = {}
+        for route in self.routes:
+            found.setdefault(route.dst, []).append(route)
+        return {dst: tuple(routes) for dst, routes in found.items()}
 
 
 def source_inside(cidrs: tuple[str, ...], addresses: tuple[str, ...]) -> str | None:

@@ -124,6 +124,8 @@ class Snapshot:
     errors: tuple[str, ...] = field(default=())  # agent-wide problems, e.g. config reload
     api_budget: ApiBudgetView | None = None  # None: nothing polled (static connections only, or not yet)
     ha: HaView | None = None  # None: ha not enabled
+    # s the loop's last reconcile pass took (observe, plan, apply); None before the first
+    pass_seconds: float | None = None
 
     @property
     def health(self) -> Health:

@@ -1,7 +1,9 @@
 """The loop: the one owner of state. It drains its inbox (charon events, API answers,
 probe results, control requests, signals) into the loop state, then runs one pass:
 observe, plan (one pure function over the whole state), apply, publish a Snapshot.
-Every pass re-derives everything.
+Every pass re-derives everything. A pass runs once a second (sooner when the last plan
+asks), and at once after any message that may change a decision; messages that cannot
+(an answered probe of a healthy tunnel, a 304) wait for the tick (loop_state.quiet).
 
 Failures are contained: one connection whose planning or applying raises is logged by
 name, counted and shown in its verdict while the others go on (core/faults); a pass that
@@ -39,6 +41,7 @@ from agent.daemon.loop_state import (
     LoopState,
     charon_gone,
     records_for,
+    quiet,
     tunnels_start_over,
     with_api_answer,
     with_api_failure,
@@ -87,8 +90,10 @@ class Controller:
         self._cache_errors: dict[str, str] = {}  # by connection key: its answer could not be cached
         self._probe_targets: tuple[ProbeTarget, ...] = ()
         self._forgotten: set[str] = set()  # keys whose deleted connection was forgotten (cache removed)
-        self._next_pass_in = TICK  # the last plan may ask for an earlier look
+        self._pass_at = clock()  # monotonic s the next pass is due (the first: at once)
+        self._pass_wanted = False  # a message since the last pass calls for one now
         self._refused: dict[str, str] = {}  # by key: the selector problem logged last
+        self._pass_seconds: float | None = None  # how long the last complete pass took
         self._clock = clock
         self._wall = wall
         self._rand = rand
@@ -103,22 +108,32 @@ class Controller:
     def run(self) -> int:
         """Loop until Stop. Returns the process exit code."""
         while True:
-            try:
-                message = self.inbox.get(timeout=self._next_pass_in)
-            except queue.Empty:
-                message = None
-            try:
-                while message is not None:
-                    if not self.handle(message):
-                        log.info("stopping; tunnels stay up")
-                        return 0
-                    message = self._next_pending()
+            code = self.round()
+            if code is not None:
+                return code
+
+    def round(self) -> int | None:
+        """One turn: wait for a message until the next pass is due, take in every message
+        waiting, then pass if one of them calls for it or its time has come. Returns the
+        exit code once told to stop, else None."""
+        try:
+            message = self.inbox.get(timeout=max(0.0, self._pass_at - self._clock()))
+        except queue.Empty:
+            message = None
+        try:
+            while message is not None:
+                if not self.handle(message):
+                    log.info("stopping; tunnels stay up")
+                    return 0
+                message = self._next_pending()
+            if self._pass_wanted or self._clock() >= self._pass_at:
                 self.reconcile_pass()
-            except Exception as e:  # one bad pass must not end the daemon
-                log.exception("reconcile pass failed; continuing")
-                self._publish_failure(e)
-            # Alive: this thread came round, whatever the pass did (a hung pass never gets here).
-            self._on_alive()
+        except Exception as e:  # one bad pass must not end the daemon
+            log.exception("reconcile pass failed; continuing")
+            self._publish_failure(e)
+        # Alive: this thread came round, whatever the pass did (a hung pass never gets here).
+        self._on_alive()
+        return None
 
     def _publish_failure(self, error: Exception) -> None:
         """Status says that passes fail (the Snapshot would go stale without a word)."""
@@ -138,6 +153,9 @@ class Controller:
     def handle(self, message: object) -> bool:
         """Take one inbox message into the state. False means: stop the loop."""
         state = self.state
+        keyed = isinstance(message, (ProbeResult, ApiAnswer))
+        if not quiet(state.records.get(message.key) if keyed else None, message):
+            self._pass_wanted = True
         match message:
             case Stop():
                 return False
@@ -269,7 +287,11 @@ class Controller:
 
     # -- one pass --------------------------------------------------------------------
     def reconcile_pass(self) -> None:
-        """Observe, plan over the whole state, apply once, publish."""
+        """Observe, plan over the whole state, apply once, publish (with how long the
+        pass took until then, on the loop's clock)."""
+        began = self._clock()
+        # Set first: a pass that raises is tried again at the next tick, or at a message.
+        self._pass_wanted, self._pass_at = False, began + TICK
         state, edges = self.state, self._edges
         since = edges.reroutes_fired()
         plan = self._plan()
@@ -297,9 +319,10 @@ class Controller:
             self._probe_targets = plan.probe_targets
             self._on_probe_targets(list(plan.probe_targets))
         self._forget_deleted()
-        self._next_pass_in = min(TICK, plan.next_pass_in or TICK)
+        self._pass_at = self._clock() + min(TICK, plan.next_pass_in or TICK)
         state.ready = True
         self._pass_error = None
+        self._pass_seconds = max(0.0, self._clock() - began)
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
 
@@ -428,6 +451,7 @@ class Controller:
             errors=self._agent_errors(),
             api_budget=api_budget_view(state.api_pace),
             ha=ha_view(state.config.ha.enabled, connections, state.ha_notice),
+            pass_seconds=self._pass_seconds,
         )
 
     def _view(self, record: ConnectionRecord) -> ConnectionView:

@@ -165,6 +165,28 @@ def with_probe_result(record: ConnectionRecord, result: ProbeResult, charon: Cha
     return replace(record, memory=replace(memory, probes={**memory.probes, result.tunnel: stats}))
 
 
+def quiet(record: ConnectionRecord | None, message: object) -> bool:
+    """Whether a message may wait for the loop's next tick instead of a pass of its own,
+    looked at before the record takes it in: it changes nothing a decision reads. An
+    answered probe of a tunnel none of whose recent probes was lost (it only resets a
+    count of losses that is 0 already), and a 304 while the API had not failed (only the
+    time of the last good answer moves); any message for a connection no longer
+    configured. With one probe result per tunnel every interval, a pass for each made
+    the passes of N connections cost N x N; everything else still gets its pass at once."""
+    match message:
+        case ProbeResult(tunnel=tunnel, ok=ok):
+            if record is None:
+                return True
+            stats = record.memory.probes.get(tunnel)
+            return ok and (stats is None or stats.consecutive_failures == 0)
+        case ApiAnswer(result=result):
+            if record is None:
+                return True
+            far_end = record.far_end
+            return result.answer is None and far_end.api_error is None and far_end.missing_since is None
+    return False
+
+
 def with_drain(record: ConnectionRecord, command: str, tunnel: object) -> ConnectionRecord:
     """drain N / undrain N. Raises ValueError with a message for the operator."""
     if type(tunnel) is not int or tunnel not in (1, 2):

@@ -627,3 +627,132 @@ def test_keepalived_s_notify_is_refused_without_ha_and_acted_on_with_it(config_f
     assert (conn.ha, controller.snapshot.ha.keepalived) == ("backup", "master")
     assert "not on this node yet" in conn.ha_reason
     assert ha(controller, "standby") == (False, "state must be one of master, backup, fault")
+
+
+class SteppingClock(Clock):
+    """Every look at the clock finds it `step` seconds later: a pass that looks at it
+    twice (start and end) takes `step`."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_snapshot_says_how_long_the_last_pass_took_on_the_loops_clock(config_file):
+    clock = SteppingClock(0.25)
+    controller, _ = make_controller(config_file, FakeCharon(), clock)
+    assert controller.snapshot.pass_seconds is None  # no pass yet
+    controller.handle(answer(vpn_json()))
+    looks = clock.now
+    controller.reconcile_pass()
+    looked = round((clock.now - looks) / clock.step)
+    # Everything the pass read of the clock between its first look and the one that ends it.
+    assert controller.snapshot.pass_seconds == pytest.approx(clock.step * (looked - 1))
+    assert controller.snapshot.pass_seconds > 0
+    assert controller.snapshot.to_dict()["pass_seconds"] == controller.snapshot.pass_seconds
+
+
+def many_connections(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "agent.yaml"
+    lines = [f"  - {{space: acme-space, vpn: office{n}, local_address: 203.0.113.10}}" for n in range(count)]
+    path.write_text("state_dir: state\ncontrol_socket: control.sock\nconnections:\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def converged(tmp_path: Path, count: int, clock: Clock):
+    from agent.core.health import ProbeResult  # noqa: F401 (the messages the tests post)
+
+    charon = FakeCharon()
+    controller, _ = make_controller(many_connections(tmp_path, count), charon, clock)
+    passes = []
+    controller._on_pass = passes.append
+    for n in range(count):
+        raw = vpn_json()
+        raw["name"] = f"office{n}"
+        for number, tunnel in enumerate(raw["tunnels"], start=1):
+            tunnel["ip"] = f"198.51.100.{2 * n + number}"
+        controller.handle(ApiAnswer(f"acme-space-office{n}", FetchResult(parse_vpn_answer(raw), raw, '"e"', 4499)))
+    controller.reconcile_pass()
+    clock.now += 2
+    controller.reconcile_pass()
+    assert all(c.health is Health.OK for c in controller.snapshot.connections)
+    passes.clear()
+    return controller, passes
+
+
+def probe(n: int, ok: bool, at: float):
+    from agent.core.health import ProbeResult
+
+    return ProbeResult(f"acme-space-office{n}", 1, ok, 0.01 if ok else None, at)
+
+
+@pytest.mark.parametrize("count", [5, 50])
+def test_answered_probes_of_healthy_tunnels_wait_for_the_tick_so_passes_do_not_grow_with_connections(
+        tmp_path, count):
+    """One answered probe per connection every 0.1 s, one loop turn per message: the
+    passes stay one per tick whatever the number of connections (a pass per message made
+    each second of N connections cost N x 10 passes of N connections each)."""
+    clock = Clock()
+    controller, passes = converged(tmp_path, count, clock)
+    turns = 0
+    for _ in range(20):  # two seconds, every connection probed twenty times
+        clock.now += 0.1
+        for n in range(count):
+            controller.post(probe(n, True, clock.now))
+            assert controller.round() is None
+            turns += 1
+    assert turns == 20 * count
+    assert 1 <= len(passes) <= 3  # the ticks, not the messages
+    clock.now += 1.0
+    controller.round()
+    view = controller.snapshot.connections[count - 1]
+    assert view.tunnels[0].probe_sent == 20  # every result counted all the same
+
+
+def test_a_lost_probe_a_charon_event_and_a_new_answer_each_get_a_pass_at_once(tmp_path):
+    clock = Clock()
+    controller, passes = converged(tmp_path, 3, clock)
+    controller.post(probe(1, False, clock.now))
+    controller.round()
+    assert len(passes) == 1
+    controller.post(probe(1, True, clock.now))  # the answer after a loss: the count of losses goes back to 0
+    controller.round()
+    assert len(passes) == 2
+    controller.post(CharonEvent("child-updown", ("svpn-acme-space-office2-t1",), up=False))
+    controller.round()
+    assert len(passes) == 3
+    raw = vpn_json(psk1="rotated.Psk_value9")
+    raw["name"] = "office0"
+    controller.post(ApiAnswer("acme-space-office0", FetchResult(parse_vpn_answer(raw), raw, '"f"', 4498)))
+    controller.round()
+    assert len(passes) == 4
+    controller.post(ApiAnswer("acme-space-office0", FetchResult(None, None, '"f"', 4497)))  # 304: waits
+    controller.round()
+    assert len(passes) == 4
+    clock.now += 1.0  # the tick: a turn with nothing waiting passes
+    assert controller.round() is None
+    assert len(passes) == 5
+
+
+def test_a_pass_that_raises_is_tried_again_at_the_tick_not_in_a_spin(tmp_path):
+    clock = Clock()
+    controller, passes = converged(tmp_path, 1, clock)
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    controller._edges.observe_charon = broken
+    clock.now += 1.0
+    controller.round()
+    controller.round()  # due again only a tick later: no second try yet
+    assert len(calls) == 1
+    assert "reconcile pass failed" in controller.snapshot.errors[-1]
+    clock.now += 1.0
+    controller.round()
+    assert len(calls) == 2

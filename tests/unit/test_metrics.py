@@ -325,3 +325,9 @@ def test_every_api_error_kind_is_exported_from_the_start():
     quiet = samples(exposition(snapshot(connection("office", Health.OK, (tunnel_view(1), tunnel_view(2))))))
     kinds = {dict(labels)["kind"] for (name, labels) in quiet if name == "space_vpn_api_errors_total"}
     assert kinds == set(heroku.API_ERROR_KINDS)
+
+
+def test_the_last_pass_duration_is_one_series_per_agent_and_absent_before_the_first_pass():
+    assert "space_vpn_pass_duration_seconds" not in exposition(snapshot(OFFICE))
+    found = samples(exposition(snapshot(OFFICE, pass_seconds=0.0125)))
+    assert found["space_vpn_pass_duration_seconds", ()] == 0.0125

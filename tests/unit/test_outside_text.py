@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.adapters.charon import CharonCommandFailed, CharonError, event_from
 from agent.adapters.charon_messages import MAX_TEXT, decode_text, parse_list_sas
@@ -111,3 +113,10 @@ def test_status_cuts_a_huge_field():
     huge = snapshot(office(Health.DOWN, "s" * 1_000_000, (tunnel_view(1), tunnel_view(2))))
     text = render_status(huge.to_dict())
     assert max(len(line) for line in text.splitlines()) < 1100
+
+
+@given(st.text(), st.integers(min_value=0, max_value=300))
+def test_one_line_takes_printable_text_as_it_is_and_agrees_with_a_look_at_each_character(text, limit):
+    by_character = "".join(c if c.isprintable() else " " for c in text).strip()
+    expected = by_character if len(by_character) <= limit else by_character[:max(limit - 3, 0)] + "..."[:limit]
+    assert one_line(text, limit) == expected

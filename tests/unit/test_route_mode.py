@@ -160,3 +160,37 @@ def test_mss_rules_cover_every_route_mode_interface():
     assert mss_rules([CONN]) == {IF1: 1379, IF2: 1379}
     assert mss_rules([conn(mss=0)]) == {}
     assert mss_rules([conn(Mode.POLICY)]) == {}
+
+
+class CountedRoutes(tuple):
+    """The kernel's routes, counting how often something walks through all of them."""
+
+    def __new__(cls, routes):
+        counted = super().__new__(cls, routes)
+        counted.walks = 0
+        return counted
+
+    def __iter__(self):
+        self.walks += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("count", [20, 200])
+def test_planning_the_routes_of_n_connections_walks_the_kernels_routes_once_not_n_times(count):
+    conns = []
+    for n in range(count):
+        key, vpn = f"acme-space-office{n}", f"office{n}"
+        tunnels = (Tunnel(1, f"198.51.100.{n % 200 + 1}", Secret("k1.xxxxxxxx")),
+                   Tunnel(2, f"203.0.113.{n % 200 + 20}", Secret("k2.xxxxxxxx")))
+        vpn_conn = VpnConnection(id=str(n), name=vpn, public_ip="203.0.113.10", routable_cidrs=("172.16.0.0/16",),
+                                 space_cidr_block=f"10.{n // 200}.{n % 200}.0/24", ike_version=1,
+                                 status=ConnectionStatus.ACTIVE, tunnels=tunnels)
+        conns.append(desired_connection(key=key, space="acme-space", vpn=vpn, local_address="203.0.113.10",
+                                        local_id=None, mode=Mode.ROUTE, connection=vpn_conn, source_address=SRC,
+                                        tunnel_mtu=1419, tcp_mss=1379))
+    routes = CountedRoutes(Route(c.remote_ts[0], c.tunnel(1).interface, ACTIVE_METRIC, SRC) for c in conns)
+    net = NetState(routes=routes)
+    charon = CharonState(True)
+    assert all(plan_routes(c, charon, net, 1) == [] for c in conns)  # every route in place already
+    assert all(adopt_active_route(c, net, None) == 1 for c in conns)
+    assert routes.walks == 1

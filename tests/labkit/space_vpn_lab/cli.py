@@ -3,6 +3,7 @@
     space-vpn-lab demo [--ike-version 1|2] [--hold] [--compare]
     space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d,e,f,g] [--json PATH] [--interval 0.01] [--repeat 1]
     space-vpn-lab bench-ha [--systems strongswan,agent] [--advert-int 0.2] [--settle 10] [--json PATH]
+    space-vpn-lab bench-scale [--connections 50 | 5,20,50] [--idle 30] [--json PATH]
 
 Builds two network namespaces with real charon daemons (the space side plays both
 Heroku tunnel endpoints), a local fake Platform API, runs the agent against them,
@@ -25,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from space_vpn_lab import bench, bench_ha, topology
+from space_vpn_lab import bench, bench_ha, bench_scale, topology
 from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, write_secret_file
 from space_vpn_lab.bench_systems import PROBE
 from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
@@ -71,7 +72,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="seconds to wait for traffic after the power-off")
     ha.add_argument("--repeat", type=int, default=1)
     ha.add_argument("--json", type=Path, default=None, help="results file (default bench-results/bench-ha.json)")
+    scale = sub.add_parser("bench-scale", help="many VPN connections on one gateway: cold start, pass, scrape, "
+                                               "agentctl status, RSS and idle CPU against the goals")
+    scale.add_argument("--connections", default="50",
+                       help="connections (two tunnels each) per run, e.g. 50, or 5,20,50 for one run each")
+    scale.add_argument("--settle", type=float, default=10.0, help="seconds after the cold start before measuring")
+    scale.add_argument("--idle", type=float, default=30.0, help="seconds the idle CPU is measured over")
+    scale.add_argument("--samples", type=int, default=10, help="passes, scrapes and agentctl runs measured")
+    scale.add_argument("--json", type=Path, default=None,
+                       help="results file (default bench-results/bench-scale.json; markdown beside it)")
     return parser
+
+
+def _counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or any(not 1 <= n <= topology.SCALE_MAX_VPNS + 1 for n in counts):
+        raise SystemExit(f"--connections: 1 to {topology.SCALE_MAX_VPNS + 1} each, got {text!r}")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             return bench_ha.run_bench_ha(Path(tmp), systems=args.systems, interval=args.interval,
                                          advert_int=args.advert_int, settle_s=args.settle, cap_s=args.cap,
                                          repeat=args.repeat, json_path=args.json)
+        if args.command == "bench-scale":
+            return bench_scale.run_bench_scale(Path(tmp), counts=_counts(args.connections), json_path=args.json,
+                                               settle_s=args.settle, idle_s=args.idle, samples=args.samples)
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout,

@@ -7,7 +7,8 @@ in a real Private Space), and an empty customer-side charon for the agent under 
 the last safety net.
 kernel_ipsec / space_route_based / space_wide_selectors need a kernel with ESP and XFRM
 interfaces (kernel_vm). Several routable CIDRs get a customer host each (the .2 of each).
-`add_vpn` adds a second VPN connection (another space) to the same two namespaces.
+`add_vpn` adds a second VPN connection (another space) to the same two namespaces;
+`add_vpns` many (topology.scale_vpn_addresses).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from space_vpn_lab.charon_instance import DEFAULT_BINARY, CharonInstance
 from space_vpn_lab.space_side import SpaceSide, SpaceTunnel
 from space_vpn_lab.topology import (APP_HOST_IPS, APP_NAME, APP_PORT, CUSTOMER_HOST_IP, OTHER_SPACE_CIDR,
                                     OTHER_SPACE_HOST_IP, OTHER_VPN_TUNNEL_IPS, ROUTABLE_CIDR, SECOND_ROUTABLE_CIDR,
-                                    SPACE_HOST_IP, TUNNEL_CIDR, Topology, ip)
+                                    SPACE_HOST_IP, TUNNEL_CIDR, Topology, ip, scale_vpn_addresses)
 from space_vpn_lab.traffic import PingResult, ping
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,17 @@ class Lab:
         side.load()
         self.other_vpns.append(side)
         return side
+
+    def add_vpns(self, count: int, name: str = "scale") -> list[SpaceSide]:
+        """`count` more VPN connections, NAME0, NAME1, ..., each at the addresses of
+        topology.scale_vpn_addresses (its own endpoints, space CIDR and host, routable
+        CIDR and customer host). Their index in the returned list is their n there."""
+        sides = []
+        for n in range(count):
+            where = scale_vpn_addresses(n)
+            sides.append(self.add_vpn(f"{name}{n}", tunnel_ips=where.tunnel_ips, space_cidr=where.space_cidr,
+                                      space_host_ip=where.space_host_ip, routable_cidrs=(where.routable_cidr,)))
+        return sides
 
     def name_app(self, address: str = APP_HOST_IPS[0], name: str = APP_NAME) -> None:
         """Resolve `name` to `address` in the customer namespace (its own hosts file):

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,34 @@ SECOND_CUSTOMER_HOST_IP = "192.168.50.2"
 OTHER_VPN_TUNNEL_IPS = ("198.51.100.11", "198.51.100.12")
 OTHER_SPACE_CIDR = "10.2.0.0/16"
 OTHER_SPACE_HOST_IP = "10.2.0.10"
+#: Many VPN connections from one gateway (Lab.add_vpns, the scale benchmark): the n-th
+#: further VPN (from 0) gets two endpoints of its own from 198.51.100.21 up, a space
+#: CIDR 10.(10+n).0.0/16 with a host at .0.10, and a routable CIDR 172.20.n.0/24 with
+#: a customer host at .2: no selector, policy or route of one touches another's.
+SCALE_FIRST_TUNNEL_HOST = 21
+SCALE_MAX_VPNS = 100
+
+
+@dataclass(frozen=True)
+class VpnAddresses:
+    """Where one further VPN of the lab lives (scale_vpn_addresses)."""
+
+    tunnel_ips: tuple[str, str]
+    space_cidr: str
+    space_host_ip: str
+    routable_cidr: str
+    customer_host_ip: str
+
+
+def scale_vpn_addresses(n: int) -> VpnAddresses:
+    """The addresses of the n-th further VPN (0 <= n < SCALE_MAX_VPNS), clear of the
+    lab's first VPN (198.51.100.1-2, 10.0.0.0/16, 172.16.0.0/16) and of OTHER_* (add_vpn)."""
+    if not 0 <= n < SCALE_MAX_VPNS:
+        raise ValueError(f"the lab has room for {SCALE_MAX_VPNS} further VPNs, not {n + 1}")
+    first = SCALE_FIRST_TUNNEL_HOST + 2 * n
+    return VpnAddresses(tunnel_ips=(f"198.51.100.{first}", f"198.51.100.{first + 1}"),
+                        space_cidr=f"10.{10 + n}.0.0/16", space_host_ip=f"10.{10 + n}.0.10",
+                        routable_cidr=f"172.20.{n}.0/24", customer_host_ip=f"172.20.{n}.2")
 
 #: Seconds a process gets between SIGTERM and SIGKILL when a namespace is torn down.
 KILL_GRACE_S = 3.0
