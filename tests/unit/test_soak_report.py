@@ -138,14 +138,13 @@ def test_anomalies_keep_a_bounded_list_and_count_all():
 CHARON = """\
 10:00:01.000 12[IKE] <t1|1> detected rekeying of CHILD_SA t1{1}
 10:00:01.001 12[IKE] <t1|1> CHILD_SA t1{2} established with SPIs c1_i c2_o and TS 172.16.0.0/16 === 10.0.0.0/16
-10:05:00.000 13[IKE] <t1|1> detected reauth of existing IKE_SA, adopting 1 children and 0 virtual IPs
-10:06:00.000 13[IKE] <t2|3> IKE_SA t2[3] rekeyed between 203.0.113.10[203.0.113.10]...198.51.100.2[198.51.100.2]
+10:05:00.000 13[IKE] <t1|1> scheduling reauthentication in 28375s
 """
 
 
-def test_rekeys_counted_in_charons_log():
-    assert count_rekeys(CHARON.splitlines()) == {"child_rekeys": 1, "ike_rekeys": 2}
-    assert count_rekeys([]) == {"child_rekeys": 0, "ike_rekeys": 0}
+def test_rekeys_answered_counted_in_charons_log():
+    assert count_rekeys(CHARON.splitlines()) == {"child_rekeys_answered": 1}
+    assert count_rekeys([]) == {"child_rekeys_answered": 0}
 
 
 # --- the document -----------------------------------------------------------------------------------
@@ -179,7 +178,7 @@ def system_record() -> dict:
                          for t in range(0, 61, 10)],
                "charon": [{"t_s": t, "rss_kib": 9000, "fds": 20, "threads": 17, "cpu_s": 0.5} for t in range(0, 61, 10)]}
     return {"system": "agent", "error": None, "loss": losses(PLAYED, RUNS, 4000, 0.0125, FAILOVERS, 100.0),
-            "rekeys": {"customer": {"child_rekeys": 1, "ike_rekeys": 0}, "space": {"child_rekeys": 1, "ike_rekeys": 0}},
+            "rekeys": {"customer": {"child_rekeys": 1, "ike_rekeys": 0}},
             "failovers": FAILOVERS, "anomalies": {"count": 0, "lines": []}, "resources": resources(samples)}
 
 

@@ -266,6 +266,18 @@ class SpaceSide:
             self.restore(number)
         log.info("space side: tunnel %s forgot its SAs", number)
 
+    def rekey(self, number: int) -> bool:
+        """Rekey tunnel `number`'s CHILD_SA from this side, as AWS starts rekeys itself
+        (an IKEv1 Quick Mode responder takes the initiator's lifetime, so the far end's own
+        timer may never fire). False when the tunnel has no CHILD_SA to rekey."""
+        try:
+            with self.charon.connected(timeout_s=5.0) as session:
+                session.rekey({"child": conn_name(number, self.name)})
+        except vici.exception.CommandException as e:
+            log.info("space side: tunnel %s not rekeyed: %s", number, e)
+            return False
+        return True
+
     def restore(self, number: int) -> None:
         """Lift the blackhole. Still a responder: the customer must re-initiate."""
         result = self._nft("delete", "element", "inet", self._nft_table, NFT_SET,
