@@ -101,3 +101,14 @@ def test_ms_and_share():
     assert ms_of(30, 0.0125) == 375
     assert share_lost(1, 1000) == 0.001
     assert share_lost(0, 0) is None
+
+
+def test_the_command_reads_durations_as_the_config_writes_them():
+    from space_vpn_lab.cli import _parser
+
+    args = _parser().parse_args(["soak", "--duration", "2h", "--segment", "90s"])
+    assert (args.duration, args.segment, args.systems) == (7200.0, 90.0, "agent,strongswan")
+    assert _parser().parse_args(["soak"]).duration == 1800.0
+    for bad in ("0s", "soon"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["soak", "--duration", bad])

@@ -204,3 +204,14 @@ def test_markdown_has_the_summary_and_one_row_per_event():
     assert "| 1 | 12 | silent | active | t1, 350 |" in text and "| 2 | 30 | graceful | active | t2, 12 |" in text
     assert "- a note" in text
     assert doc["plan"]["events"][0]["kind"] == "silent" and doc["kind"] == "soak"
+
+
+def test_the_picture_has_a_row_per_system(tmp_path):
+    from space_vpn_lab.soak import picture
+
+    record = {**system_record(), "traffic": {"ping_window": [0.01, 99.9]}}
+    doc = document(plan_soak(1, 100), {"agent": record, "strongswan": {"system": "strongswan", "error": "BenchError: x"}},
+                   interval_s=0.01, started=T0, finished=T0 + 70, notes=[],
+                   lifetimes={"space": {"ike_s": 300, "child_s": 75, "child_rekey_s": 60}})
+    path = picture(doc, tmp_path / "soak.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
