@@ -30,7 +30,7 @@ from space_vpn_lab.agent_process import (
 from space_vpn_lab.bench_report import BASELINE_DATA_PATH, IKE_VERSION
 from space_vpn_lab.fake_api import SPACE, VPN, start_fake_api
 from space_vpn_lab.lab import Lab
-from space_vpn_lab.space_side import PROPOSAL
+from space_vpn_lab.space_side import PROPOSAL, Lifetimes
 from space_vpn_lab.topology import (
     CUSTOMER_HOST_IP,
     CUSTOMER_PUBLIC_IP,
@@ -178,14 +178,20 @@ def seed_name(number: int) -> str:
     return f"vpn{number}"
 
 
-def seed_conn(number: int, ike_version: int = IKE_VERSION) -> dict[str, Any]:
-    """The article's `conn vpnN`, translated per strongswan-vici.md (lab addresses)."""
+#: The article's ikelifetime=28800s, lifetime=1h, rekeyed 9 min (charon's margin) early.
+ARTICLE_LIFETIMES = Lifetimes(ike_s=28800, child_s=3600, child_rekey_s=3060)
+
+
+def seed_conn(number: int, ike_version: int = IKE_VERSION, lifetimes: Lifetimes = ARTICLE_LIFETIMES) -> dict[str, Any]:
+    """The article's `conn vpnN`, translated per strongswan-vici.md (lab addresses);
+    `lifetimes` other than the article's only for the soak's many rekeys."""
     tunnel_ip = TUNNEL_IPS[number - 1]
     child = {"mode": "tunnel", "local_ts": [ROUTABLE_CIDR], "remote_ts": [SPACE_CIDR],
-             "esp_proposals": [PROPOSAL], "life_time": "3600s", "rekey_time": "3060s",
+             "esp_proposals": [PROPOSAL], "life_time": f"{lifetimes.child_s}s",
+             "rekey_time": f"{lifetimes.child_rekey_s}s",
              "dpd_action": "restart", "close_action": "none", "start_action": "trap"}
     return {"version": str(ike_version), "local_addrs": [CUSTOMER_PUBLIC_IP], "remote_addrs": [tunnel_ip],
-            "proposals": [PROPOSAL], "reauth_time": "28800s", "dpd_delay": "10s", "dpd_timeout": "30s",
+            "proposals": [PROPOSAL], "reauth_time": f"{lifetimes.ike_s}s", "dpd_delay": "10s", "dpd_timeout": "30s",
             "keyingtries": "0", "unique": "no",
             "local": {"auth": "psk", "id": CUSTOMER_PUBLIC_IP}, "remote": {"auth": "psk", "id": tunnel_ip},
             "children": {seed_name(number): child}}
@@ -197,8 +203,10 @@ class SeedSystem:
     name = "strongswan"
     follows_api = False  # the article's config is written once by hand
 
-    def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str, probe: str = "icmp") -> None:
+    def __init__(self, lab: Lab, workdir: Path, stack: ExitStack, mode: str, probe: str = "icmp",
+                 lifetimes: Lifetimes = ARTICLE_LIFETIMES) -> None:
         self.lab, self.mode = lab, mode  # the article's config has no probe: `probe` changes nothing
+        self.lifetimes = lifetimes
         self.drained: int | None = None
 
     def start(self, timeout: float) -> None:
@@ -207,7 +215,7 @@ class SeedSystem:
                 # The PSK goes inline: no local variable ever holds it.
                 session.load_shared({"id": seed_name(number), "type": "IKE", "data": self.lab.psks[number - 1],
                                      "owners": [CUSTOMER_PUBLIC_IP, TUNNEL_IPS[number - 1]]})
-                session.load_conn({seed_name(number): seed_conn(number, self.lab.ike_version)})
+                session.load_conn({seed_name(number): seed_conn(number, self.lab.ike_version, self.lifetimes)})
         if self.lab.kernel_ipsec:
             # Backstop as in kernel_scenarios: a route to the space whatever charon installs.
             subprocess.run(["ip", "-n", self.lab.topology.cust_ns, "route", "replace", SPACE_CIDR,

@@ -105,9 +105,15 @@ class Gap:
         return round((self.before - self.after) * 1000)
 
 
+def parse_reply(line: str) -> tuple[float, int] | None:
+    """(unix time, icmp_seq) of one reply line of `ping -D`, None for any other line."""
+    match = _REPLY.match(line)
+    return (float(match.group(1)), int(match.group(2))) if match else None
+
+
 def _replies(output: str) -> list[tuple[float, int]]:
     """(unix time, icmp_seq) of every reply in `ping -D` output."""
-    return [(float(m.group(1)), int(m.group(2))) for line in output.splitlines() if (m := _REPLY.match(line))]
+    return [reply for line in output.splitlines() if (reply := parse_reply(line)) is not None]
 
 
 def reply_gaps(output: str) -> list[Gap]:

@@ -4,6 +4,7 @@
     space-vpn-lab bench [--modes policy,route] [--scenarios a,b,c,d,e,f,g] [--json PATH] [--interval 0.01] [--repeat 1]
     space-vpn-lab bench-ha [--systems strongswan,agent] [--advert-int 0.2] [--settle 10] [--json PATH]
     space-vpn-lab bench-scale [--connections 50 | 5,20,50] [--idle 30] [--json PATH]
+    space-vpn-lab soak [--duration 30m] [--seed 1] [--systems agent,strongswan] [--json PATH]
 
 Builds two network namespaces with real charon daemons (the space side plays both
 Heroku tunnel endpoints), a local fake Platform API, runs the agent against them,
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import secrets
 import logging
+import secrets
 import statistics
 import subprocess
 import sys
@@ -26,11 +27,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from space_vpn_lab import bench, bench_ha, bench_scale, topology
+from agent.core.durations import parse_duration
+from space_vpn_lab import bench, bench_ha, bench_scale, soak, topology
 from space_vpn_lab.agent_process import AgentProcess, heroku_agent_config, is_redundant, write_secret_file
 from space_vpn_lab.bench_systems import PROBE
-from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
 from space_vpn_lab.demo_maintenance import compare_with_strongswan, play_silent_maintenance
+from space_vpn_lab.fake_api import SPACE, VPN, FakePlatformApi, start_fake_api
 from space_vpn_lab.lab import Lab
 
 
@@ -81,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--samples", type=int, default=10, help="passes, scrapes and agentctl runs measured")
     scale.add_argument("--json", type=Path, default=None,
                        help="results file (default bench-results/bench-scale.json; markdown beside it)")
+    long = sub.add_parser("soak", help="maintenance events and frequent rekeys for a long time, a ping every 10 ms: "
+                                       "losses outside the events, the agent's memory, fds, threads and CPU")
+    long.add_argument("--duration", type=_duration, default=_duration("30m"), help="per system, e.g. 60s, 30m, 2h")
+    long.add_argument("--seed", type=int, default=1, help="of the event schedule (the same for every system)")
+    long.add_argument("--systems", default="agent,strongswan", help="agent,strongswan (one after the other)")
+    long.add_argument("--interval", type=float, default=0.01, help="ping interval in seconds (>= 0.005)")
+    long.add_argument("--segment", type=_duration, default=_duration("5m"),
+                      help="one ping process per this much traffic (bounds its output file)")
+    long.add_argument("--ike-version", type=int, choices=(1, 2), default=1)
+    long.add_argument("--json", type=Path, default=None, help="results file (default bench-results/soak.json)")
     return parser
 
 
@@ -89,6 +101,16 @@ def _counts(text: str) -> list[int]:
     if not counts or any(not 1 <= n <= topology.SCALE_MAX_VPNS + 1 for n in counts):
         raise SystemExit(f"--connections: 1 to {topology.SCALE_MAX_VPNS + 1} each, got {text!r}")
     return counts
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text, path="duration")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench-scale":
             return bench_scale.run_bench_scale(Path(tmp), counts=_counts(args.connections), json_path=args.json,
                                                settle_s=args.settle, idle_s=args.idle, samples=args.samples)
+        if args.command == "soak":
+            try:
+                systems = bench.parse_choice(args.systems, soak.SYSTEMS, "--systems")
+            except ValueError as e:
+                print(f"soak: {e}", file=sys.stderr)
+                return 2
+            if args.interval < bench.MIN_INTERVAL_S:
+                print(f"soak: --interval must be at least {bench.MIN_INTERVAL_S} s", file=sys.stderr)
+                return 2
+            json_path = args.json or soak.DEFAULT_JSON
+            code, _doc = soak.run_soak(Path(tmp), duration_s=args.duration, seed=args.seed, systems=systems,
+                                       json_path=json_path, interval_s=args.interval, segment_s=args.segment,
+                                       log_dir=json_path.parent / "logs", ike_version=args.ike_version)
+            return code
         if args.command == "bench-cold-start":
             return bench_cold_start(Path(tmp), runs=args.runs, ike_version=args.ike_version)
         return demo(Path(tmp), ike_version=args.ike_version, hold=args.hold, timeout=args.timeout,

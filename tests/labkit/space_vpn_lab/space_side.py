@@ -43,6 +43,21 @@ class SpaceSideError(Exception):
 
 
 @dataclass(frozen=True)
+class Lifetimes:
+    """SA lifetimes in seconds, as swanctl.conf takes them: the IKE_SA is rekeyed (IKEv2)
+    or reauthenticated (IKEv1) after `ike_s`, the CHILD_SA rekeyed after `child_rekey_s`
+    and gone at `child_s`. charon starts either up to its margin early (rand_time)."""
+
+    ike_s: int = 28800
+    child_s: int = 3600
+    child_rekey_s: int = 3330
+
+
+#: AWS tunnel defaults: phase 1 28800 s, phase 2 3600 s with a 270 s rekey margin.
+AWS_LIFETIMES = Lifetimes()
+
+
+@dataclass(frozen=True)
 class SpaceTunnel:
     """One endpoint as Heroku's API would describe it: outside IP and PSK."""
 
@@ -102,6 +117,8 @@ class SpaceSide:
         #: 0.0.0.0/0 both ways, bound to the XFRM interfaces: the routes choose.
         self.wide_selectors = wide_selectors
         self.childless = "allow"  # IKEv2 RFC 6023 as responder; "never" plays a peer without it
+        #: When the space side rekeys (AWS rekeys too); short ones make a soak see many.
+        self.lifetimes = AWS_LIFETIMES
         #: True: children carry if_id_in/out and replies follow the lab's route (needs
         #: kernel XFRM interfaces, i.e. the kernel lab); False: one policy per tunnel.
         self.route_based = route_based
@@ -134,7 +151,8 @@ class SpaceSide:
 
     def reconfigure(self, ike_version: int | None = None, psks: Sequence[str] | None = None,
                     customer_id: str | None = None, remote_ts: str | Sequence[str] | None = None,
-                    childless: str | None = None, tunnel_ips: Sequence[str] | None = None) -> None:
+                    childless: str | None = None, tunnel_ips: Sequence[str] | None = None,
+                    lifetimes: Lifetimes | None = None) -> None:
         """Change settings and reload conns + shared keys. Existing SAs are kept
         (as on AWS, new settings apply to the next negotiation). New `tunnel_ips` must
         already be addresses of the space namespace (Lab.add_tunnel_ips)."""
@@ -154,6 +172,8 @@ class SpaceSide:
             self.remote_ts = (remote_ts,) if isinstance(remote_ts, str) else tuple(remote_ts)
         if childless is not None:
             self.childless = childless
+        if lifetimes is not None:
+            self.lifetimes = lifetimes
         self.load()
 
     def _load_tunnel(self, session: vici.Session, number: int, tunnel: SpaceTunnel) -> None:
@@ -168,7 +188,7 @@ class SpaceSide:
 
     def _conn(self, number: int, tunnel: SpaceTunnel) -> dict:
         """AWS tunnel defaults: DPD 10 s / 30 s clear, phase 1 28800 s, phase 2 3600 s
-        with a 270 s rekey margin, startup action Add (never initiate)."""
+        with a 270 s rekey margin (`lifetimes`), startup action Add (never initiate)."""
         conn = {
             "version": str(self.ike_version),
             "local_addrs": [tunnel.ip],
@@ -183,9 +203,9 @@ class SpaceSide:
         }
         if self.ike_version == 1:
             # IKEv1 has no real IKE rekey: the lifetime is a reauthentication.
-            conn.update(dpd_timeout="30s", reauth_time="28800s")
+            conn.update(dpd_timeout="30s", reauth_time=f"{self.lifetimes.ike_s}s")
         else:
-            conn.update(rekey_time="28800s", mobike="no", childless=self.childless)
+            conn.update(rekey_time=f"{self.lifetimes.ike_s}s", mobike="no", childless=self.childless)
         return conn
 
     def _child(self, number: int) -> dict:
@@ -195,8 +215,8 @@ class SpaceSide:
             "local_ts": wide or [self.local_ts],
             "remote_ts": wide or ([self.remote_ts] if isinstance(self.remote_ts, str) else list(self.remote_ts)),
             "esp_proposals": [PROPOSAL],
-            "life_time": "3600s",
-            "rekey_time": "3330s",
+            "life_time": f"{self.lifetimes.child_s}s",
+            "rekey_time": f"{self.lifetimes.child_rekey_s}s",
             "dpd_action": "clear",
             "start_action": "none",
         }
@@ -245,6 +265,18 @@ class SpaceSide:
         finally:
             self.restore(number)
         log.info("space side: tunnel %s forgot its SAs", number)
+
+    def rekey(self, number: int) -> bool:
+        """Rekey tunnel `number`'s CHILD_SA from this side, as AWS starts rekeys itself
+        (an IKEv1 Quick Mode responder takes the initiator's lifetime, so the far end's own
+        timer may never fire). False when the tunnel has no CHILD_SA to rekey."""
+        try:
+            with self.charon.connected(timeout_s=5.0) as session:
+                session.rekey({"child": conn_name(number, self.name)})
+        except vici.exception.CommandException as e:
+            log.info("space side: tunnel %s not rekeyed: %s", number, e)
+            return False
+        return True
 
     def restore(self, number: int) -> None:
         """Lift the blackhole. Still a responder: the customer must re-initiate."""
