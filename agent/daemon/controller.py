@@ -3,7 +3,8 @@ probe results, control requests, signals) into the loop state, then runs one pas
 observe, plan (one pure function over the whole state), apply, publish a Snapshot.
 Every pass re-derives everything. A pass runs once a second (sooner when the last plan
 asks), and at once after any message that may change a decision; messages that cannot
-(an answered probe of a healthy tunnel, a 304) wait for the tick (loop_state.quiet).
+(an answered probe of a healthy tunnel, a 304, the split-brain guard's look finding no
+one else) wait for the tick (loop_state.quiet).
 
 Failures are contained: one connection whose planning or applying raises is logged by
 name, counted and shown in its verdict while the others go on (core/faults); a pass that
@@ -153,8 +154,7 @@ class Controller:
     def handle(self, message: object) -> bool:
         """Take one inbox message into the state. False means: stop the loop."""
         state = self.state
-        keyed = isinstance(message, (ProbeResult, ApiAnswer))
-        if not quiet(state.records.get(message.key) if keyed else None, message):
+        if not quiet(state, message):
             self._pass_wanted = True
         match message:
             case Stop():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
+from agent.adapters.vip_guard import VipProbed
 from agent.config import AgentConfig, ConnectionConfig, static_vpn_connection
 from agent.core.addresses import url_address
 from agent.core.api_budget import PollPace
@@ -165,25 +166,34 @@ def with_probe_result(record: ConnectionRecord, result: ProbeResult, charon: Cha
     return replace(record, memory=replace(memory, probes={**memory.probes, result.tunnel: stats}))
 
 
-def quiet(record: ConnectionRecord | None, message: object) -> bool:
+def quiet(state: LoopState, message: object) -> bool:
     """Whether a message may wait for the loop's next tick instead of a pass of its own,
-    looked at before the record takes it in: it changes nothing a decision reads. An
+    looked at before the state takes it in: it changes nothing a decision reads. An
     answered probe of a tunnel none of whose recent probes was lost (it only resets a
-    count of losses that is 0 already), and a 304 while the API had not failed (only the
-    time of the last good answer moves); any message for a connection no longer
-    configured. With one probe result per tunnel every interval, a pass for each made
-    the passes of N connections cost N x N; everything else still gets its pass at once."""
+    count of losses that is 0 already), a 304 while the API had not failed (only the
+    time of the last good answer moves), any message for a connection no longer
+    configured, and the split-brain guard's look when nobody else answered, as at its
+    last look, while no connection yields. With one probe result per tunnel every
+    interval, a pass for each made the passes of N connections cost N x N; everything
+    else still gets its pass at once."""
     match message:
-        case ProbeResult(tunnel=tunnel, ok=ok):
+        case ProbeResult(key=key, tunnel=tunnel, ok=ok):
+            record = state.records.get(key)
             if record is None:
                 return True
             stats = record.memory.probes.get(tunnel)
             return ok and (stats is None or stats.consecutive_failures == 0)
-        case ApiAnswer(result=result):
+        case ApiAnswer(key=key, result=result):
+            record = state.records.get(key)
             if record is None:
                 return True
             far_end = record.far_end
             return result.answer is None and far_end.api_error is None and far_end.missing_since is None
+        case VipProbed(address=address, probe=probe):
+            previous = state.vip_probes.get(address)
+            yielding = any(r.memory.split_brain is not None and r.memory.split_brain.yielding
+                           for r in state.records.values())
+            return previous is not None and not previous.others and not probe.others and not yielding
     return False
 
 

@@ -189,3 +189,21 @@ def test_an_unwritable_yield_file_is_an_error_not_a_crash(tmp_path, caplog):
         track.sync(True)
         track.sync(True)
     assert "ha.yield_file" in caplog.text and caplog.text.count("cannot write") == 1
+
+
+def test_a_look_that_finds_no_one_else_again_waits_for_the_tick():
+    """The guard posts a look every second: only one that can change a decision gets a pass."""
+    from agent.adapters.vip_guard import VipProbed
+    from agent.daemon.loop_state import LoopState, quiet
+
+    rec = ha_record()
+    state = LoopState(config=None, records={rec.key: rec})
+    assert not quiet(state, VipProbed(VIP, probe(10.0)))  # the first look
+    state.vip_probes[VIP] = probe(10.0)
+    assert quiet(state, VipProbed(VIP, probe(11.0)))
+    assert not quiet(state, VipProbed(VIP, probe(11.0, LOWER)))  # someone else answers
+    state.vip_probes[VIP] = probe(11.0, LOWER)
+    assert not quiet(state, VipProbed(VIP, probe(12.0)))  # and stopped answering
+    state.vip_probes[VIP] = probe(12.0)
+    state.records[rec.key] = replace(rec, memory=replace(rec.memory, split_brain=yielded()))
+    assert not quiet(state, VipProbed(VIP, probe(13.0)))  # a yield may end on this look
