@@ -130,11 +130,10 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines every poll are noise
 
 
-def polling_key(config: AgentConfig, token: str | None) -> tuple:
+def polling_key(targets: list[PollTarget], config: AgentConfig, token: str | None) -> tuple:
     """Everything an API poller is built from: equal keys, the same poller."""
-    targets = tuple((c.key, c.space, c.vpn) for c in config.connections if c.static is None)
     api = config.api
-    return targets, api.url, api.timeout, api.poll_interval, token
+    return tuple(targets), api.url, api.timeout, api.poll_interval, token
 
 
 class Daemon:
@@ -245,7 +244,7 @@ class Daemon:
                     raise
                 log.error("%s; keeping the running Platform API poller", e)
                 return False
-        key = polling_key(config, token)
+        key = polling_key(targets, config, token)
         if self._poller is not None and key == self._poll_key:
             # Nothing the poller uses changed: a new one would poll at once, and a burst
             # of SIGHUPs would become a burst of API calls from the account's budget.
