@@ -22,10 +22,6 @@ class YieldFile:
         self._said: bool | None = None  # what the log last said
         self._error: str | None = None  # the last write error logged
 
-    @property
-    def path(self) -> str:
-        return self._path
-
     def sync(self, yielding: bool) -> None:
         wanted = "1" if yielding else "0"
         try:
