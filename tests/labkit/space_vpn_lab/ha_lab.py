@@ -23,7 +23,7 @@ from space_vpn_lab.charon_instance import DEFAULT_BINARY, CharonInstance
 from space_vpn_lab.ha_topology import (GATEWAYS, LAN_IFACE, LAN_PREFIXLEN, LAN_HOST_IP, LAN_VIP, WAN_IFACE, WAN_VIP,
                                        GatewayAddresses, HaTopology)
 from space_vpn_lab.keepalived import Keepalived, VrrpNode, VrrpSettings
-from space_vpn_lab.lab import generate_psk
+from space_vpn_lab.lab import generate_psk, run_every_step
 from space_vpn_lab.space_side import SpaceSide, SpaceTunnel
 from space_vpn_lab.topology import PUBLIC_PREFIXLEN, ROUTABLE_CIDR, SPACE_HOST_IP, TUNNEL_IPS
 from space_vpn_lab.traffic import PingResult, ping
@@ -150,12 +150,7 @@ class HaLab:
         for gw in self.gateways.values():
             steps += [gw.keepalived.kill, gw.charon.stop]
         steps += [self.space_charon.stop, self.space.destroy, self.topology.destroy]
-        for step in steps:
-            try:
-                step()
-            except Exception:
-                log.exception("HA lab %s clean-up step %s failed", self.topology.prefix,
-                              getattr(step, "__qualname__", step))
+        run_every_step(steps, f"HA lab {self.topology.prefix}")
         log.info("HA lab %s closed", self.topology.prefix)
 
     def __enter__(self) -> "HaLab":

@@ -20,7 +20,7 @@ import os
 import secrets
 import string
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from space_vpn_lab.app_host import AppHost
@@ -40,6 +40,15 @@ PSK_LENGTH = 32
 def customer_host_in(cidr: str) -> str:
     """The lab's customer LAN host inside a routable CIDR: its .2 (172.16.0.2 in the first)."""
     return str(ipaddress.ip_network(cidr).network_address + 2)
+
+
+def run_every_step(steps: Iterable[Callable[[], None]], what: str) -> None:
+    """A lab's clean-up: each step runs even when an earlier one fails (logged by name)."""
+    for step in steps:
+        try:
+            step()
+        except Exception:
+            log.exception("%s clean-up step %s failed", what, getattr(step, "__qualname__", step))
 
 
 def generate_psk(length: int = PSK_LENGTH) -> str:
@@ -119,12 +128,7 @@ class Lab:
         atexit.unregister(self.close)
         steps = (self.customer_charon.stop, self.space_charon.stop, self.space.destroy,
                  *(side.destroy for side in self.other_vpns), self.app.stop, self.topology.destroy)
-        for step in steps:
-            try:
-                step()
-            except Exception:
-                log.exception("lab %s clean-up step %s failed", self.topology.prefix,
-                              getattr(step, "__qualname__", step))
+        run_every_step(steps, f"lab {self.topology.prefix}")
         log.info("lab %s closed", self.topology.prefix)
 
     def __enter__(self) -> "Lab":
