@@ -17,8 +17,11 @@ from collections.abc import Mapping
 from agent.core.charon_objects import CharonAction, InitiateChild, TerminateChild
 from agent.core.desired import DesiredConnection, DesiredTunnel
 from agent.core.modes import Mode
-from agent.core.observation import INSTALLED, CharonState, TunnelSas
+from agent.core.observation import INSTALLED, CharonState, ChildState, TunnelSas
 from agent.core.tunnel_timing import TunnelTiming
+
+#: Children of old selectors that go once their successor is installed.
+_ROLLED_OFF = frozenset({ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED})
 
 
 def plan_selector_roll(conn: DesiredConnection, charon: CharonState, timing: Mapping[str, TunnelTiming],
@@ -34,11 +37,14 @@ def plan_selector_roll(conn: DesiredConnection, charon: CharonState, timing: Map
 
 def _roll_tunnel(tunnel: DesiredTunnel, sas: TunnelSas, timing: TunnelTiming, now: float) -> list[CharonAction]:
     installed = [c for c in sas.children if c.state == INSTALLED]
-    stale = [c for c in installed if c.outdated(tunnel.child_ts)]
+    # A rekeyed child of the old selectors goes with the installed one: charon keeps the
+    # old policies while any child holds them, and the more specific of them would send
+    # what arrives on the successor to a template that no longer matches (dropped).
+    stale = [c for c in sas.children if c.state in _ROLLED_OFF and c.outdated(tunnel.child_ts)]
     if not stale:
         return []
-    if len(stale) < len(installed):  # its successor is up: the old one goes
-        return [TerminateChild(tunnel.conn_name, c.uniqueid) for c in stale]
+    if any(c.state == INSTALLED and not c.outdated(tunnel.child_ts) for c in installed):
+        return [TerminateChild(tunnel.conn_name, c.uniqueid) for c in stale]  # its successor is up
     if len(installed) > 1 or any(sa.negotiating_child for sa in sas.ike_sas) or sas.established_ike is None:
         # Two children and neither with the new selectors (the far end narrowed them):
         # nothing more to try; one is being negotiated; or no IKE SA to put it under.

@@ -62,8 +62,10 @@ def observe_timing(timing: TunnelTiming, sas: TunnelSas, now: float) -> TunnelTi
 def needs_child_initiate(sas: TunnelSas, timing: TunnelTiming, now: float) -> bool:
     """A tunnel that should carry a CHILD_SA and has none alive gets an initiate, if its
     IKE SA is established (one Quick Mode) or absent, and its backoff permits. A
-    CONNECTING IKE SA means charon is on it already."""
-    if any(c.state in LIVE_CHILD_STATES for c in sas.children):
+    CONNECTING IKE SA, or a Quick Mode / CREATE_CHILD_SA in flight on an established
+    one, means charon is on it already (a second one would duplicate the child, and
+    IKEv1 leaves the first REKEYED); a stuck exchange is plan_stuck's."""
+    if any(c.state in LIVE_CHILD_STATES for c in sas.children) or any(sa.negotiating_child for sa in sas.ike_sas):
         return False
     return sas.ike_state in (IkeState.ESTABLISHED, IkeState.DOWN) and timing.may_initiate(now)
 

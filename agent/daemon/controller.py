@@ -303,6 +303,9 @@ class Controller:
             tunnels_start_over(state, plan.starting_over)
             plan = self._plan()  # setup still wanted after this waits for the next pass
         outcomes = Outcomes()
+        # Armed before the pass acts: a child it closes itself (a selector roll's old one)
+        # must meet the plan that knows its successor, not the last pass's.
+        outcomes.faults += edges.arm_reroutes(plan.reroutes, state.net, since)
         if state.charon.reachable:
             for step in plan.steps:
                 edges.apply_step(step, since, outcomes)
@@ -313,7 +316,6 @@ class Controller:
         edges.sync_mss(dict(plan.mss_rules) if plan.mss_rules is not None else None)
         if state.config.ha.enabled:
             edges.sync_yield(plan.yielding)
-        outcomes.faults += edges.arm_reroutes(plan.reroutes, state.net, since)
         self._note_faults(plan.faults, setup_faults + outcomes.faults)
         if plan.probe_targets != self._probe_targets:
             self._probe_targets = plan.probe_targets

@@ -475,6 +475,30 @@ def test_a_pass_planned_before_a_fast_reroute_does_not_undo_it(config_file):
     assert [(ifname[-2:], metric) for _, ifname, metric in links.routes] == [("-2", 100)]
 
 
+def test_a_child_the_pass_closes_itself_does_not_fire_the_reroute_while_its_successor_carries(config_file):
+    """A selector roll on the active tunnel: the pass that closes the old child arms its
+    reroute first, knowing the successor; the old child's down event then moves nothing
+    (armed after, the plan of the pass before, which knew only the old child, fired)."""
+    controller, charon, _, reroute, reroute_links = route_mode_controller(config_file)
+    local, remote = controller.state.records["acme-space-office"].memory.desired.tunnel(1).child_ts
+    old = ChildSa(T1, "old", "INSTALLED", local_ts=("192.168.99.0/24",), remote_ts=remote)
+    ike = charon.sas[T1].established_ike
+    charon.sas[T1] = TunnelSas((IkeSa(T1, ike.uniqueid, "ESTABLISHED", children=(old,)),))
+    controller.reconcile_pass()  # its successor is initiated (the fake installs it at once)
+    assert ("initiate-child", T1) in charon.calls and len(charon.sas[T1].children) == 2
+    close = charon.terminate_child
+
+    def close_and_report(child_id, *, timeout_ms):
+        close(child_id, timeout_ms=timeout_ms)
+        reroute.on_event(CharonEvent("child-updown", (T1,), False, (child_id,)))  # as charon's event thread
+
+    charon.terminate_child = close_and_report
+    controller.reconcile_pass()
+    assert ("terminate-child", "old") in charon.calls
+    assert reroute_links.routes == [] and reroute.fired == 0
+    assert [t.role for t in controller.snapshot.connections[0].tunnels] == ["active", "standby"]
+
+
 def test_route_mode_start_waits_for_the_first_child_of_the_active_tunnel(config_file):
     """IKEv1: tunnel 1's IKE SA is up a Quick Mode before its CHILD_SA, and tunnel 2 may
     finish first: that is no reason to fail over at start, only after STARTUP_GRACE."""

@@ -141,6 +141,18 @@ def test_both_tunnels_get_a_child_in_route_mode():
     assert plan_route_tunnels(CONN, sas((T1, True), (T2, False)), gated, 100.0) == []
 
 
+@pytest.mark.parametrize("task", ["QUICK_MODE", "CHILD_CREATE"])
+def test_no_second_initiate_while_a_child_is_negotiated(task):
+    """IKEv1 with a slow far end: the backoff runs out while the Quick Mode is still in
+    flight; a second one would leave the first child REKEYED beside its duplicate."""
+    negotiating = TunnelSas((IkeSa(T2, "i1", "ESTABLISHED", tasks_active=(task,)),))
+    state = CharonState(True, sas={**sas((T1, True)).sas, T2: negotiating})
+    assert plan_route_tunnels(CONN, state, {}, 100.0) == []
+    idle = CharonState(True, sas={**sas((T1, True)).sas, T2: TunnelSas((IkeSa(T2, "i1", "ESTABLISHED",
+                                                                            tasks_active=("ISAKMP_DPD",)),))})
+    assert plan_route_tunnels(CONN, idle, {}, 100.0) == [InitiateChild(T2)]
+
+
 @pytest.mark.parametrize("charon, active, expected", [
     (BOTH_UP, 1, Reroute(T1, CONN.label, 1, 2, (SetRoute(DST, IF2, ACTIVE_METRIC, SRC),), frozenset({"c0"}))),
     (BOTH_UP, 2, Reroute(T2, CONN.label, 2, 1, (SetRoute(DST, IF1, ACTIVE_METRIC, SRC),), frozenset({"c1"}))),

@@ -56,6 +56,17 @@ def test_once_the_successor_is_installed_the_old_child_goes():
     assert roll(charon(child("5"), child("6", NEW_CIDRS))) == [TerminateChild(T1, "5")]
 
 
+def test_a_rekeyed_child_of_the_old_selectors_goes_with_the_installed_one():
+    """An IKEv1 duplicate Quick Mode leaves the first child REKEYED with the old
+    selectors: while it lives, charon keeps the old (more specific) policies."""
+    state = charon(child("4", state="REKEYED"), child("5"), child("6", NEW_CIDRS))
+    assert roll(state) == [TerminateChild(T1, "4"), TerminateChild(T1, "5")]
+    # Before the successor is up, a rekeyed leftover changes nothing: one initiate.
+    assert roll(charon(child("4", state="REKEYED"), child("5"))) == [InitiateChild(T1)]
+    # Rekeyed children of the new selectors are a rekey's business.
+    assert roll(charon(child("6", NEW_CIDRS, state="REKEYED"), child("7", NEW_CIDRS))) == []
+
+
 @pytest.mark.parametrize("state", [
     charon(child("5"), tasks=("QUICK_MODE",)),  # its successor is being negotiated
     charon(child("5"), child("6", ("172.16.0.0/17",))),  # the far end narrowed it: nothing more to try
