@@ -106,7 +106,7 @@ def slope(points: Sequence[tuple[float, float]]) -> float:
     mean_v = statistics.fmean(v - base for _, v in points)
     num = sum((t - mean_t) * (v - base - mean_v) for t, v in points)
     den = sum((t - mean_t) ** 2 for t, _ in points)
-    return num / den
+    return num / den if den > 0 else 0.0  # times a few ulps apart square to 0
 
 
 def trend(points: Sequence[tuple[float, float]], tolerance: float, warmup_share: float = 0.5,
