@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 import httpx
@@ -34,6 +35,7 @@ MAX_ERROR_MESSAGE = 1000  # characters: a payload error lists every problem, eac
 MAX_ANSWER_BYTES = 1 << 20  # a vpn-connection is about 2 KiB: a larger body is not one
 _MAX_ERROR_BODY = 64 << 10  # bytes read of an error answer: only its first words are shown
 _MAX_COUNT_DIGITS = 9  # a rate-limit count longer than this is not one
+_MAX_DATE_TEXT = 64  # "Sun, 06 Nov 1994 08:49:37 GMT" is 29
 
 
 class PlatformApiError(Exception):
@@ -97,6 +99,10 @@ class FetchResult:
     raw: dict | None = field(repr=False)  # the body as received, PSKs in clear
     etag: str | None
     rate_limit_remaining: int | None
+    # Heroku's clock (its Date header, unix s) minus our monotonic clock as the answer
+    # arrived: Heroku's timestamps are compared with our SAs on it, not on our wall clock,
+    # which NTP (or a person) may step. None without a usable Date header.
+    heroku_clock: float | None = None
 
 
 def _check_url(url: str) -> httpx.URL:
@@ -142,6 +148,23 @@ def _error_detail(body: bytes, scrub: Callable[[str], str]) -> str:
     except (ValueError, AttributeError):
         detail = body.decode("utf-8", "replace")
     return one_line(scrub(detail), _MAX_ERROR_TEXT) or "(no body)"
+
+
+def server_time(date: str | None) -> float | None:
+    """An HTTP Date header (IMF-fixdate, whole seconds) as unix time at the middle of its
+    second; None when absent, overlong, malformed or without a time zone."""
+    if not date or len(date) > _MAX_DATE_TEXT:
+        return None
+    try:
+        parsed = parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    try:
+        return parsed.timestamp() + 0.5
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _declared_length(response: httpx.Response) -> int | None:
@@ -241,6 +264,7 @@ class PlatformApi:
         deadline = self._clock() + self._timeout
         try:
             with self._client.stream("GET", path, headers=headers) as response:
+                received = self._clock()
                 body = self._read_body(response, what, deadline)
         except httpx.TimeoutException as e:
             raise ApiUnavailable(f"{what}: timed out ({type(e).__name__})") from e
@@ -248,7 +272,7 @@ class PlatformApi:
             raise ApiUnavailable(f"{what}: cannot reach the API ({type(e).__name__}: {e})") from e
         except httpx.HTTPError as e:
             raise ApiHttpError(f"{what}: request failed ({type(e).__name__}: {e})") from e
-        return self._result(response, body, what, etag)
+        return self._result(response, body, what, etag, received)
 
     def _read_body(self, response: httpx.Response, what: str, deadline: float) -> bytes:
         """The body (decoded, so a compressed bomb counts at its real size), refused past
@@ -273,15 +297,18 @@ class PlatformApi:
                                       f"(a vpn-connection is a few KiB)", status=200)
         return b"".join(chunks)[:limit]
 
-    def _result(self, response: httpx.Response, body: bytes, what: str, etag: str | None) -> FetchResult:
+    def _result(self, response: httpx.Response, body: bytes, what: str, etag: str | None,
+                received: float) -> FetchResult:
         status = response.status_code
         remaining = _rate_limit_remaining(response)
         new_etag = response.headers.get("ETag")
+        heroku_time = server_time(response.headers.get("Date"))
+        heroku_clock = heroku_time - received if heroku_time is not None else None
         if status == 304:
-            return FetchResult(None, None, new_etag or etag, remaining)
+            return FetchResult(None, None, new_etag or etag, remaining, heroku_clock)
         if status == 200:
             raw, answer = self._parse(body, what)
-            return FetchResult(answer, raw, new_etag, remaining)
+            return FetchResult(answer, raw, new_etag, remaining, heroku_clock)
         error = self._status_error(response, body, what)
         # A 429 means the pool is empty even where the header is missing.
         error.rate_limit_remaining = 0 if status == 429 and remaining is None else remaining

@@ -43,10 +43,13 @@ class ConnectionStep:
 
 def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: DesiredConnection,
            charon: CharonState, net: NetState, now: float, wall_now: float,
-           jitter: Mapping[str, float], retiring: int | None = None) -> ConnectionStep:
+           jitter: Mapping[str, float], retiring: int | None = None,
+           heroku_now: float | None = None) -> ConnectionStep:
     """One pass for one connection whose far end is known. `now` monotonic, `wall_now`
     unix time, `jitter` (by conn name, in [0, 1)) spreads retries, `retiring` the tunnel
-    a settings roll moves traffic off (core/rolling). No side effects."""
+    a settings roll moves traffic off (core/rolling), `heroku_now` unix time by Heroku's
+    clock (core/lifecycle.heroku_now; default `wall_now`), which its DOWN timestamps
+    are compared on. No side effects."""
     route = conn.mode is Mode.ROUTE
     sas = {t.number: charon.tunnel(t.conn_name) for t in conn.tunnels}
     timing = {t.conn_name: observe_timing(memory.timing.get(t.conn_name, TunnelTiming()), sas[t.number], now)
@@ -67,7 +70,7 @@ def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: Desired
             probe_failures=settings.probe.failures,
             inbound=inbound if t.number == previous else None,
             api_status=t.api_status, api_down_since=_api_down_since(conn, t.number),
-            sa_established_at=_established_at(sas[t.number], wall_now),
+            sa_established_at=_established_at(sas[t.number], wall_now if heroku_now is None else heroku_now),
             drained=t.number in memory.drained, now=now,
             exchange_pending_since=timing[t.conn_name].exchange_pending_since, retiring=t.number == retiring,
         )
@@ -153,10 +156,10 @@ def parse_timestamp(text: str) -> float | None:
         return None
 
 
-def _established_at(sas: TunnelSas, wall_now: float) -> float | None:
+def _established_at(sas: TunnelSas, heroku_now: float) -> float | None:
     ike = sas.established_ike
     if ike is None or ike.established is None:
         return None
-    return wall_now - ike.established
+    return heroku_now - ike.established
 
 

@@ -50,14 +50,17 @@ def align_tunnels(previous: VpnConnection | None, new: VpnConnection) -> VpnConn
     return replace(new, tunnels=tunnels)
 
 
-def far_end_after_answer(far_end: FarEnd, answer: VpnAnswer | None, wall_now: float) -> FarEnd:
-    """One 200 (or, `answer` None, a 304: what we have is current)."""
-    far_end = replace(far_end, api_error=None, api_error_kind=None, api_last_success=wall_now, missing_since=None)
+def far_end_after_answer(far_end: FarEnd, answer: VpnAnswer | None, now: float, wall_now: float,
+                         heroku_clock: float | None = None) -> FarEnd:
+    """One 200 (or, `answer` None, a 304: what we have is current). `now` monotonic,
+    `wall_now` unix, `heroku_clock` the answer's (adapters/heroku.FetchResult)."""
+    far_end = replace(far_end, api_error=None, api_error_kind=None, api_last_success=wall_now, missing_since=None,
+                      heroku_clock=heroku_clock if heroku_clock is not None else far_end.heroku_clock)
     if answer is None:
         return far_end
     far_end = replace(far_end, connection_status=answer.status_text, status_message=answer.status_message)
     if answer.status.is_gone:
-        return replace(far_end, gone_since=far_end.gone_since or wall_now)
+        return replace(far_end, gone_since=far_end.gone_since or now)
     if answer.connection is None:
         # Pending, provisioning, failed: the new connection of a re-creation is often in
         # these stages while the old tunnels still run. They stay as they are.
@@ -69,26 +72,32 @@ def far_end_after_answer(far_end: FarEnd, answer: VpnAnswer | None, wall_now: fl
     return replace(far_end, vpn=vpn, source="api", generation=generation, gone_since=None)
 
 
-def far_end_after_not_found(far_end: FarEnd, wall_now: float) -> FarEnd:
+def far_end_after_not_found(far_end: FarEnd, now: float) -> FarEnd:
     """404: right after a create the API may not know the connection yet; after it was
     active (from the API or the cache), it was deleted."""
     if far_end.vpn is not None and far_end.source != "static":
-        return replace(far_end, gone_since=far_end.gone_since or wall_now, connection_status="not found")
-    return replace(far_end, missing_since=far_end.missing_since or wall_now)
+        return replace(far_end, gone_since=far_end.gone_since or now, connection_status="not found")
+    return replace(far_end, missing_since=far_end.missing_since or now)
 
 
-def life_of(far_end: FarEnd, settings: ConnectionSettings, wall_now: float) -> Life:
-    """The connection's stage now, and what status should say about it."""
+def heroku_now(far_end: FarEnd, now: float, wall_now: float) -> float:
+    """Heroku's unix time now: by its last Date header when known (our wall clock may be
+    stepped, or off), else by our wall clock."""
+    return now + far_end.heroku_clock if far_end.heroku_clock is not None else wall_now
+
+
+def life_of(far_end: FarEnd, settings: ConnectionSettings, now: float) -> Life:
+    """The connection's stage now (`now` monotonic), and what status should say about it."""
     message = f": {far_end.status_message}" if far_end.status_message else ""
     if far_end.gone_since is not None:
-        gone_for = wall_now - far_end.gone_since
+        gone_for = now - far_end.gone_since
         left = settings.forget_deleted_after - gone_for
         what = f"deleted at Heroku ({far_end.connection_status}{message}) {_ago(gone_for)}"
         if left <= 0:
             return Life(Stage.FORGOTTEN, f"{what}; its tunnels are unloaded")
         return Life(Stage.GONE, f"{what}; its tunnels are unloaded in {_ago(left)} unless it returns")
     if far_end.missing_since is not None and far_end.vpn is None:
-        missing_for = wall_now - far_end.missing_since
+        missing_for = now - far_end.missing_since
         if missing_for < settings.not_found_grace:
             return Life(Stage.WAITING, f"waiting for Heroku: the VPN connection is not found yet ({_ago(missing_for)}; "
                                        "a new one can take a while to appear)")

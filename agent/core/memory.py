@@ -72,11 +72,15 @@ class FarEnd:
     connection_status: str = "unknown"
     status_message: str = ""  # Heroku's, e.g. "supplied CIDR block already in use"
     generation: int = 0  # of `vpn`'s settings: 1 for the first, +1 for each change
-    missing_since: float | None = None  # unix s: 404 for a connection never seen active
-    gone_since: float | None = None  # unix s: deleted at Heroku (or 404 after it was active)
+    # Monotonic s, so a stepped wall clock neither hastens nor delays a grace period.
+    missing_since: float | None = None  # 404 for a connection never seen active
+    gone_since: float | None = None  # deleted at Heroku (or 404 after it was active)
     api_error: str | None = None
     api_error_kind: str | None = None
     api_last_success: float | None = None  # unix s
+    # Heroku's unix time minus our monotonic clock, from its last answer's Date header:
+    # its timestamps (a DOWN's last_status_change) are compared with our SAs on its clock.
+    heroku_clock: float | None = None
     api_errors: Mapping[str, int] = field(default_factory=dict)  # by kind, since start
 
 

@@ -22,7 +22,7 @@ from agent.core.desired import DesiredConnection, desired_connection
 from agent.core.faults import ConnectionFault, FaultStage
 from agent.core.ha import HaNotice, HaState, VipProbe, ha_state, observe_vip, split_brain
 from agent.core.health import ProbeTarget
-from agent.core.lifecycle import Life, Stage, life_of
+from agent.core.lifecycle import Life, Stage, heroku_now, life_of
 from agent.core.memory import ConnectionMemory, ConnectionRecord
 from agent.core.modes import Mode
 from agent.core.netstate import NetState, source_inside
@@ -262,7 +262,8 @@ def _connection_step(record: ConnectionRecord, prepared: _Prepared, inputs: Pass
         return _waiting(record, inputs, None, why)
     memory = replace(record.memory, local_address=_local_address(record, inputs), running=roll.settings)
     step = decide(record.settings, memory, conn, inputs.charon, inputs.net, inputs.now, inputs.wall_now,
-                  inputs.jitter, retiring=roll.retiring)
+                  inputs.jitter, retiring=roll.retiring,
+                  heroku_now=heroku_now(record.far_end, inputs.now, inputs.wall_now))
     health, summary = step.memory.verdict
     if life.stage is Stage.FAILED:
         # The operator must act at Heroku, whatever the tunnels still do.
@@ -282,7 +283,7 @@ def _local_address(record: ConnectionRecord, inputs: PassInputs) -> str | None:
 
 def _prepare(record: ConnectionRecord, inputs: PassInputs) -> _Prepared:
     far_end, settings, memory = record.far_end, record.settings, record.memory
-    life = life_of(far_end, settings, inputs.wall_now)
+    life = life_of(far_end, settings, inputs.now)
     vpn, local_address = far_end.vpn, _local_address(record, inputs)
     if vpn is None or local_address is None or life.stage is Stage.FORGOTTEN:
         return _Prepared(life, None, None)

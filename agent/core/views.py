@@ -32,13 +32,14 @@ def ha_view(enabled: bool, connections: tuple[ConnectionView, ...], notice: HaNo
                   keepalived=notice.state.value if notice is not None else None)
 
 
-def connection_view(record: ConnectionRecord, charon: CharonState, wall_now: float) -> ConnectionView:
+def connection_view(record: ConnectionRecord, charon: CharonState, now: float, wall_now: float) -> ConnectionView:
+    """`now` monotonic (a deleted connection's grace), `wall_now` unix (established_at)."""
     settings, far_end, memory = record.settings, record.far_end, record.memory
     tunnels: tuple[TunnelView, ...] = ()
     if memory.desired is not None:
         tunnels = tuple(_tunnel_view(record, t.number, charon, wall_now) for t in memory.desired.tunnels)
     health, summary = memory.verdict
-    life = life_of(far_end, settings, wall_now)
+    life = life_of(far_end, settings, now)
     return ConnectionView(
         space=settings.space,
         vpn=settings.vpn,

@@ -178,12 +178,12 @@ class Controller:
             case ControlRequest(command=command, args=args, reply=reply, peer=peer):
                 reply.put(self._on_control(command, args, peer))
             case ApiAnswer(key=key):
-                self._update(key, lambda r: with_api_answer(r, message, self._wall()))
+                self._update(key, lambda r: with_api_answer(r, message, self._clock(), self._wall()))
                 answer, raw = message.result.answer, message.result.raw
                 if key in state.records and answer is not None and answer.connection is not None and raw:
                     self._save_answer(state.records[key], raw)
             case ApiFailure(key=key):
-                self._update(key, lambda r: with_api_failure(r, message, self._wall()))
+                self._update(key, lambda r: with_api_failure(r, message, self._clock()))
             case ApiPace(pace=pace):
                 state.api_pace = with_api_pace(state.api_pace, pace)
             case Reload():
@@ -369,7 +369,7 @@ class Controller:
         plan; its cached answer goes too, once, so a restart does not revive it."""
         for record in self.state.records.values():
             settings = record.settings
-            forgotten = life_of(record.far_end, settings, self._wall()).stage is Stage.FORGOTTEN
+            forgotten = life_of(record.far_end, settings, self._clock()).stage is Stage.FORGOTTEN
             if forgotten and record.key not in self._forgotten:
                 log.error("%s: deleted at Heroku for %s: its tunnels are unloaded and its cached answer removed",
                           settings.label, format_duration(settings.forget_deleted_after))
@@ -458,7 +458,7 @@ class Controller:
 
     def _view(self, record: ConnectionRecord) -> ConnectionView:
         try:
-            return connection_view(record, self.state.charon, self._wall())
+            return connection_view(record, self.state.charon, self._clock(), self._wall())
         except Exception as e:  # one connection's status must not hide the others'
             log.exception("%s: cannot build its status", record.settings.label)
             settings = record.settings

@@ -88,20 +88,20 @@ def records_for(config: AgentConfig, old: dict[str, ConnectionRecord], cache: Ca
     return records
 
 
-def with_api_answer(record: ConnectionRecord, answer: ApiAnswer, wall_now: float) -> ConnectionRecord:
+def with_api_answer(record: ConnectionRecord, answer: ApiAnswer, now: float, wall_now: float) -> ConnectionRecord:
     """A Platform API answer; a 304 only says that what we have is current."""
     label, before = record.settings.label, record.far_end
     if before.api_error:
         log.info("%s: Platform API reachable again", label)
-    far_end = far_end_after_answer(before, answer.result.answer, wall_now)
-    _log_life(label, before, far_end, record.settings, wall_now)
+    far_end = far_end_after_answer(before, answer.result.answer, now, wall_now, answer.result.heroku_clock)
+    _log_life(label, before, far_end, record.settings, now)
     if far_end.generation != before.generation and before.generation:
         log.warning("%s: the far end's settings changed (generation %d): rolling the tunnels over, one at a time",
                     label, far_end.generation)
     return replace(record, far_end=far_end)
 
 
-def with_api_failure(record: ConnectionRecord, failure: ApiFailure, wall_now: float) -> ConnectionRecord:
+def with_api_failure(record: ConnectionRecord, failure: ApiFailure, now: float) -> ConnectionRecord:
     before = record.far_end
     if failure.message != before.api_error:
         log.error("%s: Platform API: %s (tunnels are left as they are)", record.settings.label, failure.message)
@@ -109,22 +109,22 @@ def with_api_failure(record: ConnectionRecord, failure: ApiFailure, wall_now: fl
     counts[failure.kind] = counts.get(failure.kind, 0) + 1
     far_end = replace(before, api_error=failure.message, api_error_kind=failure.kind, api_errors=counts)
     if failure.kind == "not_found":
-        far_end = far_end_after_not_found(far_end, wall_now)
-        _log_life(record.settings.label, before, far_end, record.settings, wall_now)
+        far_end = far_end_after_not_found(far_end, now)
+        _log_life(record.settings.label, before, far_end, record.settings, now)
     return replace(record, far_end=far_end)
 
 
-def _log_life(label: str, before: FarEnd, after: FarEnd, settings: ConnectionSettings, wall_now: float) -> None:
+def _log_life(label: str, before: FarEnd, after: FarEnd, settings: ConnectionSettings, now: float) -> None:
     """Each change of stage once, loudly for the ones that need a person."""
-    was, now = life_of(before, settings, wall_now), life_of(after, settings, wall_now)
+    was, life = life_of(before, settings, now), life_of(after, settings, now)
     if (was.stage, before.connection_status, before.status_message) == (
-            now.stage, after.connection_status, after.status_message):
+            life.stage, after.connection_status, after.status_message):
         return
-    if now.stage in (Stage.GONE, Stage.FAILED, Stage.NOT_FOUND):
-        log.error("%s: %s", label, now.note)
-    elif now.note:
-        log.info("%s: %s", label, now.note)
-    elif was.stage is not Stage.ACTIVE and now.stage is Stage.ACTIVE:
+    if life.stage in (Stage.GONE, Stage.FAILED, Stage.NOT_FOUND):
+        log.error("%s: %s", label, life.note)
+    elif life.note:
+        log.info("%s: %s", label, life.note)
+    elif was.stage is not Stage.ACTIVE and life.stage is Stage.ACTIVE:
         log.info("%s: the VPN connection is active", label)
 
 

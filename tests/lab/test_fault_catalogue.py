@@ -205,9 +205,8 @@ def test_sighup_storm(lab, make_agent, fake_api):
 def test_wall_clock_jumps_an_hour_forward_and_back(lab, make_agent, tmp_path):
     """The agent's wall clock steps +1 h, then -1 h (NTP stepping a clock that was off):
     timers run on the monotonic clock, so nothing fails over, re-initiates or expires;
-    traffic flows and status stays OK. (Wall time matters only against Heroku's own
-    timestamps: a DOWN's last_status_change, the grace of a deleted or missing
-    connection; neither happens here.)"""
+    traffic flows and status stays OK. (Heroku's own timestamps are judged on Heroku's
+    clock: the next test.)"""
     jump = ClockJump(tmp_path / "clock-offset")
     agent = make_agent()
     agent.start(env=jump.env())
@@ -225,3 +224,30 @@ def test_wall_clock_jumps_an_hour_forward_and_back(lab, make_agent, tmp_path):
     assert sa_ids(lab) == before
     conn = agent.status()["connections"][0]
     assert conn["failovers"] == [] and conn["generation"] == generation and not agent.status()["errors"]
+
+
+def test_a_down_is_judged_on_herokus_clock_while_ours_is_an_hour_off(lab, make_agent, fake_api, tmp_path):
+    """AWS telemetry says DOWN with the moment it changed. Our clock an hour behind: a
+    DOWN from before our SA came up is still stale (nothing moves); an hour ahead: a DOWN
+    from after it still counts (failover). The agent compares on Heroku's clock, from the
+    Date of its answers; on its own wall clock both would go the wrong way."""
+    jump = ClockJump(tmp_path / "clock-offset")
+    agent = make_agent()
+    agent.start(env=jump.env())
+    agent.wait_for(is_redundant, BRINGUP_TIMEOUT)
+    before = sa_ids(lab)
+    with pinger(lab, 40) as ping:
+        jump.set(agent.pid, -3600)
+        fake_api.set_tunnel_status(SPACE, VPN, 1, "DOWN", changed_at=time.time() - 600)
+        time.sleep(5)  # two polls and their passes
+        status = agent.status()
+        conn = status["connections"][0]
+        assert conn["failovers"] == [] and tunnels_of(status)[1]["role"] == "active", summary(status)
+        assert sa_ids(lab) == before
+        jump.set(agent.pid, 3600)
+        fake_api.set_tunnel_status(SPACE, VPN, 1, "DOWN")  # stamped now, seconds after our SA
+        status = agent.wait_for(lambda s: tunnels_of(s)[2]["role"] == "active", 10)
+        result = ping.stop()
+    failovers = status["connections"][0]["failovers"]
+    assert [(f["from_tunnel"], f["to_tunnel"], f["kind"]) for f in failovers] == [(1, 2, "telemetry")], failovers
+    assert result.received > 100 and result.lost <= 2, result  # the move is make-before-break

@@ -336,3 +336,50 @@ def test_rate_limit_header_is_bounded(fake, header, expected, sleeps):
         200, json=body, headers={"RateLimit-Remaining": header, "ETag": '"e"'}))
     api = PlatformApi("https://api.example.test", Secret(TOKEN), transport=transport, sleep=sleeps)
     assert api.get_vpn_connection("my-space", "office").rate_limit_remaining == expected
+
+
+def test_each_answer_carries_herokus_clock_against_ours(fake, make_api):
+    """The Date header, as an offset to the adapter's monotonic clock: Heroku's DOWN
+    timestamps are compared on it, whatever our wall clock does."""
+    import time
+
+    api = make_api(clock=lambda: 1000.0)
+    first = api.get_vpn_connection("my-space", "office")
+    second = api.get_vpn_connection("my-space", "office", etag=first.etag)  # a 304 has a Date too
+    for result in (first, second):
+        assert result.heroku_clock is not None
+        assert abs(result.heroku_clock + 1000.0 - time.time()) < 2.0
+
+
+@pytest.mark.parametrize("date, expected", [
+    ("Sun, 06 Nov 1994 08:49:37 GMT", 784111777.5),  # RFC 9110's example, mid-second
+    ("Sun, 06 Nov 1994 10:49:37 +0200", 784111777.5),
+    (None, None), ("", None), ("yesterday", None),
+    ("Sun, 06 Nov 1994 08:49:37", None),  # no zone: whose clock?
+    ("Sun, 06 Nov 1994 08:49:37 GMT" + " " * 64, None),  # overlong
+])
+def test_server_time(date, expected):
+    from agent.adapters.heroku import server_time
+
+    assert server_time(date) == expected
+
+
+def test_server_time_takes_any_text_without_raising():
+    from email.utils import formatdate
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from agent.adapters.heroku import server_time
+
+    @given(st.text(max_size=80))
+    def anything(text):
+        value = server_time(text)
+        assert value is None or isinstance(value, float)
+
+    @given(st.integers(0, 4_000_000_000))
+    def round_trip(unix):
+        assert server_time(formatdate(unix, usegmt=True)) == unix + 0.5
+
+    anything()
+    round_trip()

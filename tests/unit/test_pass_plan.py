@@ -225,7 +225,7 @@ def test_a_reordered_answer_loads_nothing():
     loaded = loaded_fingerprints(rec)
     rec = settled(rec, charon, loaded)
     swapped = replace(VPN, tunnels=tuple(replace(t, number=3 - t.number) for t in reversed(VPN.tunnels)))
-    far_end = far_end_after_answer(rec.far_end, VpnAnswer(ConnectionStatus.ACTIVE, "", swapped), 1_800_000_000.0)
+    far_end = far_end_after_answer(rec.far_end, VpnAnswer(ConnectionStatus.ACTIVE, "", swapped), 100.0, 1_800_000_000.0)
     plan = plan_pass(inputs(replace(rec, far_end=far_end), charon=charon, loaded=loaded))
     assert plan.setup == () and far_end.generation == 1
 
@@ -234,10 +234,10 @@ def test_a_connection_deleted_long_enough_is_unloaded():
     charon = CharonState(True, conns=frozenset({T1, T2}), sas={T1: up(True), T2: up(False)})
     rec = record(generation=1)
     loaded = loaded_fingerprints(rec)
-    gone = replace(rec, far_end=replace(rec.far_end, gone_since=1_800_000_000.0 - 100, connection_status="deleted"))
+    gone = replace(rec, far_end=replace(rec.far_end, gone_since=100.0 - 100, connection_status="deleted"))
     plan = plan_pass(inputs(gone, charon=charon, loaded=loaded))
     assert plan.setup == ()  # within forget_deleted_after: kept
-    forgotten = replace(gone, far_end=replace(gone.far_end, gone_since=1_800_000_000.0 - 901))
+    forgotten = replace(gone, far_end=replace(gone.far_end, gone_since=100.0 - 901))
     plan = plan_pass(inputs(forgotten, charon=charon, loaded=loaded))
     assert UnloadConn(T1) in plan.setup and UnloadConn(T2) in plan.setup
     assert TerminateIke(T1, "7") in plan.setup

@@ -47,8 +47,9 @@ _ERROR_MESSAGES = {
 }
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _now(at: float | None = None) -> str:
+    moment = datetime.now(timezone.utc) if at is None else datetime.fromtimestamp(at, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -278,10 +279,13 @@ class FakePlatformApi:
             raise ValueError(f"tunnel number must be 1 or 2, got {n!r}")
         return self._state.connections[(space, vpn)]["tunnels"][n - 1]
 
-    def set_tunnel_status(self, space: str, vpn: str, n: int, status: str, message: str = "") -> None:
+    def set_tunnel_status(self, space: str, vpn: str, n: int, status: str, message: str = "",
+                          changed_at: float | None = None) -> None:
+        """`changed_at` (unix s) stamps last_status_change; default now (AWS telemetry
+        may report a change late, stamped when it happened)."""
         with self._state.lock:
             tunnel = self._tunnel(space, vpn, n)
-            tunnel.update(status=status, status_message=message, last_status_change=_now())
+            tunnel.update(status=status, status_message=message, last_status_change=_now(changed_at))
 
     def set_psk(self, space: str, vpn: str, n: int, psk: str) -> None:
         with self._state.lock:
