@@ -44,7 +44,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "failed_stage_shown_with_heroku_message", "failed_agentctl_status_exits_2", "failed_keeps_what_runs",
         "failed_then_active_recreates_nothing",
         "cidr_update_both_tunnels_on_new_selectors", "cidr_update_keeps_ike_sas", "cidr_update_moves_no_route",
-        "cidr_update_loses_at_most_20_ms",
+        "cidr_update_loses_at_most_40_ms",
         "charon_killed_status_down", "charon_killed_routes_kept", "charon_restart_both_tunnels_back",
         "charon_restart_traffic",
     ),
