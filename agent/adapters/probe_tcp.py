@@ -7,13 +7,13 @@ half-open on the target. Used only from the probe thread, which owns every socke
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import select
 import socket
 import struct
 from dataclasses import dataclass
 
+from agent.adapters import socket_filter
 from agent.core.health import ProbeTarget
 
 Slot = tuple[str, int]
@@ -24,7 +24,6 @@ ANSWERED = (0, errno.ECONNREFUSED)
 _LINGER_RESET = struct.pack("ii", 1, 0)  # l_onoff 1, l_linger 0: close sends RST
 _TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
 _RECV_BUFFER = 65535
-_SO_ATTACH_FILTER = 26  # linux/asm-generic/socket.h; not exported by the socket module
 # Classic BPF on the IPv4 packet: keep RST and SYN-ACK segments, drop every other one,
 # so the watcher never wakes for the host's ordinary TCP traffic.
 _ANSWER_FILTER = (
@@ -74,14 +73,6 @@ def parse_answer(ip_packet: bytes) -> tuple[Flow, str] | None:
     return (far, far_port, ours, our_port), kind
 
 
-def _attach_answer_filter(sock: socket.socket) -> None:
-    program = (ctypes.c_ubyte * (8 * len(_ANSWER_FILTER)))(
-        *b"".join(struct.pack("HBBI", *insn) for insn in _ANSWER_FILTER))
-    # struct sock_fprog { unsigned short len; struct sock_filter *filter; } (pointer-aligned)
-    fprog = struct.pack("HL", len(_ANSWER_FILTER), ctypes.addressof(program))
-    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
-
-
 class TcpProbes:
     """At most one connect in flight per probe stream (slot); every socket is closed
     when its answer, its failure or its deadline comes.
@@ -113,7 +104,7 @@ class TcpProbes:
         except OSError:
             return
         try:
-            _attach_answer_filter(sock)
+            socket_filter.attach(sock, _ANSWER_FILTER)
             sock.setblocking(False)
             _drain(sock)  # what queued before the filter was attached
         except OSError:
