@@ -67,7 +67,10 @@ class LinkManager:
         try:
             links = self._links()
             by_index = {link.index: link.name for link in links.values()}
-            routes = tuple(self._routes(by_index))
+            # Only routes through our own interfaces are kept: without any (policy mode) the
+            # dump is skipped, which a libipsec gateway's table of policy routes made the
+            # dearest part of an idle pass.
+            routes = tuple(self._routes(by_index)) if by_index else ()
             addresses = tuple(
                 _attr(a, "IFA_ADDRESS") for a in self._ipr.get_addr(family=socket.AF_INET)
             )

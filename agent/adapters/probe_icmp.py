@@ -104,6 +104,7 @@ class IcmpProbes:
         self._senders: dict[Slot, socket.socket] = {}
         self._receiver: socket.socket | None = None
         self._waiting: dict[int, _Echo] = {}  # by seq
+        self._seq_of: dict[Slot, int] = {}  # the seq each slot waits for (one at a time)
 
     def want_receiver(self, wanted: bool) -> None:
         """Open the receive socket while ICMP targets exist (raw sockets need
@@ -139,12 +140,15 @@ class IcmpProbes:
             # ENODEV after an interface is re-created: a fresh socket binds to the new one.
             self.forget(target.slot)
             raise
-        self._waiting = {s: e for s, e in self._waiting.items() if e.slot != target.slot}
+        self.cancel(target.slot)
         self._waiting[seq] = _Echo(target.slot, address)
+        self._seq_of[target.slot] = seq
 
     def cancel(self, slot: Slot) -> None:
         """The probe's time is up: a late reply no longer counts."""
-        self._waiting = {s: e for s, e in self._waiting.items() if e.slot != slot}
+        seq = self._seq_of.pop(slot, None)
+        if seq is not None and seq in self._waiting and self._waiting[seq].slot == slot:
+            del self._waiting[seq]
 
     def forget(self, slot: Slot) -> None:
         """The target is gone (or its socket is stale): close its sender."""
@@ -174,6 +178,7 @@ class IcmpProbes:
             if ident != self._ident or echo is None or echo.address != source:
                 continue
             del self._waiting[seq]
+            self._seq_of.pop(echo.slot, None)
             answered.append(echo.slot)
         return answered
 
@@ -182,6 +187,7 @@ class IcmpProbes:
             self.forget(slot)
         self.want_receiver(False)
         self._waiting.clear()
+        self._seq_of.clear()
 
     def _sender(self, target: ProbeTarget) -> socket.socket:
         sock = self._senders.get(target.slot)
