@@ -124,7 +124,13 @@ def _interval(text: str) -> float:
 
 
 def _watch(socket_path: str, interval: float) -> int:
+    import signal
+
     from agent.cli.watch import watch
+
+    # Started from a background job (SIGINT ignored, which Python then keeps), the
+    # watch could only be killed; Ctrl-C / SIGINT is how it ends.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def fetch() -> str:
         try:

@@ -52,8 +52,11 @@ def test_ctrl_c_ends_the_watch_cleanly():
 
 
 def test_agentctl_watches_a_running_agent(server):  # noqa: F811
+    """Also when started with SIGINT ignored (a background job of a script: CI may run
+    this way), SIGINT ends the watch."""
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli.agentctl", "--socket", server.path, "status",
-                             "--watch", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--watch", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
