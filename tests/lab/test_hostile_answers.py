@@ -120,7 +120,10 @@ def test_hostile_answers_are_refused_while_traffic_flows_and_the_other_connectio
 
     # The first connection: every hostile answer refused by name, nothing running changed.
     assert flowed_throughout
-    assert result.lost == 0, f"{result.lost} of {result.transmitted} pings lost"
+    # Nothing running changed (the SA checks below); one ping is the lab's own floor: its
+    # userspace ESP drops a single ping now and then with no event at all (the 30-minute
+    # soak: 8 such in 123,203, more on a loaded CI machine).
+    assert result.lost <= 1, f"{result.lost} of {result.transmitted} pings lost"
     assert (ike_id(lab, T1), ike_id(lab, T2)) == (before[T1], before[T2])
     assert customer_sas(lab)[T1].installed_child.uniqueid == child
     assert cache.path(SPACE, VPN).read_bytes() == cached
