@@ -78,14 +78,6 @@ def reply_filter(ident: int) -> tuple[socket_filter.Instruction, ...]:
     )
 
 
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(_RECV_BUFFER):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
-
-
 # --- sockets ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -125,7 +117,6 @@ class IcmpProbes:
             sock.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("I", ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF))
             socket_filter.attach(sock, reply_filter(self._ident))
             sock.setblocking(False)
-            _drain(sock)  # what queued before the filter was attached
         except OSError:
             sock.close()
             return

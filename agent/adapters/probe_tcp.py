@@ -106,7 +106,6 @@ class TcpProbes:
         try:
             socket_filter.attach(sock, _ANSWER_FILTER)
             sock.setblocking(False)
-            _drain(sock)  # what queued before the filter was attached
         except OSError:
             sock.close()
             return

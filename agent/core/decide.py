@@ -43,13 +43,12 @@ class ConnectionStep:
 
 def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: DesiredConnection,
            charon: CharonState, net: NetState, now: float, wall_now: float,
-           jitter: Mapping[str, float], retiring: int | None = None,
-           heroku_now: float | None = None) -> ConnectionStep:
+           jitter: Mapping[str, float], *, heroku_now: float, retiring: int | None = None) -> ConnectionStep:
     """One pass for one connection whose far end is known. `now` monotonic, `wall_now`
     unix time, `jitter` (by conn name, in [0, 1)) spreads retries, `retiring` the tunnel
     a settings roll moves traffic off (core/rolling), `heroku_now` unix time by Heroku's
-    clock (core/lifecycle.heroku_now; default `wall_now`), which its DOWN timestamps
-    are compared on. No side effects."""
+    clock (core/lifecycle.heroku_now), which its DOWN timestamps are compared on. No
+    side effects."""
     route = conn.mode is Mode.ROUTE
     sas = {t.number: charon.tunnel(t.conn_name) for t in conn.tunnels}
     timing = {t.conn_name: observe_timing(memory.timing.get(t.conn_name, TunnelTiming()), sas[t.number], now)
@@ -70,7 +69,7 @@ def decide(settings: ConnectionSettings, memory: ConnectionMemory, conn: Desired
             probe_failures=settings.probe.failures,
             inbound=inbound if t.number == previous else None,
             api_status=t.api_status, api_down_since=_api_down_since(conn, t.number),
-            sa_established_at=_established_at(sas[t.number], wall_now if heroku_now is None else heroku_now),
+            sa_established_at=_established_at(sas[t.number], heroku_now),
             drained=t.number in memory.drained, now=now,
             exchange_pending_since=timing[t.conn_name].exchange_pending_since, retiring=t.number == retiring,
         )

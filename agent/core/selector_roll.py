@@ -43,7 +43,7 @@ def _roll_tunnel(tunnel: DesiredTunnel, sas: TunnelSas, timing: TunnelTiming, no
     stale = [c for c in sas.children if c.state in _ROLLED_OFF and c.outdated(tunnel.child_ts)]
     if not stale:
         return []
-    if any(c.state == INSTALLED and not c.outdated(tunnel.child_ts) for c in installed):
+    if any(not c.outdated(tunnel.child_ts) for c in installed):
         return [TerminateChild(tunnel.conn_name, c.uniqueid) for c in stale]  # its successor is up
     if len(installed) > 1 or any(sa.negotiating_child for sa in sas.ike_sas) or sas.established_ike is None:
         # Two children and neither with the new selectors (the far end narrowed them):
