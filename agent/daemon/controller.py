@@ -29,7 +29,7 @@ from agent.config import AgentConfig, redacted
 from agent.core.ha import HaNotice, HaState
 from agent.core.health import ProbeResult, ProbeTarget
 from agent.core.durations import format_duration
-from agent.core.faults import ConnectionFault, FaultStage, action_owner
+from agent.core.faults import ConnectionFault
 from agent.core.lifecycle import Stage, life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.model import object_name
@@ -38,6 +38,7 @@ from agent.core.snapshot import ConnectionView, Health, Snapshot
 from agent.core.text import one_line
 from agent.core.views import api_budget_view, connection_view, ha_view
 from agent.daemon.edges import Edges, Outcomes
+from agent.daemon.fault_log import FaultLog
 from agent.daemon.loop_state import (
     LoopState,
     charon_gone,
@@ -86,7 +87,7 @@ class Controller:
         self._on_pass = on_pass
         self._on_probe_targets = on_probe_targets
         self._on_alive = on_alive
-        self._faults_logged: dict[tuple[str, FaultStage], str] = {}  # the fault last logged in full
+        self._faults = FaultLog()
         self._pass_error: str | None = None  # the last pass failed as a whole
         self._cache_errors: dict[str, str] = {}  # by connection key: its answer could not be cached
         self._probe_targets: tuple[ProbeTarget, ...] = ()
@@ -316,7 +317,7 @@ class Controller:
         edges.sync_mss(dict(plan.mss_rules) if plan.mss_rules is not None else None)
         if state.config.ha.enabled:
             edges.sync_yield(plan.yielding)
-        self._note_faults(plan.faults, setup_faults + outcomes.faults)
+        self._faults.note(state.records, plan.faults, setup_faults + outcomes.faults)
         if plan.probe_targets != self._probe_targets:
             self._probe_targets = plan.probe_targets
             self._on_probe_targets(list(plan.probe_targets))
@@ -328,48 +329,13 @@ class Controller:
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
 
-    def _note_faults(self, planned: tuple[ConnectionFault, ...], applied: list[ConnectionFault]) -> None:
-        """Planning faults are counted in their steps already; applying faults are counted
-        here, once the steps are recorded, so the verdict says what failed. Each is logged
-        with its traceback when it first shows (or changes), then quietly while it lasts."""
-        state = self.state
-        connections = [(r.key, r.settings.vpn) for r in state.records.values()]
-        owned: list[ConnectionFault] = []
-        for fault in applied:
-            key = fault.key or (action_owner(fault.action, connections) if fault.action is not None else None)
-            if key not in state.records:
-                log.error("%s failed for no configured connection: %s", type(fault.action).__name__,
-                          fault.text, exc_info=fault.error)
-                continue
-            owned.append(replace(fault, key=key))
-            record = state.records[key]
-            state.records[key] = replace(record, memory=record.memory.with_fault(owned[-1]))
-        seen = set()
-        for fault in (*planned, *owned):
-            if fault.key in state.records:
-                seen.add((fault.key, fault.stage))
-                self._log_fault(state.records[fault.key].settings.label, fault)
-        for key, stage in [k for k in self._faults_logged if k not in seen]:
-            del self._faults_logged[(key, stage)]
-            if key in state.records:
-                log.info("%s: %s works again", state.records[key].settings.label,
-                         "planning" if stage is FaultStage.PLAN else "applying")
-
-    def _log_fault(self, label: str, fault: ConnectionFault) -> None:
-        doing = "planning" if fault.stage is FaultStage.PLAN else "applying"
-        if self._faults_logged.get((fault.key, fault.stage)) == fault.text:
-            log.debug("%s: %s failed again: %s", label, doing, fault.text)
-            return
-        self._faults_logged[(fault.key, fault.stage)] = fault.text
-        log.error("%s: %s failed: %s; its tunnels are left as they are, the other connections go on",
-                  label, doing, fault.text, exc_info=fault.error)
-
     def _forget_deleted(self) -> None:
         """A connection Heroku deleted long enough ago has its tunnels unloaded by the
         plan; its cached answer goes too, once, so a restart does not revive it."""
+        now = self._clock()
         for record in self.state.records.values():
             settings = record.settings
-            forgotten = life_of(record.far_end, settings, self._clock()).stage is Stage.FORGOTTEN
+            forgotten = life_of(record.far_end, settings, now).stage is Stage.FORGOTTEN
             if forgotten and record.key not in self._forgotten:
                 log.error("%s: deleted at Heroku for %s: its tunnels are unloaded and its cached answer removed",
                           settings.label, format_duration(settings.forget_deleted_after))
