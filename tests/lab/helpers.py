@@ -14,6 +14,11 @@ from space_vpn_lab.fake_api import SPACE, VPN
 KEY = f"{SPACE}-{VPN}"
 T1, T2 = object_name(KEY, 1), object_name(KEY, 2)
 BRINGUP_TIMEOUT = 60
+#: Pings a lab run may lose with nothing happening at all: the host lab's userspace ESP
+#: drops a single ping now and then (the 30-minute soak: 8 in 123,203 with no event,
+#: more on a loaded CI machine). Tests that claim "nothing lost" over a long run allow
+#: this one, and check separately that no SA changed.
+LAB_FLOOR_PINGS = 1
 
 
 def customer_sas(lab):
