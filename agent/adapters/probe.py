@@ -8,6 +8,7 @@ of their own (probe_names).
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import itertools
 import logging
@@ -79,6 +80,7 @@ class _Pending:
     address: str
     sent_at: float
     deadline: float
+    number: int  # tells this probe's deadline in the schedule from an earlier one's
 
 
 class Prober:
@@ -104,8 +106,15 @@ class Prober:
         self._names = NameResolver(self._wake, getaddrinfo=getaddrinfo, clock=clock)
         # Owned by the thread from here on.
         self._targets: dict[Slot, ProbeTarget] = {}
+        self._named: set[Slot] = set()  # targets given as a host name (the others are IPv4 literals)
         self._next_due: dict[Slot, float] = {}
         self._pending: dict[Slot, _Pending] = {}  # at most one probe in flight per target
+        # Two heaps, so a wake-up touches only what is due or expired, not every target
+        # (about a hundred wake-ups a second at 50 connections). Entries go stale when
+        # a slot's due time or probe changes; they are dropped when they come up.
+        self._due: list[tuple[float, Slot]] = []  # (next_due, slot)
+        self._deadlines: list[tuple[float, int, Slot]] = []  # (deadline, _Pending.number, slot)
+        self._numbers = itertools.count()
         self._icmp = IcmpProbes(self._ident)
         self._tcp = TcpProbes()
         self._poller = select.poll()
@@ -178,7 +187,7 @@ class Prober:
         return self._icmp if target.port is None else self._tcp
 
     def _address(self, target: ProbeTarget) -> str | None:
-        return target.target if _is_ipv4(target.target) else self._names.address(target.target)
+        return self._names.address(target.target) if target.slot in self._named else target.target
 
     # --- targets ----------------------------------------------------------------------
 
@@ -194,10 +203,13 @@ class Prober:
                 self._pending.pop(slot, None)
                 del self._targets[slot]
                 self._next_due.pop(slot, None)
+                self._named.discard(slot)
         for slot, target in wanted.items():
             if slot not in self._targets:
                 self._targets[slot] = target
-                self._next_due[slot] = self._clock()
+                self._schedule(slot, self._clock())
+                if not _is_ipv4(target.target):
+                    self._named.add(slot)
         targets = self._targets.values()
         self._icmp.want_receiver(any(t.port is None for t in targets))
         self._tcp.want_watcher(any(t.port is not None and t.interface is not None for t in targets))
@@ -205,20 +217,44 @@ class Prober:
     def _follow_names(self) -> None:
         """A probe on its way to an address its name no longer has counts for nothing;
         the next one goes to the new address."""
-        for slot, pending in list(self._pending.items()):
+        for slot in [s for s in self._named if s in self._pending]:
+            pending = self._pending[slot]
             if self._address(pending.target) != pending.address:
                 self._engine(pending.target).cancel(slot)
                 del self._pending[slot]
-                self._next_due[slot] = min(self._next_due[slot], self._clock())
+                self._schedule(slot, min(self._next_due[slot], self._clock()))
 
     # --- probing ---------------------------------------------------------------------
 
+    def _schedule(self, slot: Slot, due: float) -> None:
+        self._next_due[slot] = due
+        heapq.heappush(self._due, (due, slot))
+
+    def _first_due(self) -> float | None:
+        """The earliest due time of a target with no probe out (stale entries dropped on
+        the way: a busy target is scheduled again when its probe settles)."""
+        while self._due:
+            due, slot = self._due[0]
+            if self._next_due.get(slot) == due and slot not in self._pending:
+                return due
+            heapq.heappop(self._due)
+        return None
+
+    def _first_deadline(self) -> float | None:
+        while self._deadlines:
+            deadline, number, slot = self._deadlines[0]
+            pending = self._pending.get(slot)
+            if pending is not None and pending.number == number:
+                return deadline
+            heapq.heappop(self._deadlines)
+        return None
+
     def _send_due(self, now: float) -> None:
-        for slot, target in self._targets.items():
-            if slot in self._pending or self._next_due[slot] > now:
-                continue
+        while (due := self._first_due()) is not None and due <= now:
+            _, slot = heapq.heappop(self._due)
+            target = self._targets[slot]
             # Keep the cadence, but never try to catch up on probes we missed.
-            self._next_due[slot] = max(self._next_due[slot] + target.interval, now)
+            self._schedule(slot, max(due + target.interval, now))
             address = self._address(target)
             if address is None:
                 continue  # a name without an address: not the tunnel's fault, no result (probe_names logs it)
@@ -234,11 +270,13 @@ class Prober:
         else:
             outcome = self._tcp.start(target, address)
             if outcome is not None:  # decided at once: no route, no interface, or an answer
-                self._pending[target.slot] = _Pending(target, address, now, now)
+                self._pending[target.slot] = _Pending(target, address, now, now, next(self._numbers))
                 self._settle(target.slot, outcome.ok, outcome.detail, self._clock())
                 return
         # A probe never outlives its interval: at most one outstanding per target.
-        self._pending[target.slot] = _Pending(target, address, now, now + min(target.timeout, target.interval))
+        pending = _Pending(target, address, now, now + min(target.timeout, target.interval), next(self._numbers))
+        self._pending[target.slot] = pending
+        heapq.heappush(self._deadlines, (pending.deadline, pending.number, target.slot))
 
     def _fail(self, target: ProbeTarget, address: str, sent_at: float, why: str) -> None:
         log.debug("probe %s tunnel %s: %s %s via %s: %s", target.key, target.tunnel, _kind(target),
@@ -249,6 +287,8 @@ class Prober:
         pending = self._pending.pop(slot, None)
         if pending is None:
             return  # cancelled meanwhile: a late answer counts for nothing
+        if slot in self._next_due:  # free again: back in the schedule
+            heapq.heappush(self._due, (self._next_due[slot], slot))
         if not ok:
             self._fail(pending.target, pending.address, pending.sent_at, detail)
             return
@@ -256,16 +296,16 @@ class Prober:
         self._post(ProbeResult(target.key, target.tunnel, True, max(now - pending.sent_at, 0.0), pending.sent_at))
 
     def _expire(self, now: float) -> None:
-        for slot, pending in list(self._pending.items()):
-            if pending.deadline <= now:
-                self._engine(pending.target).cancel(slot)
-                self._settle(slot, False, f"no answer within {pending.deadline - pending.sent_at:.2f} s", now)
+        while (deadline := self._first_deadline()) is not None and deadline <= now:
+            _, _, slot = heapq.heappop(self._deadlines)
+            pending = self._pending[slot]
+            self._engine(pending.target).cancel(slot)
+            self._settle(slot, False, f"no answer within {pending.deadline - pending.sent_at:.2f} s", now)
 
     def _wait_time(self, now: float) -> float:
-        # A busy target's due time does not count: its probe's deadline wakes us first,
-        # and counting it could spin while a slightly late schedule waits on that probe.
-        moments = [*(due for slot, due in self._next_due.items() if slot not in self._pending),
-                   *(p.deadline for p in self._pending.values())]
+        # A busy target's due time does not count (_first_due): its probe's deadline wakes
+        # us first, and counting it could spin while a slightly late schedule waits on it.
+        moments = [m for m in (self._first_due(), self._first_deadline()) if m is not None]
         return max(0.0, min([MAX_WAIT, *(m - now for m in moments)]))
 
     def _wait_and_receive(self, timeout: float) -> None:
