@@ -1,10 +1,13 @@
 """Wakes the loop when an IPv4 address comes or goes on this host (rtnetlink's
-RTMGRP_IPV4_IFADDR group): an HA pair's virtual address moving is acted on at once,
-not at the next tick.
+RTMGRP_IPV4_IFADDR group), or when a static route of the main table is deleted
+(RTMGRP_IPV4_ROUTE): an HA pair's virtual address moving is acted on at once, and so is
+a route to the space that something else deleted in route mode, not at the next look
+(up to 10 s while every connection is steady: core/pace).
 
-Level-triggered: nothing that arrives here is parsed or trusted. Each notification only
-says "look again"; the pass reads the addresses afresh (adapters/links). One thread, one
-socket, bounded reads; a burst of changes wakes the loop once per read.
+Level-triggered: nothing that arrives here is trusted. Only each message's type (and a
+deleted route's table and protocol, to leave other routing alone) is read, and all it
+does is say "look again"; the pass reads addresses and routes afresh (adapters/links).
+One thread, one socket, bounded reads; a burst of changes wakes the loop once per read.
 """
 
 from __future__ import annotations
@@ -12,20 +15,26 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-RTMGRP_IPV4_IFADDR = 0x10  # linux/rtnetlink.h
+RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40  # linux/rtnetlink.h
+RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE = 20, 21, 25
+RT_TABLE_MAIN, RTPROT_STATIC = 254, 4  # the agent's routes (adapters/route_socket)
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, seq, pid
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _READ = 1 << 16  # bytes per read: whatever else is queued is drained by the next reads
 _POLL_S = 0.5  # how soon stop() is noticed
 
 
 @dataclass(frozen=True)
 class AddressesChanged:
-    """An IPv4 address was added or removed somewhere on this host."""
+    """An IPv4 address was added or removed somewhere on this host, or a static route of
+    the main table deleted: look again."""
 
 
 class AddressWatch:
@@ -45,9 +54,10 @@ class AddressWatch:
     def _run(self) -> None:
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            sock.bind((0, RTMGRP_IPV4_IFADDR))
+            sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
         except OSError as e:  # the pass still reads the addresses every tick
-            log.warning("cannot watch address changes over netlink (%s); they are seen within a second", e)
+            log.warning("cannot watch address changes over netlink (%s); they are seen at the loop's next look "
+                        "(within a second, or 10 s while every connection is steady)", e)
             return
         with sock:
             sock.setblocking(False)
@@ -61,10 +71,31 @@ class AddressWatch:
         got = False
         for _ in range(64):  # bounded: a flood of changes still lets the loop in
             try:
-                got = bool(sock.recv(_READ)) or got
+                got = worth_a_look(sock.recv(_READ)) or got
             except BlockingIOError:
                 break
             except OSError as e:  # ENOBUFS: we missed some; looking again covers them all
                 log.debug("address watch: %s", e)
                 return True
         return got
+
+
+def worth_a_look(datagram: bytes) -> bool:
+    """Whether one read from the socket holds an address change or the deletion of a
+    static main-table route (what the agent writes). Routes other daemons add and remove
+    (BGP, charon's table 220) do not wake the loop. Any bytes: a short or malformed
+    message ends the walk."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(datagram):
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(datagram, offset)
+        if length < _NLMSGHDR.size or offset + length > len(datagram):
+            return False
+        if kind in (RTM_NEWADDR, RTM_DELADDR):
+            return True
+        body = offset + _NLMSGHDR.size
+        if kind == RTM_DELROUTE and length >= _NLMSGHDR.size + _RTMSG.size:
+            table, protocol = _RTMSG.unpack_from(datagram, body)[4:6]
+            if table == RT_TABLE_MAIN and protocol == RTPROT_STATIC:
+                return True
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
+    return False
