@@ -81,6 +81,9 @@ def agent_families(snapshot: Snapshot) -> Iterator[Metric]:
         yield GaugeMetricFamily(PREFIX + "pass_duration_seconds",
                                 "Seconds the agent's last reconcile pass took (observe charon and the kernel, plan, "
                                 "apply); absent before the first.", value=snapshot.pass_seconds)
+    yield CounterMetricFamily(PREFIX + "reconcile_passes", "Reconcile passes the agent's loop completed since it "
+                              "started (one a second, one every 10 s while every connection is steady, more "
+                              "while anything changes).", value=snapshot.passes)
     yield from api_budget_families(snapshot)
 
 

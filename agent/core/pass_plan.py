@@ -27,6 +27,7 @@ from agent.core.memory import ConnectionMemory, ConnectionRecord
 from agent.core.modes import Mode
 from agent.core.netstate import NetState, source_inside
 from agent.core.observation import CharonState
+from agent.core.pace import TICK, next_look
 from agent.core.rolling import RollPlan, plan_roll, published
 from agent.core.route_mode import (
     DeleteRoute,
@@ -41,10 +42,6 @@ from agent.core.selectors import selector_problem
 from agent.core.snapshot import Health
 
 PROBE_TIMEOUT_CAP = 1.0  # s: a probe unanswered this long is lost, whatever the interval
-# While an IKE request is in flight the loop looks again this soon: an answered one is
-# gone by then, so an exchange seen in flight at every look is one the peer left
-# unanswered (charon lists no message ids to tell one DPD from the next).
-LIVENESS_SAMPLE = 0.25  # s
 _T = TypeVar("_T")
 
 
@@ -69,7 +66,7 @@ class PassPlan:
     mss_rules: Mapping[str, int] | None  # interface -> MSS; None: no route mode, leave nft alone
     reroutes: tuple[Reroute, ...]
     probe_targets: tuple[ProbeTarget, ...]
-    next_pass_in: float | None = None  # s; None: the loop's own tick
+    next_pass_in: float = TICK  # s until the loop looks again (core/pace)
     faults: tuple[ConnectionFault, ...] = ()  # connections whose planning raised (their steps say so)
 
     @property
@@ -114,7 +111,7 @@ def plan_pass(inputs: PassInputs) -> PassPlan:
     if not charon.reachable:
         steps = {r.key: contain(r.key, lambda r=r: _unreachable(r, prepared[r.key], inputs), None) for r in records}
         targets = {r.key: contain(r.key, lambda r=r: _probe_targets(r, steps[r.key]), ()) for r in records}
-        return _plan(records, (), steps, None, {}, targets, contain.faults)
+        return _plan(inputs, (), steps, None, {}, targets, contain.faults)
     route = any(r.settings.mode is Mode.ROUTE for r in records)
     # A connection Heroku deleted long enough ago is unloaded like one no longer configured.
     kept = [r for r in records if prepared[r.key] is None or prepared[r.key].life.stage is not Stage.FORGOTTEN]
@@ -129,7 +126,7 @@ def plan_pass(inputs: PassInputs) -> PassPlan:
     setup += [action for r in records if r.key not in faults for action in own_setup[r.key]]
     setup += plan_unloads({r.key for r in kept}, charon)
     rules = _mss_rules(records, prepared, faults) if route else None
-    return _plan(records, tuple(setup), steps, rules, reroutes, targets, faults)
+    return _plan(inputs, tuple(setup), steps, rules, reroutes, targets, faults)
 
 
 class _Contained:
@@ -149,18 +146,22 @@ class _Contained:
             return default
 
 
-def _plan(records: tuple[ConnectionRecord, ...], setup: tuple[RouteAction | CharonAction, ...],
+def _plan(inputs: PassInputs, setup: tuple[RouteAction | CharonAction, ...],
           steps: Mapping[str, ConnectionStep | None], rules: Mapping[str, int] | None,
           reroutes: Mapping[str, Reroute | None], targets: Mapping[str, tuple[ProbeTarget, ...]],
           faults: Mapping[str, ConnectionFault]) -> PassPlan:
     """The plan, faulted connections doing nothing: no actions, no reroute, no probes."""
+    records = inputs.records
     final = tuple(_faulted(r, faults[r.key]) if r.key in faults else steps[r.key] for r in records)
     assert all(step is not None for step in final)
     ok = [r.key for r in records if r.key not in faults]
     armed = tuple(plan for plan in (reroutes.get(key) for key in ok) if plan is not None)
     probes = tuple(target for key in ok for target in targets[key])
-    return PassPlan(setup, final, rules, armed, probes, LIVENESS_SAMPLE if _request_in_flight(final) else None,
-                    tuple(faults.values()))
+    try:
+        pace = next_look({r.key: r for r in records}, final, inputs.charon, inputs.now, calm=not setup and not faults)
+    except Exception:  # a connection's data it trips on: look again at the usual tick
+        pace = TICK
+    return PassPlan(setup, final, rules, armed, probes, pace, tuple(faults.values()))
 
 
 def _faulted(record: ConnectionRecord, fault: ConnectionFault) -> ConnectionStep:
@@ -207,10 +208,6 @@ def _mss_rules(records: tuple[ConnectionRecord, ...], prepared: Mapping[str, _Pr
         except Exception:  # only a faulted connection's old state can get here: keep nft as it is
             return None
     return rules
-
-
-def _request_in_flight(steps: tuple[ConnectionStep, ...]) -> bool:
-    return any(t.exchange_pending_since is not None for s in steps for t in s.memory.timing.values())
 
 
 def _step(record: ConnectionRecord, prepared: _Prepared, inputs: PassInputs) -> ConnectionStep:

@@ -126,6 +126,10 @@ class Snapshot:
     ha: HaView | None = None  # None: ha not enabled
     # s the loop's last reconcile pass took (observe, plan, apply); None before the first
     pass_seconds: float | None = None
+    passes: int = 0  # reconcile passes completed since the agent started
+    # s from the last pass to the next look, as planned (core/pace): 1, 10 while every
+    # connection is steady, 0.25 while an IKE request is in flight; None before the first
+    next_pass_seconds: float | None = None
 
     @property
     def health(self) -> Health:

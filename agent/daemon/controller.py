@@ -1,10 +1,11 @@
 """The loop: the one owner of state. It drains its inbox (charon events, API answers,
 probe results, control requests, signals) into the loop state, then runs one pass:
 observe, plan (one pure function over the whole state), apply, publish a Snapshot.
-Every pass re-derives everything. A pass runs once a second (sooner when the last plan
-asks), and at once after any message that may change a decision; messages that cannot
+Every pass re-derives everything. A pass runs when the last plan asks (core/pace: once a
+second, every 10 s while every connection is steady, sooner while an IKE request is in
+flight), and at once after any message that may change a decision; messages that cannot
 (an answered probe of a healthy tunnel, a 304, the split-brain guard's look finding no
-one else) wait for the tick (loop_state.quiet).
+one else) wait for it (loop_state.quiet).
 
 Failures are contained: one connection whose planning or applying raises is logged by
 name, counted and shown in its verdict while the others go on (core/faults); a pass that
@@ -33,6 +34,7 @@ from agent.core.faults import ConnectionFault
 from agent.core.lifecycle import Stage, life_of
 from agent.core.memory import ConnectionRecord
 from agent.core.model import object_name
+from agent.core.pace import TICK
 from agent.core.pass_plan import PassInputs, PassPlan, connection_selector_problem, plan_pass
 from agent.core.snapshot import ConnectionView, Health, Snapshot
 from agent.core.text import one_line
@@ -56,7 +58,6 @@ from agent.daemon.ports import CachePort
 
 log = logging.getLogger(__name__)
 
-TICK = 1.0  # s between passes when nothing happens
 MAX_PASS_ERROR = 300  # characters of a failed pass's error in status
 MAX_CACHE_ERROR = 500  # characters of a failed cache write in status (it names state_dir)
 
@@ -96,6 +97,8 @@ class Controller:
         self._pass_wanted = False  # a message since the last pass calls for one now
         self._refused: dict[str, str] = {}  # by key: the selector problem logged last
         self._pass_seconds: float | None = None  # how long the last complete pass took
+        self._passes = 0  # complete passes since start
+        self._next_pass_in: float | None = None  # as the last complete pass planned it
         self._clock = clock
         self._wall = wall
         self._rand = rand
@@ -322,10 +325,12 @@ class Controller:
             self._probe_targets = plan.probe_targets
             self._on_probe_targets(list(plan.probe_targets))
         self._forget_deleted()
-        self._pass_at = self._clock() + min(TICK, plan.next_pass_in or TICK)
+        self._pass_at = self._clock() + plan.next_pass_in
         state.ready = True
         self._pass_error = None
         self._pass_seconds = max(0.0, self._clock() - began)
+        self._passes += 1
+        self._next_pass_in = plan.next_pass_in
         self.snapshot = self._build_snapshot()
         self._on_pass(self.snapshot)
 
@@ -420,6 +425,8 @@ class Controller:
             api_budget=api_budget_view(state.api_pace),
             ha=ha_view(state.config.ha.enabled, connections, state.ha_notice),
             pass_seconds=self._pass_seconds,
+            passes=self._passes,
+            next_pass_seconds=self._next_pass_in,
         )
 
     def _view(self, record: ConnectionRecord) -> ConnectionView:

@@ -17,6 +17,7 @@ from agent.adapters.route_socket import PreparedRoute
 from agent.core.api_budget import poll_pace
 from agent.core.netstate import Link, NetState
 from agent.core.observation import CharonState, ChildSa, IkeSa, TunnelSas
+from agent.core.pace import TICK
 from agent.core.payload import parse_vpn_answer, parse_vpn_connection
 from agent.core.snapshot import Health
 from agent.daemon.controller import Controller
@@ -810,3 +811,16 @@ def test_a_pass_that_raises_is_tried_again_at_the_tick_not_in_a_spin(tmp_path):
     clock.now += 1.0
     controller.round()
     assert len(calls) == 2
+
+
+def test_the_snapshot_counts_passes_and_says_when_the_loop_looks_next(config_file):
+    clock = SteppingClock(0.01)
+    controller, _ = make_controller(config_file, FakeCharon(), clock)
+    assert (controller.snapshot.passes, controller.snapshot.next_pass_seconds) == (0, None)
+    controller.handle(answer(vpn_json()))
+    controller.reconcile_pass()
+    controller.reconcile_pass()
+    assert controller.snapshot.passes == 2
+    # Tunnels being brought up are no steady state: the loop looks again within the second.
+    assert controller.snapshot.next_pass_seconds == TICK
+    assert controller.snapshot.to_dict()["next_pass_seconds"] == TICK

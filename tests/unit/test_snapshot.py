@@ -70,6 +70,8 @@ def test_to_dict_round_trips_through_json():
         api_budget=ApiBudgetView(remaining=212, poll_interval=37.7, base_interval=30.0, stretched=True,
                                  calls_per_round=1),
         pass_seconds=0.0125,
+        passes=42,
+        next_pass_seconds=10.0,
     )
     assert json.loads(json.dumps(snap.to_dict())) == {
         "agent_version": "1.2.0",
@@ -84,6 +86,8 @@ def test_to_dict_round_trips_through_json():
                        "calls_per_round": 1},
         "ha": None,
         "pass_seconds": 0.0125,
+        "passes": 42,
+        "next_pass_seconds": 10.0,
         "connections": [{
             "space": "acme-space", "vpn": "office", "mode": "policy", "mode_reason": "configured",
             "source": "cache", "connection_status": "active", "health": "degraded",
