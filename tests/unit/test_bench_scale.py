@@ -41,7 +41,7 @@ def run(n: int, pass_s: float, cpu: float, rss: float) -> dict:
         return {"median": value, "min": value, "max": value, "n": 10}
     return {"connections": n, "tunnels": 2 * n, "cold_start_redundant_s": 1.5, "cold_start_traffic_s": 1.9,
             "pings_crossed": n, "pass_s": summary(pass_s), "scrape_s": summary(0.004), "status_s": summary(0.06),
-            "rss_mb": rss, "idle_cpu_percent": cpu}
+            "rss_mb": rss, "idle_cpu_percent": cpu, "idle_window_s": 30.2, "idle_passes": n // 5}
 
 
 def test_the_report_gives_each_figure_against_its_goal_and_per_connection():
@@ -54,3 +54,22 @@ def test_the_report_gives_each_figure_against_its_goal_and_per_connection():
     assert "| idle CPU | <= 1 % of a core | 0.40 % (met) | 3.00 % (missed) | n/a |" in text
     assert "| 50 | 0.800 ms | 0.080 ms | 0.060 % | 205 kB |" in text  # 9 MB over 45 more connections
     assert "| 100 | 200 | failed: timed out |" in text
+    assert "| 0.40 % | 1 in 30 s |" in text and "| 3.00 % | 10 in 30 s |" in text
+
+
+class _Statuses:
+    """agentctl status as the loop publishes it: a pass every third read, then none."""
+
+    def __init__(self, reads_per_pass: int, passes: int) -> None:
+        self.reads, self.reads_per_pass, self.passes = 0, reads_per_pass, passes
+
+    def status(self) -> dict:
+        done = min(self.passes, 1 + self.reads // self.reads_per_pass)
+        self.reads += 1
+        return {"passes": done, "pass_seconds": done / 1000}
+
+
+def test_pass_durations_count_each_pass_once_and_give_up_in_time(monkeypatch):
+    monkeypatch.setattr(bench_scale.time, "sleep", lambda _s: None)
+    assert bench_scale.pass_durations(_Statuses(3, 100), 4) == [0.001, 0.002, 0.003, 0.004]
+    assert bench_scale.pass_durations(_Statuses(3, 2), 4, limit_s=0.05) == [0.001, 0.002]
