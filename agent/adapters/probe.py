@@ -12,6 +12,7 @@ import heapq
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import select
 import socket
@@ -72,6 +73,17 @@ def check_target(target: ProbeTarget) -> None:
         raise ValueError(f"{where}: interval {target.interval} s is below {MIN_INTERVAL} s")
     if target.timeout <= 0:
         raise ValueError(f"{where}: timeout must be positive")
+
+
+def next_probe_at(now: float, interval: float) -> float:
+    """When a target probed at `now` is probed next: on a grid of its interval shared by
+    every target (multiples of it on the monotonic clock), at least half an interval
+    away. Targets of the same interval go out together, one wake-up for all of them and
+    their replies in a burst, instead of one wake-up each spread over the second (at 50
+    connections the probe thread's cost was mostly wake-ups). A late wake-up never
+    catches up on what it missed: it goes on at the next grid point."""
+    after = (math.floor(now / interval) + 1) * interval
+    return after + interval if after - now < interval / 2 else after
 
 
 @dataclass(frozen=True)
@@ -253,8 +265,7 @@ class Prober:
         while (due := self._first_due()) is not None and due <= now:
             _, slot = heapq.heappop(self._due)
             target = self._targets[slot]
-            # Keep the cadence, but never try to catch up on probes we missed.
-            self._schedule(slot, max(due + target.interval, now))
+            self._schedule(slot, next_probe_at(now, target.interval))
             address = self._address(target)
             if address is None:
                 continue  # a name without an address: not the tunnel's fault, no result (probe_names logs it)

@@ -1,6 +1,6 @@
 """The probe thread's schedule (two heaps: due times and deadlines) against the plain
 rule it replaces, checked over every target each wake-up: a target with no probe out is
-probed when due, keeping its cadence without catching up; a probe out is lost at its
+probed when due, next on its interval's grid without catching up; a probe out is lost at its
 deadline; the thread sleeps until the first of those. Driven by hypothesis with a fake
 clock and a fake ICMP engine (no sockets)."""
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.adapters.probe import MAX_WAIT, Prober
+from agent.adapters.probe import MAX_WAIT, Prober, next_probe_at
 from agent.core.health import ProbeResult, ProbeTarget
 
 
@@ -65,7 +65,7 @@ class Reference:
         for slot, target in self.targets.items():
             if slot in self.pending or self.next_due[slot] > now:
                 continue
-            self.next_due[slot] = max(self.next_due[slot] + target.interval, now)
+            self.next_due[slot] = next_probe_at(now, target.interval)
             self.pending[slot] = now + min(target.timeout, target.interval)
             sent.add(slot)
         return sent
@@ -153,3 +153,28 @@ def test_heaps_stay_bounded_over_a_long_run():
     assert len(engine.sent) > 2000  # the fast target alone sends once per step
     assert len(prober._due) <= 3 * len(prober._targets)
     assert len(prober._deadlines) <= 3 * len(prober._targets)
+
+
+@given(now=st.floats(min_value=0.0, max_value=1e7, allow_nan=False),
+       interval=st.sampled_from([0.05, 0.1, 0.25, 0.3, 1.0, 2.5, 60.0]))
+def test_the_next_probe_is_on_the_intervals_grid_between_half_and_one_and_a_half_intervals_away(now, interval):
+    at = next_probe_at(now, interval)
+    assert interval / 2 - 1e-6 <= at - now <= 1.5 * interval + 1e-6
+    steps = at / interval
+    assert abs(steps - round(steps)) < 1e-6  # a multiple of the interval: shared by all such targets
+
+
+def test_targets_of_one_interval_added_at_different_times_go_out_together():
+    clock = FakeClock()
+    prober, engine, results = prober_with(make_targets([(1.0, 0.5)]), clock)
+    prober._send_due(clock.now)
+    clock.now += 0.37
+    prober.set_targets(make_targets([(1.0, 0.5)] * 3))
+    prober._apply_targets()
+    prober._send_due(clock.now)  # the two new ones at once, as before
+    for slot in list(prober._pending):
+        prober._settle(slot, True, "echo reply", clock.now)
+    engine.sent.clear()
+    clock.now = 101.0  # the grid point after the first probe at 100.0
+    prober._send_due(clock.now)
+    assert sorted(engine.sent) == [("c0", 1), ("c1", 1), ("c2", 1)]
