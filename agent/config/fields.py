@@ -77,6 +77,13 @@ def _resolve(value: str, base_dir: Path) -> Path:
     return Path(base_dir, value.strip())
 
 
+def _shown(seconds: float) -> str:
+    try:
+        return format_duration(seconds)
+    except ValueError:  # a number too large to be a duration: as it was written
+        return f"{seconds:g}"
+
+
 def _duration(section: dict, key: str, path: str, problems: list[str], default: float,
               bounds: tuple[float, float]) -> float:
     """Seconds, from `bounds` (minimum, maximum) inclusive; the default when absent or wrong."""
@@ -90,7 +97,7 @@ def _duration(section: dict, key: str, path: str, problems: list[str], default: 
         problems.append(str(e))
         return default
     low, high = bounds
-    shown = raw.strip() if isinstance(raw, str) else format_duration(seconds)
+    shown = raw.strip() if isinstance(raw, str) else _shown(seconds)
     if seconds < low:
         problems.append(f"{where}: {shown} is below the minimum {format_duration(low)}")
         return default

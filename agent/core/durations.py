@@ -51,7 +51,8 @@ def _parse_text(text: str) -> float | None:
 def format_duration(seconds: float) -> str:
     """The shortest text parse_duration reads back as the same value (to the millisecond):
     0.5 -> "500ms", 90 -> "1m30s", 5400 -> "1h30m", 1.5 -> "1.5s"."""
-    if isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
+    # Finite but so large that its milliseconds are not (1e306): no duration either.
+    if isinstance(seconds, bool) or not math.isfinite(seconds * 1000) or seconds < 0:
         raise ValueError(f"cannot format {seconds!r} as a duration")
     millis = round(seconds * 1000)
     if millis == 0:

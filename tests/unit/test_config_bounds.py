@@ -257,3 +257,8 @@ def test_any_document_gives_a_config_or_a_config_error(psk_base, data):
 @given(st.lists(st.tuples(PATHS, YAML_VALUES), min_size=1, max_size=4))
 def test_any_mutated_document_gives_a_config_or_a_config_error(psk_base, changes):
     _parses_or_refuses(_mutated(changes), psk_base)
+
+
+def test_a_duration_too_large_for_milliseconds_is_refused_by_name(psk_base):
+    problems = problems_of(_mutated([(("api", "poll_interval"), 1.8e305)]), base_dir=psk_base)
+    assert "api.poll_interval: 1.8e+305 is above the maximum 1h" in problems
