@@ -20,12 +20,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_DELROUTE, RTM_NEWADDR, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE
+
+from agent.adapters.netlink_messages import MAIN_TABLE, PROTO_STATIC, messages
+
 log = logging.getLogger(__name__)
 
-RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40  # linux/rtnetlink.h
-RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE = 20, 21, 25
-RT_TABLE_MAIN, RTPROT_STATIC = 254, 4  # the agent's routes (adapters/route_socket)
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, seq, pid
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _READ = 1 << 16  # bytes per read: whatever else is queued is drained by the next reads
 _POLL_S = 0.5  # how soon stop() is noticed
@@ -85,17 +85,11 @@ def worth_a_look(datagram: bytes) -> bool:
     static main-table route (what the agent writes). Routes other daemons add and remove
     (BGP, charon's table 220) do not wake the loop. Any bytes: a short or malformed
     message ends the walk."""
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(datagram):
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(datagram, offset)
-        if length < _NLMSGHDR.size or offset + length > len(datagram):
-            return False
+    for kind, _sequence, body in messages(datagram):
         if kind in (RTM_NEWADDR, RTM_DELADDR):
             return True
-        body = offset + _NLMSGHDR.size
-        if kind == RTM_DELROUTE and length >= _NLMSGHDR.size + _RTMSG.size:
-            table, protocol = _RTMSG.unpack_from(datagram, body)[4:6]
-            if table == RT_TABLE_MAIN and protocol == RTPROT_STATIC:
+        if kind == RTM_DELROUTE and len(body) >= _RTMSG.size:
+            table, protocol = _RTMSG.unpack_from(body)[4:6]
+            if table == MAIN_TABLE and protocol == PROTO_STATIC:
                 return True
-        offset += (length + 3) & ~3  # NLMSG_ALIGN
     return False

@@ -17,14 +17,14 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.rtnl import RTM_NEWROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-_NLMSG_ERROR = 2
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
+from agent.adapters.netlink_messages import MAIN_TABLE, PROTO_STATIC, messages
+
 _ERRNO = struct.Struct("=i")  # nlmsgerr starts with the negative errno (0: acknowledged)
-_MAIN_TABLE, _PROTO_STATIC, _SCOPE_UNIVERSE, _UNICAST = 254, 4, 0, 1
+_SCOPE_UNIVERSE, _UNICAST = 0, 1
 ACK_TIMEOUT_S = 1.0
 
 
@@ -56,8 +56,8 @@ class RouteSocket:
         msg = rtmsg()
         msg["family"] = socket.AF_INET
         msg["dst_len"] = network.prefixlen
-        msg["table"], msg["proto"], msg["scope"], msg["type"] = _MAIN_TABLE, _PROTO_STATIC, _SCOPE_UNIVERSE, _UNICAST
-        msg["attrs"] = [("RTA_TABLE", _MAIN_TABLE), ("RTA_DST", str(network.network_address)),
+        msg["table"], msg["proto"], msg["scope"], msg["type"] = MAIN_TABLE, PROTO_STATIC, _SCOPE_UNIVERSE, _UNICAST
+        msg["attrs"] = [("RTA_TABLE", MAIN_TABLE), ("RTA_DST", str(network.network_address)),
                         ("RTA_PRIORITY", metric), ("RTA_OIF", ifindex)] + ([("RTA_PREFSRC", src)] if src else [])
         sequence = next(self._sequence)
         msg["header"]["type"] = RTM_NEWROUTE
@@ -95,12 +95,5 @@ def ipv4_network(dst: str) -> ipaddress.IPv4Network:
 
 def _acks(data: bytes) -> list[tuple[int, int]]:
     """(sequence, errno) of every NLMSG_ERROR message in one datagram."""
-    found, offset = [], 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, sequence, _port = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            break
-        if kind == _NLMSG_ERROR:
-            found.append((sequence, -_ERRNO.unpack_from(data, offset + _HEADER.size)[0]))
-        offset += (length + 3) & ~3
-    return found
+    return [(sequence, -_ERRNO.unpack_from(body)[0]) for kind, sequence, body in messages(data)
+            if kind == NLMSG_ERROR and len(body) >= _ERRNO.size]

@@ -13,17 +13,11 @@ import textwrap
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.adapters.address_watch import (
-    RT_TABLE_MAIN,
-    RTM_DELADDR,
-    RTM_DELROUTE,
-    RTM_NEWADDR,
-    RTPROT_STATIC,
-    AddressWatch,
-    worth_a_look,
-)
+from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWROUTE
 
-RTM_NEWROUTE = 24
+from agent.adapters.address_watch import AddressWatch, worth_a_look
+from agent.adapters.netlink_messages import MAIN_TABLE as RT_TABLE_MAIN
+from agent.adapters.netlink_messages import PROTO_STATIC as RTPROT_STATIC
 
 CHILD = textwrap.dedent("""
     import queue, subprocess, sys, time
